@@ -1,0 +1,1 @@
+//! vhost-user virtio-iommu device: the semantics engine, host IOMMU backends and the daemon.

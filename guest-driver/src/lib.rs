@@ -1,0 +1,2 @@
+//! no_std virtio-iommu guest driver.
+#![no_std]

@@ -1,0 +1,79 @@
+//! The device configuration space (`struct virtio_iommu_config`, 40 bytes).
+
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::assert_size;
+
+/// Offset of the `bypass` byte, the only field a driver may write.
+pub const BYPASS_OFFSET: usize = 36;
+
+/// `struct virtio_iommu_config`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct Config {
+    /// Supported page sizes; the lowest set bit is the mapping granule.
+    pub page_size_mask: U64,
+    /// First valid input address (with `Features::INPUT_RANGE`).
+    pub input_range_start: U64,
+    /// Last valid input address, inclusive.
+    pub input_range_end: U64,
+    /// First valid domain ID (with `Features::DOMAIN_RANGE`).
+    pub domain_range_start: U32,
+    /// Last valid domain ID, inclusive.
+    pub domain_range_end: U32,
+    /// Size of the PROBE properties area (with `Features::PROBE`).
+    pub probe_size: U32,
+    /// 1: unattached endpoints bypass the IOMMU (with `Features::BYPASS_CONFIG`). Only 0 or 1.
+    pub bypass: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 3],
+}
+assert_size!(Config, 40);
+
+impl Config {
+    /// The granule: the smallest page size in `page_size_mask`, or `None` if the mask is zero.
+    #[must_use]
+    pub fn granule(&self) -> Option<u64> {
+        let m = self.page_size_mask.get();
+        (m != 0).then(|| 1u64 << m.trailing_zeros())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_layout() {
+        let c = Config {
+            page_size_mask: 0xffff_ffff_ffff_f000.into(),
+            input_range_start: 0x1122_3344_5566_7788.into(),
+            input_range_end: 0x0000_ffff_ffff_ffff.into(),
+            domain_range_start: 1.into(),
+            domain_range_end: 0xabcd.into(),
+            probe_size: 512.into(),
+            bypass: 1,
+            reserved: [0; 3],
+        };
+        let mut want = [0u8; 40];
+        want[0..8].copy_from_slice(&[0x00, 0xf0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        want[8..16].copy_from_slice(&[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]);
+        want[16..24].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+        want[24..28].copy_from_slice(&[1, 0, 0, 0]);
+        want[28..32].copy_from_slice(&[0xcd, 0xab, 0, 0]);
+        want[32..36].copy_from_slice(&[0x00, 0x02, 0, 0]);
+        want[BYPASS_OFFSET] = 1;
+        assert_eq!(c.as_bytes(), &want);
+        assert_eq!(Config::read_from_bytes(&want).unwrap(), c);
+        assert_eq!(c.granule(), Some(0x1000));
+    }
+
+    #[test]
+    fn granule_of_zero_mask() {
+        let c = <Config as zerocopy::FromZeros>::new_zeroed();
+        assert_eq!(c.granule(), None);
+    }
+}

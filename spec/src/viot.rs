@@ -1,0 +1,461 @@
+//! The ACPI VIOT (Virtual I/O Translation) table, which tells a guest which endpoints sit
+//! behind a virtio-iommu and which endpoint IDs they use.
+//!
+//! Offsets inside the table (`node_offset`, `output_node`) count the 36-byte ACPI header, even
+//! in the header-less body that QEMU's `-acpitable data=` expects.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::assert_size;
+
+/// Size of the standard ACPI table header.
+pub const ACPI_HEADER_SIZE: usize = 36;
+/// Offset of the first node (header + the 12-byte VIOT fixed part).
+pub const FIRST_NODE_OFFSET: usize = 48;
+
+/// Node type: PCI endpoint range.
+pub const NODE_PCI_RANGE: u8 = 1;
+/// Node type: single MMIO endpoint.
+pub const NODE_MMIO_ENDPOINT: u8 = 2;
+/// Node type: virtio-pci IOMMU.
+pub const NODE_VIRTIO_PCI_IOMMU: u8 = 3;
+/// Node type: virtio-mmio IOMMU.
+pub const NODE_VIRTIO_MMIO_IOMMU: u8 = 4;
+
+/// The standard ACPI table header.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct AcpiHeader {
+    /// "VIOT".
+    pub signature: [u8; 4],
+    /// Whole table length.
+    pub length: U32,
+    /// Revision (0, as QEMU and Cloud Hypervisor emit).
+    pub revision: u8,
+    /// Makes the table sum to 0 mod 256.
+    pub checksum: u8,
+    /// OEM ID.
+    pub oem_id: [u8; 6],
+    /// OEM table ID.
+    pub oem_table_id: [u8; 8],
+    /// OEM revision.
+    pub oem_revision: U32,
+    /// Creator ID.
+    pub creator_id: [u8; 4],
+    /// Creator revision.
+    pub creator_revision: U32,
+}
+assert_size!(AcpiHeader, ACPI_HEADER_SIZE);
+
+/// The VIOT fixed part after the ACPI header.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct ViotFixed {
+    /// Number of nodes.
+    pub node_count: U16,
+    /// Table offset of the first node.
+    pub node_offset: U16,
+    /// Reserved, zero.
+    pub reserved: [u8; 8],
+}
+assert_size!(ViotFixed, 12);
+
+/// Type 1: PCI range node (24 bytes).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct NodePciRange {
+    /// `NODE_PCI_RANGE`.
+    pub node_type: u8,
+    /// Reserved.
+    pub reserved0: u8,
+    /// 24.
+    pub length: U16,
+    /// Endpoint ID of `bdf_start` on `segment_start`.
+    pub endpoint_start: U32,
+    /// First PCI segment.
+    pub segment_start: U16,
+    /// Last PCI segment.
+    pub segment_end: U16,
+    /// First BDF (bus << 8 | dev << 3 | fn).
+    pub bdf_start: U16,
+    /// Last BDF.
+    pub bdf_end: U16,
+    /// Table offset of the IOMMU node.
+    pub output_node: U16,
+    /// Reserved.
+    pub reserved1: [u8; 6],
+}
+assert_size!(NodePciRange, 24);
+
+/// Type 2: MMIO endpoint node (24 bytes).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct NodeMmioEndpoint {
+    /// `NODE_MMIO_ENDPOINT`.
+    pub node_type: u8,
+    /// Reserved.
+    pub reserved0: u8,
+    /// 24.
+    pub length: U16,
+    /// Endpoint ID.
+    pub endpoint: U32,
+    /// MMIO base address of the endpoint.
+    pub base: U64,
+    /// Table offset of the IOMMU node.
+    pub output_node: U16,
+    /// Reserved.
+    pub reserved1: [u8; 6],
+}
+assert_size!(NodeMmioEndpoint, 24);
+
+/// Type 3: virtio-pci IOMMU node (16 bytes).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct NodeVirtioPciIommu {
+    /// `NODE_VIRTIO_PCI_IOMMU`.
+    pub node_type: u8,
+    /// Reserved.
+    pub reserved0: u8,
+    /// 16.
+    pub length: U16,
+    /// PCI segment of the IOMMU function.
+    pub segment: U16,
+    /// BDF of the IOMMU function.
+    pub bdf: U16,
+    /// Reserved.
+    pub reserved1: [u8; 8],
+}
+assert_size!(NodeVirtioPciIommu, 16);
+
+/// Type 4: virtio-mmio IOMMU node (16 bytes).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
+)]
+#[repr(C)]
+pub struct NodeVirtioMmioIommu {
+    /// `NODE_VIRTIO_MMIO_IOMMU`.
+    pub node_type: u8,
+    /// Reserved.
+    pub reserved0: u8,
+    /// 16.
+    pub length: U16,
+    /// Reserved.
+    pub reserved1: [u8; 4],
+    /// MMIO base of the IOMMU.
+    pub base: U64,
+}
+assert_size!(NodeVirtioMmioIommu, 16);
+
+/// Builds a PCI BDF.
+#[must_use]
+pub const fn bdf(bus: u8, dev: u8, func: u8) -> u16 {
+    ((bus as u16) << 8) | (((dev & 0x1f) as u16) << 3) | ((func & 7) as u16)
+}
+
+/// Where the IOMMU itself lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IommuLocation {
+    /// A virtio-pci function.
+    Pci {
+        /// Segment.
+        segment: u16,
+        /// BDF.
+        bdf: u16,
+    },
+    /// A virtio-mmio device.
+    Mmio {
+        /// Base address.
+        base: u64,
+    },
+}
+
+/// A range of PCI functions translated by the IOMMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciRange {
+    /// Endpoint ID of `bdf_start` on `segment_start`.
+    pub endpoint_start: u32,
+    /// First segment.
+    pub segment_start: u16,
+    /// Last segment.
+    pub segment_end: u16,
+    /// First BDF.
+    pub bdf_start: u16,
+    /// Last BDF.
+    pub bdf_end: u16,
+}
+
+/// A single MMIO endpoint translated by the IOMMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MmioEndpoint {
+    /// Endpoint ID.
+    pub endpoint: u32,
+    /// MMIO base address.
+    pub base: u64,
+}
+
+/// A VIOT with one IOMMU and its endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct Viot<'a> {
+    /// The IOMMU.
+    pub iommu: IommuLocation,
+    /// PCI endpoint ranges.
+    pub pci_ranges: &'a [PciRange],
+    /// MMIO endpoints.
+    pub mmio_endpoints: &'a [MmioEndpoint],
+}
+
+/// The output buffer is too small, or the table would exceed the 16-bit offsets VIOT uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+fn put<T: IntoBytes + Immutable>(out: &mut [u8], off: usize, v: &T) -> Result<(), TooLarge> {
+    let b = v.as_bytes();
+    out.get_mut(off..off + b.len())
+        .ok_or(TooLarge)?
+        .copy_from_slice(b);
+    Ok(())
+}
+
+impl Viot<'_> {
+    /// Length of the whole table, header included.
+    #[must_use]
+    pub fn table_len(&self) -> usize {
+        FIRST_NODE_OFFSET + 16 + 24 * (self.pci_ranges.len() + self.mmio_endpoints.len())
+    }
+
+    /// Length of the body (the table without the ACPI header), as `-acpitable data=` wants.
+    #[must_use]
+    pub fn body_len(&self) -> usize {
+        self.table_len() - ACPI_HEADER_SIZE
+    }
+
+    /// Writes the whole table with an ACPI header and a correct checksum; returns its length.
+    ///
+    /// # Errors
+    /// [`TooLarge`] if `out` is too small or the table exceeds 64 KiB.
+    pub fn write_table(
+        &self,
+        out: &mut [u8],
+        oem_id: [u8; 6],
+        oem_table_id: [u8; 8],
+    ) -> Result<usize, TooLarge> {
+        let len = self.table_len();
+        let table = out.get_mut(..len).ok_or(TooLarge)?;
+        self.write_nodes(table)?;
+        let header = AcpiHeader {
+            signature: *b"VIOT",
+            length: u32::try_from(len).map_err(|_| TooLarge)?.into(),
+            revision: 0,
+            checksum: 0,
+            oem_id,
+            oem_table_id,
+            oem_revision: 1.into(),
+            creator_id: *b"VIOM",
+            creator_revision: 1.into(),
+        };
+        put(table, 0, &header)?;
+        let sum = table.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        table[9] = 0u8.wrapping_sub(sum);
+        Ok(len)
+    }
+
+    /// Writes the body only (for `-acpitable sig=VIOT,rev=0,data=FILE`); returns its length.
+    ///
+    /// # Errors
+    /// [`TooLarge`] if `out` is too small or the table exceeds 64 KiB.
+    pub fn write_body(&self, out: &mut [u8]) -> Result<usize, TooLarge> {
+        let mut table = [0u8; 4096];
+        let len = self.table_len();
+        let table = table.get_mut(..len).ok_or(TooLarge)?;
+        self.write_nodes(table)?;
+        let body = &table[ACPI_HEADER_SIZE..];
+        out.get_mut(..body.len())
+            .ok_or(TooLarge)?
+            .copy_from_slice(body);
+        Ok(body.len())
+    }
+
+    fn write_nodes(&self, table: &mut [u8]) -> Result<(), TooLarge> {
+        let count = u16::try_from(1 + self.pci_ranges.len() + self.mmio_endpoints.len())
+            .map_err(|_| TooLarge)?;
+        if self.table_len() > usize::from(u16::MAX) {
+            return Err(TooLarge);
+        }
+        table.fill(0);
+        #[allow(clippy::cast_possible_truncation)] // constant 48
+        let first = FIRST_NODE_OFFSET as u16;
+        put(
+            table,
+            ACPI_HEADER_SIZE,
+            &ViotFixed {
+                node_count: count.into(),
+                node_offset: first.into(),
+                reserved: [0; 8],
+            },
+        )?;
+        let mut off = FIRST_NODE_OFFSET;
+        match self.iommu {
+            IommuLocation::Pci { segment, bdf } => put(
+                table,
+                off,
+                &NodeVirtioPciIommu {
+                    node_type: NODE_VIRTIO_PCI_IOMMU,
+                    reserved0: 0,
+                    length: 16.into(),
+                    segment: segment.into(),
+                    bdf: bdf.into(),
+                    reserved1: [0; 8],
+                },
+            )?,
+            IommuLocation::Mmio { base } => put(
+                table,
+                off,
+                &NodeVirtioMmioIommu {
+                    node_type: NODE_VIRTIO_MMIO_IOMMU,
+                    reserved0: 0,
+                    length: 16.into(),
+                    reserved1: [0; 4],
+                    base: base.into(),
+                },
+            )?,
+        }
+        off += 16;
+        for r in self.pci_ranges {
+            put(
+                table,
+                off,
+                &NodePciRange {
+                    node_type: NODE_PCI_RANGE,
+                    reserved0: 0,
+                    length: 24.into(),
+                    endpoint_start: r.endpoint_start.into(),
+                    segment_start: r.segment_start.into(),
+                    segment_end: r.segment_end.into(),
+                    bdf_start: r.bdf_start.into(),
+                    bdf_end: r.bdf_end.into(),
+                    output_node: first.into(),
+                    reserved1: [0; 6],
+                },
+            )?;
+            off += 24;
+        }
+        for m in self.mmio_endpoints {
+            put(
+                table,
+                off,
+                &NodeMmioEndpoint {
+                    node_type: NODE_MMIO_ENDPOINT,
+                    reserved0: 0,
+                    length: 24.into(),
+                    endpoint: m.endpoint.into(),
+                    base: m.base.into(),
+                    output_node: first.into(),
+                    reserved1: [0; 6],
+                },
+            )?;
+            off += 24;
+        }
+        Ok(())
+    }
+}
+
+/// The endpoint ID Linux computes for a PCI function covered by `range`.
+#[must_use]
+pub fn pci_endpoint_id(range: &PciRange, segment: u16, bdf: u16) -> Option<u32> {
+    if !(range.segment_start..=range.segment_end).contains(&segment)
+        || !(range.bdf_start..=range.bdf_end).contains(&bdf)
+    {
+        return None;
+    }
+    let seg = u32::from(segment - range.segment_start) << 16;
+    range
+        .endpoint_start
+        .checked_add(u32::from(bdf - range.bdf_start))?
+        .checked_add(seg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of the fact sheet: IOMMU at 00:03.0, bus 0 translated, IDs = BDF.
+    #[test]
+    fn worked_example_body() {
+        let v = Viot {
+            iommu: IommuLocation::Pci {
+                segment: 0,
+                bdf: bdf(0, 3, 0),
+            },
+            pci_ranges: &[PciRange {
+                endpoint_start: 0,
+                segment_start: 0,
+                segment_end: 0,
+                bdf_start: 0,
+                bdf_end: 0xff,
+            }],
+            mmio_endpoints: &[],
+        };
+        let mut want = [0u8; 52];
+        want[0..4].copy_from_slice(&[0x02, 0x00, 0x30, 0x00]);
+        want[12..20].copy_from_slice(&[0x03, 0x00, 0x10, 0x00, 0x00, 0x00, 0x18, 0x00]);
+        want[28..32].copy_from_slice(&[0x01, 0x00, 0x18, 0x00]);
+        want[40..46].copy_from_slice(&[0x00, 0x00, 0xff, 0x00, 0x30, 0x00]);
+        let mut out = [0xaau8; 64];
+        assert_eq!(v.write_body(&mut out), Ok(52));
+        assert_eq!(&out[..52], &want);
+        assert_eq!(v.table_len(), 88);
+
+        let mut table = [0u8; 88];
+        assert_eq!(v.write_table(&mut table, *b"VIOMMU", *b"VIOMMUTB"), Ok(88));
+        assert_eq!(&table[0..4], b"VIOT");
+        assert_eq!(&table[4..8], &[88, 0, 0, 0]);
+        assert_eq!(table[8], 0);
+        assert_eq!(table.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+        assert_eq!(&table[36..], &want);
+    }
+
+    #[test]
+    fn mmio_nodes_and_endpoint_ids() {
+        let v = Viot {
+            iommu: IommuLocation::Mmio { base: 0x1000_0000 },
+            pci_ranges: &[],
+            mmio_endpoints: &[MmioEndpoint {
+                endpoint: 7,
+                base: 0x2000_0000,
+            }],
+        };
+        let mut out = [0u8; 52];
+        assert_eq!(v.write_body(&mut out), Ok(52));
+        assert_eq!(&out[12..16], &[4, 0, 16, 0]);
+        assert_eq!(&out[20..28], &0x1000_0000u64.to_le_bytes());
+        assert_eq!(&out[28..36], &[2, 0, 24, 0, 7, 0, 0, 0]);
+        assert_eq!(&out[36..44], &0x2000_0000u64.to_le_bytes());
+        assert_eq!(&out[44..46], &[48, 0]);
+        assert_eq!(v.write_body(&mut [0u8; 51]), Err(TooLarge));
+
+        let r = PciRange {
+            endpoint_start: 0x100,
+            segment_start: 0,
+            segment_end: 1,
+            bdf_start: 8,
+            bdf_end: 0x20,
+        };
+        assert_eq!(pci_endpoint_id(&r, 0, 8), Some(0x100));
+        assert_eq!(pci_endpoint_id(&r, 1, 0x10), Some(0x1_0108));
+        assert_eq!(pci_endpoint_id(&r, 0, 7), None);
+        assert_eq!(pci_endpoint_id(&r, 2, 8), None);
+        assert_eq!(bdf(0, 3, 0), 0x18);
+        assert_eq!(bdf(1, 0x1f, 7), 0x1ff);
+    }
+}
