@@ -252,7 +252,7 @@ impl Viot<'_> {
     ) -> Result<usize, TooLarge> {
         let len = self.table_len();
         let table = out.get_mut(..len).ok_or(TooLarge)?;
-        self.write_nodes(table)?;
+        self.write_nodes(table, 0)?;
         let header = AcpiHeader {
             signature: *b"VIOT",
             length: u32::try_from(len).map_err(|_| TooLarge)?.into(),
@@ -292,19 +292,20 @@ impl Viot<'_> {
         if self.table_len() > usize::from(u16::MAX) {
             return Err(TooLarge);
         }
-        table.fill(0);
+        buf.fill(0);
         #[allow(clippy::cast_possible_truncation)] // constant 48
         let first = FIRST_NODE_OFFSET as u16;
+        let table = buf;
         put(
             table,
-            ACPI_HEADER_SIZE,
+            ACPI_HEADER_SIZE - skip,
             &ViotFixed {
                 node_count: count.into(),
                 node_offset: first.into(),
                 reserved: [0; 8],
             },
         )?;
-        let mut off = FIRST_NODE_OFFSET;
+        let mut off = FIRST_NODE_OFFSET - skip;
         match self.iommu {
             IommuLocation::Pci { segment, bdf } => put(
                 table,
