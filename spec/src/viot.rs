@@ -275,18 +275,14 @@ impl Viot<'_> {
     /// # Errors
     /// [`TooLarge`] if `out` is too small or the table exceeds 64 KiB.
     pub fn write_body(&self, out: &mut [u8]) -> Result<usize, TooLarge> {
-        let mut table = [0u8; 4096];
-        let len = self.table_len();
-        let table = table.get_mut(..len).ok_or(TooLarge)?;
-        self.write_nodes(table)?;
-        let body = &table[ACPI_HEADER_SIZE..];
-        out.get_mut(..body.len())
-            .ok_or(TooLarge)?
-            .copy_from_slice(body);
+        let body = out.get_mut(..self.body_len()).ok_or(TooLarge)?;
+        self.write_nodes(body, ACPI_HEADER_SIZE)?;
         Ok(body.len())
     }
 
-    fn write_nodes(&self, table: &mut [u8]) -> Result<(), TooLarge> {
+    /// Writes the fixed part and the nodes. `buf` starts at table offset `skip` (0 for a whole
+    /// table, 36 for a body), while the offsets written into the table always count the header.
+    fn write_nodes(&self, buf: &mut [u8], skip: usize) -> Result<(), TooLarge> {
         let count = u16::try_from(1 + self.pci_ranges.len() + self.mmio_endpoints.len())
             .map_err(|_| TooLarge)?;
         if self.table_len() > usize::from(u16::MAX) {
