@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Build QEMU 10.2.2 (x86_64-softmmu, TCG + vhost-user) from Debian's source
+# package and cache it under ~/.cache/virtio-iommu/qemu-10.2.2/.
+# Idempotent: a cached, verified build is reused instantly.
+# Prints the path of the qemu-system-x86_64 binary on stdout; logs go to stderr.
+# Env: VIRTIO_IOMMU_CACHE (cache root), QEMU_BUILD_JOBS (default: nproc).
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+. "$HERE/common.sh"
+
+QEMU_VERSION=10.2.2
+QEMU_DEB_VERSION=1:10.2.2+ds-1
+MESON_VERSION=1.9.0
+PYCOTAP_VERSION=1.3.1   # also required by QEMU's configure (mkvenv), missing from +ds
+QDIR=$VIRTIO_IOMMU_CACHE/qemu-$QEMU_VERSION
+SRC=$QDIR/src
+BUILD=$SRC/build
+BIN=$QDIR/bin/qemu-system-x86_64
+STAMP=$QDIR/.built
+CONFIGURE_FLAGS=(
+    --target-list=x86_64-softmmu
+    --without-default-features
+    --enable-vhost-user
+    --enable-tcg
+    --enable-fdt=system
+    --disable-docs
+    --disable-install-blobs
+)
+# Devices later tests rely on; the build is only accepted if all are present.
+REQUIRED_DEVICES=(vhost-user-test-device-pci virtio-iommu-pci intel-iommu edu
+                  e1000e virtio-net-pci isa-debug-exit)
+STAMP_CONTENT="qemu=$QEMU_DEB_VERSION meson=$MESON_VERSION flags=${CONFIGURE_FLAGS[*]} devices=${REQUIRED_DEVICES[*]}"
+QEMU_DATA_OPTS=(-L /usr/share/seabios -L /usr/share/qemu -L /usr/lib/ipxe/qemu)
+
+# Fast path: nothing to do.
+if [ -x "$BIN" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_CONTENT" ]; then
+    echo "$BIN"
+    exit 0
+fi
+
+with_lock qemu-build
+# Another run may have finished the build while we waited for the lock.
+if [ -x "$BIN" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_CONTENT" ]; then
+    echo "$BIN"
+    exit 0
+fi
+
+apt_ensure build-essential pkg-config ninja-build device-tree-compiler \
+    libglib2.0-dev libpixman-1-dev libfdt-dev python3-venv xz-utils \
+    seabios qemu-system-data ipxe-qemu
+
+# meson from PyPI in a private venv (Debian 12's meson is too old).
+VENV=$VIRTIO_IOMMU_CACHE/venv-meson-$MESON_VERSION
+if ! "$VENV/bin/meson" --version 2>/dev/null | grep -qx "$MESON_VERSION" \
+    || ! "$VENV/bin/python3" -c 'import pycotap' 2>/dev/null; then
+    log "creating meson $MESON_VERSION venv in $VENV"
+    rm -rf "$VENV"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check \
+        "meson==$MESON_VERSION" "pycotap==$PYCOTAP_VERSION" >&2
+fi
+
+# Source: Debian's qemu source package, fetched through a private apt config.
+DL=$QDIR/download
+if [ ! -f "$SRC/.unpacked" ]; then
+    mkdir -p "$DL"
+    if ! ls "$DL"/qemu_*.orig.tar.xz >/dev/null 2>&1; then
+        papt_update
+        log "downloading qemu=$QEMU_DEB_VERSION source"
+        (cd "$DL" && apt-get -qq "${PAPT_OPTS[@]}" source --download-only "qemu=$QEMU_DEB_VERSION" >&2)
+    fi
+    log "unpacking QEMU source"
+    rm -rf "$SRC" "$SRC.tmp"
+    mkdir -p "$SRC.tmp"
+    tar -xJf "$DL"/qemu_*.orig.tar.xz -C "$SRC.tmp" --strip-components=1
+    mv "$SRC.tmp" "$SRC"
+    touch "$SRC/.unpacked"
+fi
+
+if [ ! -f "$BUILD/.configured" ] || [ "$(cat "$BUILD/.configured")" != "$STAMP_CONTENT" ]; then
+    # The +ds tarball ships no EDK2 firmware blobs: never try to unpack them.
+    sed -i -E 's/^([[:space:]]*)unpack_edk2_blobs = .*/\1unpack_edk2_blobs = false/' "$SRC/meson.build"
+    ! grep -Eq 'unpack_edk2_blobs = [^f]' "$SRC/meson.build" \
+        || die "could not patch unpack_edk2_blobs in meson.build"
+    log "configuring QEMU: ${CONFIGURE_FLAGS[*]}"
+    rm -rf "$BUILD"
+    mkdir -p "$BUILD"
+    (cd "$BUILD" && PATH="$VENV/bin:$PATH" ../configure --python="$VENV/bin/python3" \
+        "${CONFIGURE_FLAGS[@]}" >"$BUILD/configure.log" 2>&1) \
+        || { tail -n 40 "$BUILD/configure.log" >&2; die "configure failed (see $BUILD/configure.log)"; }
+    echo "$STAMP_CONTENT" >"$BUILD/.configured"
+fi
+
+JOBS=${QEMU_BUILD_JOBS:-$(nproc)}
+log "building QEMU with $JOBS jobs (log: $BUILD/build.log)"
+start=$SECONDS
+(cd "$BUILD" && PATH="$VENV/bin:$PATH" ninja -j "$JOBS" qemu-system-x86_64 >"$BUILD/build.log" 2>&1) \
+    || { tail -n 40 "$BUILD/build.log" >&2; die "build failed (see $BUILD/build.log)"; }
+log "build finished in $((SECONDS - start)) s"
+
+# Verify that every device the tests need is compiled in.
+devs=$("$BUILD/qemu-system-x86_64" "${QEMU_DATA_OPTS[@]}" -device help 2>&1)
+for d in "${REQUIRED_DEVICES[@]}"; do
+    grep -q "name \"$d\"" <<<"$devs" || die "device $d missing from the build"
+done
+"$BUILD/qemu-system-x86_64" "${QEMU_DATA_OPTS[@]}" -device vhost-user-test-device-pci,help >/dev/null 2>&1 \
+    || die "vhost-user-test-device-pci is not creatable"
+
+mkdir -p "$QDIR/bin"
+ln -sfn ../src/build/qemu-system-x86_64 "$BIN"
+echo "$STAMP_CONTENT" >"$STAMP"
+log "QEMU $QEMU_VERSION ready"
+echo "$BIN"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The project's test command (README "test"): installs what the tests need, then runs format
+# and lint checks, the Rust test suite (unit, protocol, daemon end-to-end through the mini-VMM)
+# and the guest runs under QEMU. Heavy artefacts are cached under ~/.cache/virtio-iommu.
+#
+#   scripts/test.sh            everything
+#   scripts/test.sh --quick    Rust checks and tests only (no QEMU / kernel builds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "toolchain components"
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build (binaries used by the end-to-end tests)"
+cargo build --workspace --locked --bins
+
+step "no_std guest driver builds without std"
+cargo build -p virtio-iommu-driver --locked
+if cargo tree -p virtio-iommu-driver -e normal --prefix none | grep -E '^(std|libc) ' ; then
+    echo "virtio-iommu-driver depends on a std-only crate" >&2
+    exit 1
+fi
+
+step "cargo test"
+cargo test --workspace --locked
+
+if [ "$quick" = 1 ]; then
+    exit 0
+fi
+for extra in scripts/test-vm.sh scripts/test-iommufd.sh; do
+    if [ -x "$extra" ]; then
+        step "$extra"
+        "$extra"
+    fi
+done
