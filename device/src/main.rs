@@ -1,1 +1,23 @@
-fn main() {}
+//! `vhost-device-iommu`: a vhost-user virtio-iommu device backend.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::error;
+use vhost_device_iommu::args::{Args, DaemonConfig};
+use vhost_device_iommu::daemon::Daemon;
+
+fn main() -> ExitCode {
+    env_logger::init();
+    let result = DaemonConfig::try_from(Args::parse())
+        .and_then(Daemon::new)
+        .and_then(|d| d.run());
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("vhost-device-iommu: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Command-line arguments and their validation into a [`DaemonConfig`].
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use virtio_iommu_spec::ext::TableFormat;
+use virtio_iommu_spec::probe::ResvMemSubtype;
+
+use crate::error::{Error, Result};
+use crate::viommu::{EndpointConfig, Limits, ReservedRegion, ViommuConfig};
+
+/// Which host IOMMU the daemon programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HostKind {
+    /// The in-process emulated IOMMU (translations served to simulated devices and the
+    /// control socket).
+    Emulated,
+    /// Linux iommufd + VFIO cdev devices assigned to the guest.
+    Iommufd,
+}
+
+/// `on` / `off` switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+/// vhost-user virtio-iommu device backend.
+///
+/// QEMU (or another vhost-user frontend) connects to --socket-path; the daemon serves one
+/// frontend at a time and listens again after a disconnect. Numbers accept 0x-prefixed hex.
+#[derive(Debug, Parser, Clone)]
+#[command(version, about, long_about = None)]
+pub struct Args {
+    /// vhost-user UNIX socket to listen on.
+    #[arg(short = 's', long)]
+    pub socket_path: PathBuf,
+
+    /// Control socket (newline-delimited JSON: stats, dump, translate, dma-read, dma-write).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+
+    /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xffff,0x10000`). Default: every
+    /// ID, because the firmware table (VIOT) given to the guest decides which IDs it uses.
+    #[arg(long, default_value = "0-0xffffffff")]
+    pub endpoints: String,
+
+    /// Page sizes the device supports; the lowest set bit is the mapping granule.
+    #[arg(long, default_value = "0xfffffffffffff000", value_parser = parse_u64)]
+    pub page_size_mask: u64,
+
+    /// Input (IOVA) range as START-END, inclusive.
+    #[arg(long, default_value = "0-0xffffffffffffffff")]
+    pub input_range: String,
+
+    /// Domain ID range as START-END, inclusive.
+    #[arg(long, default_value = "0-0xffffffff")]
+    pub domain_range: String,
+
+    /// Reserved region for every endpoint, `msi:START-END` or `reserved:START-END`;
+    /// repeatable. Default: `msi:0xfee00000-0xfeefffff` (the x86 MSI window).
+    #[arg(long = "reserved")]
+    pub reserved: Vec<String>,
+
+    /// Whether unattached endpoints bypass the IOMMU when the device starts.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    pub boot_bypass: OnOff,
+
+    /// Host IOMMU backend.
+    #[arg(long, value_enum, default_value_t = HostKind::Emulated)]
+    pub host: HostKind,
+
+    /// Maximum mappings per domain (MAP beyond it gets S_NOMEM).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_mappings: usize,
+
+    /// Maximum number of domains (ATTACH creating more gets S_NOMEM).
+    #[arg(long, default_value_t = 1 << 16)]
+    pub max_domains: usize,
+
+    /// Size of the PROBE properties area.
+    #[arg(long, default_value_t = 512)]
+    pub probe_size: u32,
+
+    /// Virtqueue size.
+    #[arg(long, default_value_t = 256)]
+    pub queue_size: u16,
+
+    /// Offer VIRTIO_IOMMU_F_MMIO (MAP with the MMIO flag).
+    #[arg(long)]
+    pub mmio: bool,
+
+    /// Offer the vSVA extensions (ATTACH_TABLE, INVALIDATE, page requests) with this many
+    /// PASID bits per endpoint; 0 disables them.
+    #[arg(long, default_value_t = 0)]
+    pub pasid_bits: u8,
+}
+
+/// Validated daemon configuration.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// vhost-user socket.
+    pub socket_path: PathBuf,
+    /// Control socket.
+    pub control_socket: Option<PathBuf>,
+    /// Host backend.
+    pub host: HostKind,
+    /// Virtqueue size.
+    pub queue_size: u16,
+    /// The device model's configuration.
+    pub viommu: ViommuConfig,
+}
+
+/// Parses a decimal or 0x-prefixed hexadecimal u64.
+///
+/// # Errors
+/// A message for clap.
+pub fn parse_u64(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim().replace('_', "");
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("`{s}`: {e}"))
+}
+
+/// Parses `START-END` (inclusive) or a single value.
+///
+/// # Errors
+/// [`Error::Config`] for syntax errors or START > END.
+pub fn parse_range(s: &str) -> Result<RangeInclusive<u64>> {
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (parse_u64(a), parse_u64(b)),
+        None => (parse_u64(s), parse_u64(s)),
+    };
+    let (a, b) = (a.map_err(Error::Config)?, b.map_err(Error::Config)?);
+    if a > b {
+        return Err(Error::Config(format!("range `{s}`: start is above end")));
+    }
+    Ok(a..=b)
+}
+
+fn parse_u32_range(s: &str, what: &str) -> Result<RangeInclusive<u32>> {
+    let r = parse_range(s)?;
+    let a = u32::try_from(*r.start());
+    let b = u32::try_from(*r.end());
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok(a..=b),
+        _ => Err(Error::Config(format!("{what} `{s}` does not fit in 32 bits"))),
+    }
+}
+
+/// Parses `msi:START-END` / `reserved:START-END`.
+///
+/// # Errors
+/// [`Error::Config`] for an unknown kind or a bad range.
+pub fn parse_reserved(s: &str) -> Result<ReservedRegion> {
+    let (kind, range) = s
+        .split_once(':')
+        .ok_or_else(|| Error::Config(format!("reserved region `{s}`: expected KIND:START-END")))?;
+    let kind = match kind {
+        "msi" => ResvMemSubtype::Msi,
+        "reserved" => ResvMemSubtype::Reserved,
+        other => return Err(Error::Config(format!("reserved region kind `{other}`: use msi or reserved"))),
+    };
+    let r = parse_range(range)?;
+    Ok(ReservedRegion { start: *r.start(), end: *r.end(), kind })
+}
+
+impl TryFrom<Args> for DaemonConfig {
+    type Error = Error;
+
+    fn try_from(a: Args) -> Result<Self> {
+        let reserved = if a.reserved.is_empty() {
+            vec![ReservedRegion::x86_msi()]
+        } else {
+            a.reserved.iter().map(|r| parse_reserved(r)).collect::<Result<Vec<_>>>()?
+        };
+        let mut endpoints = Vec::new();
+        for part in a.endpoints.split(',').filter(|p| !p.trim().is_empty()) {
+            let ids = parse_u32_range(part.trim(), "endpoint range")?;
+            endpoints.push(EndpointConfig {
+                ids,
+                reserved: reserved.clone(),
+                pasid_bits: a.pasid_bits,
+                page_requests: a.pasid_bits > 0,
+                table_formats: if a.pasid_bits > 0 {
+                    vec![TableFormat::ArmSmmuV3, TableFormat::Vtd]
+                } else {
+                    Vec::new()
+                },
+            });
+        }
+        if endpoints.is_empty() {
+            return Err(Error::Config("--endpoints names no endpoint".into()));
+        }
+        let input = parse_range(&a.input_range)?;
+        let domains = parse_u32_range(&a.domain_range, "domain range")?;
+        if a.queue_size == 0 || !a.queue_size.is_power_of_two() {
+            return Err(Error::Config(format!(
+                "--queue-size {} must be a power of two",
+                a.queue_size
+            )));
+        }
+        if a.pasid_bits > 20 {
+            return Err(Error::Config("--pasid-bits is at most 20".into()));
+        }
+        let viommu = ViommuConfig {
+            page_size_mask: a.page_size_mask,
+            input_range: (*input.start(), *input.end()),
+            domain_range: (*domains.start(), *domains.end()),
+            probe_size: a.probe_size,
+            boot_bypass: a.boot_bypass == OnOff::On,
+            endpoints,
+            limits: Limits {
+                max_mappings_per_domain: a.max_mappings,
+                max_domains: a.max_domains,
+                ..Limits::default()
+            },
+            offer_mmio: a.mmio,
+            offer_attach_table: a.pasid_bits > 0,
+            offer_page_request: a.pasid_bits > 0,
+        };
+        Ok(DaemonConfig {
+            socket_path: a.socket_path,
+            control_socket: a.control_socket,
+            host: a.host,
+            queue_size: a.queue_size,
+            viommu,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["vhost-device-iommu", "--socket-path", "/tmp/x.sock"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        let c = DaemonConfig::try_from(args(&[])).unwrap();
+        assert_eq!(c.viommu.page_size_mask, 0xffff_ffff_ffff_f000);
+        assert_eq!(c.viommu.input_range, (0, u64::MAX));
+        assert_eq!(c.viommu.domain_range, (0, u32::MAX));
+        assert!(c.viommu.boot_bypass);
+        assert_eq!(c.viommu.endpoints.len(), 1);
+        assert_eq!(c.viommu.endpoints[0].ids, 0..=u32::MAX);
+        assert_eq!(c.viommu.endpoints[0].reserved, vec![ReservedRegion::x86_msi()]);
+        assert_eq!(c.viommu.limits.max_mappings_per_domain, 1 << 20);
+        assert_eq!(c.viommu.limits.max_domains, 1 << 16);
+        assert_eq!(c.queue_size, 256);
+        assert_eq!(c.host, HostKind::Emulated);
+        assert!(!c.viommu.offer_attach_table);
+    }
+
+    #[test]
+    fn explicit_values() {
+        let c = DaemonConfig::try_from(args(&[
+            "--endpoints",
+            "0x8-0xf, 0x20",
+            "--reserved",
+            "reserved:0x1000-0x1fff",
+            "--reserved",
+            "msi:0x8000000-0x80fffff",
+            "--boot-bypass",
+            "off",
+            "--input-range",
+            "0x1000-0xffffffffff",
+            "--domain-range",
+            "1-100",
+            "--max-mappings",
+            "10",
+            "--pasid-bits",
+            "16",
+        ]))
+        .unwrap();
+        let ids: Vec<_> = c.viommu.endpoints.iter().map(|e| e.ids.clone()).collect();
+        assert_eq!(ids, vec![8..=15, 0x20..=0x20]);
+        assert_eq!(
+            c.viommu.endpoints[0].reserved,
+            vec![
+                ReservedRegion { start: 0x1000, end: 0x1fff, kind: ResvMemSubtype::Reserved },
+                ReservedRegion { start: 0x800_0000, end: 0x80f_ffff, kind: ResvMemSubtype::Msi },
+            ]
+        );
+        assert!(!c.viommu.boot_bypass);
+        assert_eq!(c.viommu.input_range, (0x1000, 0xff_ffff_ffff));
+        assert_eq!(c.viommu.domain_range, (1, 100));
+        assert_eq!(c.viommu.limits.max_mappings_per_domain, 10);
+        assert!(c.viommu.offer_attach_table && c.viommu.offer_page_request);
+        assert_eq!(c.viommu.endpoints[1].pasid_bits, 16);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for bad in [
+            &["--endpoints", "5-1"][..],
+            &["--endpoints", "0x1_0000_0000"],
+            &["--endpoints", ","],
+            &["--reserved", "dma:1-2"],
+            &["--reserved", "msi:2-1"],
+            &["--reserved", "msi"],
+            &["--domain-range", "0-0x100000000"],
+            &["--queue-size", "100"],
+            &["--pasid-bits", "21"],
+        ] {
+            assert!(DaemonConfig::try_from(args(bad)).is_err(), "{bad:?}");
+        }
+        assert!(Args::try_parse_from(["x", "--socket-path", "s", "--page-size-mask", "zz"]).is_err());
+        assert!(Args::try_parse_from(["x"]).is_err(), "socket path is required");
+        assert_eq!(parse_u64("0x1_000"), Ok(0x1000));
+        assert_eq!(parse_u64("4096"), Ok(4096));
+    }
+}

@@ -1,0 +1,235 @@
+//! The control socket: newline-delimited JSON requests and replies, one object per line.
+//!
+//! Commands (`"cmd"` field): `stats`, `dump`, `translate` (endpoint, optional pasid, iova,
+//! optional len, access `read`/`write`), `dma-read` (endpoint, optional pasid, iova, len ≤ 1 MiB;
+//! returns hex `data`), `dma-write` (endpoint, optional pasid, iova, hex `data`). Numbers may
+//! be JSON numbers or `"0x…"` strings. Replies carry `"ok": true` or `"ok": false` with
+//! `"error"`, or for a translation fault `"fault"` (the record also queued for the guest).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use log::{info, warn};
+use serde_json::{json, Value};
+use virtio_iommu_spec::FaultEvent;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::backend::{lock, SharedViommu};
+use crate::error::{Error, Result};
+use crate::viommu::Access;
+
+/// Largest DMA a control command may ask for.
+const MAX_DMA: u64 = 1 << 20;
+/// Longest request line accepted.
+const MAX_LINE: u64 = 4 << 20;
+
+/// Where the control socket finds the current connection's wake-up eventfd.
+pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
+
+/// Binds the control socket and serves it from a thread for the life of the process.
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)
+        .map_err(|err| Error::ControlSocket { path: path.to_owned(), err })?;
+    info!("control socket on {}", path.display());
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(stream) => {
+                        let (v, w) = (viommu.clone(), wake.clone());
+                        let _ = thread::Builder::new()
+                            .name("control-client".into())
+                            .spawn(move || serve_client(stream, &v, &w));
+                    }
+                    Err(e) => warn!("control socket accept: {e}"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn serve_client(stream: UnixStream, viommu: &SharedViommu, wake: &WakeSlot) {
+    let Ok(mut out) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(std::io::Read::take(stream, u64::MAX));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        reader.get_mut().set_limit(MAX_LINE);
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let reply = match serde_json::from_str::<Value>(&line) {
+            Ok(req) => handle(&req, viommu, wake),
+            Err(e) => json!({"ok": false, "error": format!("bad JSON: {e}")}),
+        };
+        let mut text = reply.to_string();
+        text.push('\n');
+        if out.write_all(text.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn num(req: &Value, key: &str) -> std::result::Result<Option<u64>, String> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| format!("`{key}` must be a u64")),
+        Some(Value::String(s)) => crate::args::parse_u64(s).map(Some),
+        Some(_) => Err(format!("`{key}` must be a number")),
+    }
+}
+
+fn need(req: &Value, key: &str) -> std::result::Result<u64, String> {
+    num(req, key)?.ok_or_else(|| format!("missing `{key}`"))
+}
+
+fn u32_field(req: &Value, key: &str) -> std::result::Result<Option<u32>, String> {
+    num(req, key)?
+        .map(|v| u32::try_from(v).map_err(|_| format!("`{key}` must fit in 32 bits")))
+        .transpose()
+}
+
+fn fault_json(f: &FaultEvent) -> Value {
+    json!({
+        "reason": format!("{:?}", f.reason).to_lowercase(),
+        "flags": f.access.bits(),
+        "endpoint": f.endpoint,
+        "address": f.address,
+        "pasid": f.pasid,
+    })
+}
+
+fn hex(data: &[u8]) -> String {
+    use std::fmt::Write as _;
+    data.iter().fold(String::with_capacity(data.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn unhex(s: &str) -> std::result::Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("`data` must have an even number of hex digits".into());
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            s.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| "`data` is not hex".to_string())
+        })
+        .collect()
+}
+
+/// Answers one request.
+#[must_use]
+pub fn handle(req: &Value, viommu: &SharedViommu, wake: &WakeSlot) -> Value {
+    match dispatch(req, viommu) {
+        Ok(reply) => {
+            if reply.get("fault").is_some() {
+                // A fault record was queued: let the queue thread deliver it.
+                if let Some(w) = wake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+                    let _ = w.write(1);
+                }
+            }
+            reply
+        }
+        Err(e) => json!({"ok": false, "error": e}),
+    }
+}
+
+fn access(req: &Value) -> std::result::Result<Access, String> {
+    match req.get("access").and_then(Value::as_str).unwrap_or("read") {
+        "read" => Ok(Access::Read),
+        "write" => Ok(Access::Write),
+        other => Err(format!("unknown access `{other}` (read or write)")),
+    }
+}
+
+fn dispatch(req: &Value, viommu: &SharedViommu) -> std::result::Result<Value, String> {
+    let cmd = req.get("cmd").and_then(Value::as_str).ok_or("missing `cmd`")?;
+    match cmd {
+        "stats" => {
+            let v = lock(viommu);
+            Ok(json!({"ok": true, "stats": serde_json::to_value(v.stats()).map_err(|e| e.to_string())?}))
+        }
+        "dump" => {
+            let v = lock(viommu);
+            Ok(json!({"ok": true, "dump": serde_json::to_value(v.dump()).map_err(|e| e.to_string())?}))
+        }
+        "translate" => {
+            let endpoint = u32_field(req, "endpoint")?.ok_or("missing `endpoint`")?;
+            let pasid = u32_field(req, "pasid")?;
+            let iova = need(req, "iova")?;
+            let len = num(req, "len")?.unwrap_or(1);
+            let r = lock(viommu).translate(endpoint, pasid, iova, len, access(req)?);
+            Ok(match r {
+                Ok(t) => json!({"ok": true, "translation": serde_json::to_value(t).map_err(|e| e.to_string())?}),
+                Err(f) => json!({"ok": true, "fault": fault_json(&f)}),
+            })
+        }
+        "dma-read" => {
+            let endpoint = u32_field(req, "endpoint")?.ok_or("missing `endpoint`")?;
+            let pasid = u32_field(req, "pasid")?;
+            let iova = need(req, "iova")?;
+            let len = need(req, "len")?;
+            if len > MAX_DMA {
+                return Err(format!("`len` is at most {MAX_DMA}"));
+            }
+            let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
+            let r = lock(viommu).dma_read(endpoint, pasid, iova, &mut buf);
+            Ok(match r {
+                Ok(()) => json!({"ok": true, "data": hex(&buf)}),
+                Err(f) => json!({"ok": true, "fault": fault_json(&f)}),
+            })
+        }
+        "dma-write" => {
+            let endpoint = u32_field(req, "endpoint")?.ok_or("missing `endpoint`")?;
+            let pasid = u32_field(req, "pasid")?;
+            let iova = need(req, "iova")?;
+            let data = unhex(req.get("data").and_then(Value::as_str).ok_or("missing `data`")?)?;
+            if data.len() as u64 > MAX_DMA {
+                return Err(format!("`data` is at most {MAX_DMA} bytes"));
+            }
+            let r = lock(viommu).dma_write(endpoint, pasid, iova, &data);
+            Ok(match r {
+                Ok(()) => json!({"ok": true}),
+                Err(f) => json!({"ok": true, "fault": fault_json(&f)}),
+            })
+        }
+        other => Err(format!("unknown command `{other}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_roundtrip_and_errors() {
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+        assert_eq!(unhex("00ab10"), Ok(vec![0, 0xab, 0x10]));
+        assert!(unhex("abc").is_err());
+        assert!(unhex("zz").is_err());
+    }
+
+    #[test]
+    fn numbers_as_json_or_hex_strings() {
+        let v = json!({"a": 5, "b": "0x10", "c": -1, "d": [1]});
+        assert_eq!(num(&v, "a"), Ok(Some(5)));
+        assert_eq!(num(&v, "b"), Ok(Some(16)));
+        assert!(num(&v, "c").is_err());
+        assert!(num(&v, "d").is_err());
+        assert_eq!(num(&v, "e"), Ok(None));
+        assert!(u32_field(&json!({"x": 0x1_0000_0000u64}), "x").is_err());
+    }
+}
