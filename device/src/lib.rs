@@ -1,1 +1,16 @@
-//! vhost-user virtio-iommu device: the semantics engine, host IOMMU backends and the daemon.
+//! vhost-user virtio-iommu device.
+//!
+//! The data path reads top to bottom: [`daemon`] accepts a frontend, [`backend`] owns the
+//! virtqueues, [`queue`] turns a descriptor chain into bytes, the `virtio-iommu-spec` crate
+//! decodes them, [`viommu`] applies the virtio-iommu rules (pure, no I/O), and a [`host`]
+//! backend mirrors the result into a real or emulated IOMMU. [`control`] is the operator's
+//! window into a running daemon.
+
+pub mod args;
+pub mod backend;
+pub mod control;
+pub mod daemon;
+pub mod error;
+pub mod host;
+pub mod queue;
+pub mod viommu;

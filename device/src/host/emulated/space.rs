@@ -1,0 +1,157 @@
+//! One emulated address space: IOVA intervals → guest-physical, like an iommufd IOAS.
+//!
+//! Independent of the engine's own mapping store on purpose: the host is a mirror, and tests
+//! that translate through it check that the mirror matches what the guest asked for.
+
+use std::collections::BTreeMap;
+
+use crate::host::{HostError, Perm};
+
+/// A mapping of the space, keyed in the tree by its first IOVA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMapping {
+    /// First IOVA.
+    pub iova: u64,
+    /// Last IOVA, inclusive.
+    pub last: u64,
+    /// Guest-physical address of `iova`.
+    pub phys: u64,
+    /// Permissions.
+    pub perm: Perm,
+}
+
+impl HostMapping {
+    /// Whether the mapping translates `iova`.
+    #[must_use]
+    pub const fn contains(&self, iova: u64) -> bool {
+        self.iova <= iova && iova <= self.last
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    last: u64,
+    phys: u64,
+    perm: Perm,
+}
+
+/// An address space: non-overlapping intervals, O(log n) per operation.
+#[derive(Debug, Default)]
+pub struct AddressSpace {
+    map: BTreeMap<u64, Entry>,
+    /// Attachments pointing at this space (iommufd refuses to destroy a busy IOAS).
+    pub(super) users: u32,
+}
+
+impl AddressSpace {
+    /// Adds `[iova, last] → phys`.
+    ///
+    /// # Errors
+    /// `Invalid` for an empty range, an output range past 2^64, or an overlap.
+    pub fn map(&mut self, iova: u64, last: u64, phys: u64, perm: Perm) -> Result<(), HostError> {
+        if last < iova || phys.checked_add(last - iova).is_none() {
+            return Err(HostError::Invalid);
+        }
+        if self.find_overlap(iova, last) {
+            return Err(HostError::Invalid);
+        }
+        self.map.insert(iova, Entry { last, phys, perm });
+        Ok(())
+    }
+
+    fn find_overlap(&self, iova: u64, last: u64) -> bool {
+        // Mappings are disjoint and ordered: only the last one starting at or before `last`
+        // can reach into `[iova, last]`.
+        self.map
+            .range(..=last)
+            .next_back()
+            .is_some_and(|(_, e)| e.last >= iova)
+    }
+
+    /// Removes the mappings wholly inside `[iova, last]`; returns the bytes unmapped
+    /// (saturating: a full 2^64 unmap reads as `u64::MAX`).
+    pub fn unmap(&mut self, iova: u64, last: u64) -> u64 {
+        let mut bytes = 0u64;
+        while let Some((&start, e)) = self.map.range(iova..=last).next() {
+            if e.last > last {
+                // Only the last mapping in the range can stick out; it stays.
+                break;
+            }
+            bytes = bytes.saturating_add((e.last - start).saturating_add(1));
+            self.map.remove(&start);
+        }
+        bytes
+    }
+
+    /// The mapping that translates `iova`, if any.
+    #[must_use]
+    pub fn lookup(&self, iova: u64) -> Option<HostMapping> {
+        let (&start, e) = self.map.range(..=iova).next_back()?;
+        (e.last >= iova).then_some(HostMapping {
+            iova: start,
+            last: e.last,
+            phys: e.phys,
+            perm: e.perm,
+        })
+    }
+
+    /// Number of mappings.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the space has no mapping.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// All mappings in IOVA order.
+    pub fn iter(&self) -> impl Iterator<Item = HostMapping> + '_ {
+        self.map.iter().map(|(&iova, e)| HostMapping {
+            iova,
+            last: e.last,
+            phys: e.phys,
+            perm: e.perm,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RW: Perm = Perm::READ.union(Perm::WRITE);
+
+    #[test]
+    fn map_lookup_unmap() {
+        let mut s = AddressSpace::default();
+        s.map(0x1000, 0x1fff, 0x8000, RW).unwrap();
+        s.map(0x3000, 0x3fff, 0x9000, Perm::READ).unwrap();
+        assert_eq!(s.map(0x1800, 0x27ff, 0, RW), Err(HostError::Invalid));
+        assert_eq!(s.map(0x0, 0x1000, 0, RW), Err(HostError::Invalid));
+        assert_eq!(s.map(0x2000, 0x1fff, 0, RW), Err(HostError::Invalid));
+        assert_eq!(s.lookup(0x1abc).unwrap().phys, 0x8000);
+        assert_eq!(s.lookup(0x2000), None);
+        assert_eq!(s.lookup(0xfff), None);
+        // Only whole mappings go: [0x1000, 0x37ff] holds the first one wholly.
+        assert_eq!(s.unmap(0x1000, 0x37ff), 0x1000);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.unmap(0, u64::MAX), 0x1000);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn extremes() {
+        let mut s = AddressSpace::default();
+        s.map(0, u64::MAX, 0, RW).unwrap();
+        assert_eq!(s.lookup(u64::MAX).unwrap().last, u64::MAX);
+        assert_eq!(s.unmap(0, u64::MAX), u64::MAX);
+        assert_eq!(
+            s.map(0x1000, 0x1fff, u64::MAX - 0xffe, RW),
+            Err(HostError::Invalid)
+        );
+        s.map(0x1000, 0x1fff, u64::MAX - 0xfff, RW).unwrap();
+    }
+}

@@ -1,0 +1,329 @@
+//! Static configuration of the device model: ranges, endpoints, limits, extension offers.
+
+use core::fmt;
+use core::ops::RangeInclusive;
+
+use virtio_iommu_spec::ext::TableFormat;
+use virtio_iommu_spec::probe::ResvMemSubtype;
+
+use crate::host::ReservedRegion;
+
+/// Resource limits. Exceeding one makes the request fail with S_NOMEM and change nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Mappings per domain (cloud-hypervisor: 2^20).
+    pub max_mappings_per_domain: usize,
+    /// Live domains (cloud-hypervisor: 2^16).
+    pub max_domains: usize,
+    /// Endpoints attached at the same time.
+    pub max_attached_endpoints: usize,
+    /// Events waiting for an event-queue buffer; the oldest is dropped beyond this.
+    pub max_pending_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_mappings_per_domain: 1 << 20,
+            max_domains: 1 << 16,
+            max_attached_endpoints: 1 << 16,
+            max_pending_events: 256,
+        }
+    }
+}
+
+/// A range of endpoint IDs that share properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The endpoint IDs.
+    pub ids: RangeInclusive<u32>,
+    /// Reserved regions reported by PROBE, sorted by address, disjoint, at most one MSI.
+    pub reserved: Vec<ReservedRegion>,
+    /// PASID bits the endpoints support (0: no PASID). At most 20.
+    pub pasid_bits: u8,
+    /// Whether the endpoints can issue page requests.
+    pub page_requests: bool,
+    /// Guest table formats the endpoints accept (ATTACH_TABLE).
+    pub table_formats: Vec<TableFormat>,
+}
+
+impl Default for EndpointConfig {
+    /// Every endpoint ID, with the x86 MSI window on x86 hosts, no PASID.
+    fn default() -> Self {
+        EndpointConfig {
+            ids: 0..=u32::MAX,
+            reserved: if cfg!(any(target_arch = "x86", target_arch = "x86_64")) {
+                vec![ReservedRegion::x86_msi()]
+            } else {
+                Vec::new()
+            },
+            pasid_bits: 0,
+            page_requests: false,
+            table_formats: Vec::new(),
+        }
+    }
+}
+
+/// Configuration of a [`super::Viommu`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViommuConfig {
+    /// Supported page sizes; the lowest set bit is the granule.
+    pub page_size_mask: u64,
+    /// Valid input addresses, inclusive.
+    pub input_range: (u64, u64),
+    /// Valid domain IDs, inclusive.
+    pub domain_range: (u32, u32),
+    /// Size of the PROBE properties area.
+    pub probe_size: u32,
+    /// Value of `bypass` at power-on and after a system reset.
+    pub boot_bypass: bool,
+    /// The endpoints behind this IOMMU; ranges must not overlap.
+    pub endpoints: Vec<EndpointConfig>,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Offer `F_MMIO`.
+    pub offer_mmio: bool,
+    /// Offer the ATTACH_TABLE extension.
+    pub offer_attach_table: bool,
+    /// Offer the PAGE_REQUEST extension.
+    pub offer_page_request: bool,
+}
+
+impl Default for ViommuConfig {
+    /// QEMU's defaults: 4 KiB granule, full 64-bit input and 32-bit domain ranges,
+    /// 512-byte probe area, boot bypass on.
+    fn default() -> Self {
+        ViommuConfig {
+            page_size_mask: 0xffff_ffff_ffff_f000,
+            input_range: (0, u64::MAX),
+            domain_range: (0, u32::MAX),
+            probe_size: 512,
+            boot_bypass: true,
+            endpoints: vec![EndpointConfig::default()],
+            limits: Limits::default(),
+            offer_mmio: false,
+            offer_attach_table: false,
+            offer_page_request: false,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `page_size_mask` is 0.
+    NoPageSize,
+    /// `input_range` start > end.
+    InputRange,
+    /// `domain_range` start > end.
+    DomainRange,
+    /// An endpoint range is empty.
+    EmptyEndpointRange(RangeInclusive<u32>),
+    /// Two endpoint ranges share an ID.
+    OverlappingEndpoints(RangeInclusive<u32>, RangeInclusive<u32>),
+    /// Reserved regions of an endpoint range are empty, unsorted or overlapping.
+    BadReservedRegions(RangeInclusive<u32>),
+    /// More than one MSI region for an endpoint range.
+    SeveralMsiRegions(RangeInclusive<u32>),
+    /// `pasid_bits` above 20.
+    PasidBits(u8),
+    /// The PROBE properties of an endpoint range need more than `probe_size` bytes.
+    ProbeSizeTooSmall {
+        /// Bytes needed.
+        need: usize,
+        /// `probe_size`.
+        probe_size: u32,
+    },
+    /// `limits.max_pending_events` is 0.
+    NoEventRoom,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NoPageSize => f.write_str("page_size_mask must not be 0"),
+            ConfigError::InputRange => f.write_str("input_range start is above its end"),
+            ConfigError::DomainRange => f.write_str("domain_range start is above its end"),
+            ConfigError::EmptyEndpointRange(r) => write!(f, "endpoint range {r:?} is empty"),
+            ConfigError::OverlappingEndpoints(a, b) => {
+                write!(f, "endpoint ranges {a:?} and {b:?} overlap")
+            }
+            ConfigError::BadReservedRegions(r) => write!(
+                f,
+                "reserved regions of endpoints {r:?} must be non-empty, sorted and disjoint"
+            ),
+            ConfigError::SeveralMsiRegions(r) => {
+                write!(f, "endpoints {r:?} have more than one MSI region")
+            }
+            ConfigError::PasidBits(b) => write!(f, "pasid_bits {b} is above 20"),
+            ConfigError::ProbeSizeTooSmall { need, probe_size } => write!(
+                f,
+                "probe properties need {need} bytes but probe_size is {probe_size}"
+            ),
+            ConfigError::NoEventRoom => f.write_str("limits.max_pending_events must be at least 1"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Checks the parts of a configuration that do not depend on PROBE encoding.
+pub(super) fn validate(cfg: &ViommuConfig) -> Result<(), ConfigError> {
+    if cfg.page_size_mask == 0 {
+        return Err(ConfigError::NoPageSize);
+    }
+    if cfg.input_range.0 > cfg.input_range.1 {
+        return Err(ConfigError::InputRange);
+    }
+    if cfg.domain_range.0 > cfg.domain_range.1 {
+        return Err(ConfigError::DomainRange);
+    }
+    if cfg.limits.max_pending_events == 0 {
+        return Err(ConfigError::NoEventRoom);
+    }
+    for ep in &cfg.endpoints {
+        if ep.ids.is_empty() {
+            return Err(ConfigError::EmptyEndpointRange(ep.ids.clone()));
+        }
+        if ep.pasid_bits > 20 {
+            return Err(ConfigError::PasidBits(ep.pasid_bits));
+        }
+        let sorted = ep.reserved.iter().all(|r| r.start <= r.end)
+            && ep.reserved.windows(2).all(|w| w[0].end < w[1].start);
+        if !sorted {
+            return Err(ConfigError::BadReservedRegions(ep.ids.clone()));
+        }
+        let msi = ep
+            .reserved
+            .iter()
+            .filter(|r| r.kind == ResvMemSubtype::Msi)
+            .count();
+        if msi > 1 {
+            return Err(ConfigError::SeveralMsiRegions(ep.ids.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// The endpoint ranges, sorted, for O(log n) lookup of an endpoint ID.
+#[derive(Debug, Clone)]
+pub(super) struct EndpointTable {
+    eps: Vec<EndpointConfig>,
+}
+
+impl EndpointTable {
+    /// Sorts the ranges and checks that they are disjoint (ranges are non-empty already).
+    pub(super) fn new(mut eps: Vec<EndpointConfig>) -> Result<Self, ConfigError> {
+        eps.sort_by_key(|e| *e.ids.start());
+        for w in eps.windows(2) {
+            if w[1].ids.start() <= w[0].ids.end() {
+                return Err(ConfigError::OverlappingEndpoints(
+                    w[0].ids.clone(),
+                    w[1].ids.clone(),
+                ));
+            }
+        }
+        Ok(EndpointTable { eps })
+    }
+
+    /// The index and configuration of the range holding `endpoint`.
+    pub(super) fn find(&self, endpoint: u32) -> Option<(usize, &EndpointConfig)> {
+        let i = self.eps.partition_point(|e| *e.ids.end() < endpoint);
+        self.eps
+            .get(i)
+            .filter(|e| e.ids.contains(&endpoint))
+            .map(|e| (i, e))
+    }
+
+    /// The configuration at `index` (from [`EndpointTable::find`]).
+    pub(super) fn get(&self, index: usize) -> Option<&EndpointConfig> {
+        self.eps.get(index)
+    }
+
+    /// All ranges.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &EndpointConfig> {
+        self.eps.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(ids: RangeInclusive<u32>) -> EndpointConfig {
+        EndpointConfig {
+            ids,
+            reserved: Vec::new(),
+            ..EndpointConfig::default()
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(validate(&ViommuConfig::default()), Ok(()));
+        let bad = |f: &dyn Fn(&mut ViommuConfig)| {
+            let mut c = ViommuConfig::default();
+            f(&mut c);
+            validate(&c).unwrap_err()
+        };
+        assert_eq!(bad(&|c| c.page_size_mask = 0), ConfigError::NoPageSize);
+        assert_eq!(bad(&|c| c.input_range = (2, 1)), ConfigError::InputRange);
+        assert_eq!(bad(&|c| c.domain_range = (2, 1)), ConfigError::DomainRange);
+        assert_eq!(
+            bad(&|c| c.limits.max_pending_events = 0),
+            ConfigError::NoEventRoom
+        );
+        #[allow(clippy::reversed_empty_ranges)] // the point of the test
+        let empty = 5..=4;
+        assert_eq!(
+            bad(&|c| c.endpoints = vec![ep(empty.clone())]),
+            ConfigError::EmptyEndpointRange(empty.clone())
+        );
+        assert_eq!(
+            bad(&|c| c.endpoints[0].pasid_bits = 21),
+            ConfigError::PasidBits(21)
+        );
+        let r = |start, end, kind| ReservedRegion { start, end, kind };
+        assert_eq!(
+            bad(&|c| c.endpoints[0].reserved = vec![
+                r(0x2000, 0x2fff, ResvMemSubtype::Reserved),
+                r(0x1000, 0x1fff, ResvMemSubtype::Reserved)
+            ]),
+            ConfigError::BadReservedRegions(0..=u32::MAX)
+        );
+        assert_eq!(
+            bad(&|c| c.endpoints[0].reserved = vec![
+                r(0x1000, 0x2000, ResvMemSubtype::Reserved),
+                r(0x2000, 0x2fff, ResvMemSubtype::Reserved)
+            ]),
+            ConfigError::BadReservedRegions(0..=u32::MAX)
+        );
+        assert_eq!(
+            bad(&|c| c.endpoints[0].reserved = vec![r(0x2000, 0x1fff, ResvMemSubtype::Reserved)]),
+            ConfigError::BadReservedRegions(0..=u32::MAX)
+        );
+        assert_eq!(
+            bad(&|c| c.endpoints[0].reserved = vec![
+                r(0x1000, 0x1fff, ResvMemSubtype::Msi),
+                r(0x2000, 0x2fff, ResvMemSubtype::Msi)
+            ]),
+            ConfigError::SeveralMsiRegions(0..=u32::MAX)
+        );
+    }
+
+    #[test]
+    fn endpoint_lookup() {
+        let t = EndpointTable::new(vec![ep(10..=19), ep(0..=3), ep(u32::MAX..=u32::MAX)]).unwrap();
+        assert_eq!(t.find(0).map(|(i, _)| i), Some(0));
+        assert_eq!(t.find(3).map(|(i, _)| i), Some(0));
+        assert_eq!(t.find(4), None);
+        assert_eq!(t.find(9), None);
+        assert_eq!(t.find(15).map(|(i, _)| i), Some(1));
+        assert_eq!(t.find(20), None);
+        assert_eq!(t.find(u32::MAX).map(|(i, _)| i), Some(2));
+        assert_eq!(
+            EndpointTable::new(vec![ep(0..=10), ep(10..=12)]).unwrap_err(),
+            ConfigError::OverlappingEndpoints(0..=10, 10..=12)
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! Domains and attached endpoints, and the semantics of ATTACH, DETACH, MAP and UNMAP.
+//!
+//! Every handler validates first, then asks the host, then commits: a refused request or a
+//! host error leaves the engine and the host exactly as they were. Where the specification
+//! leaves the status open, the choice is written next to the check.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use log::warn;
+use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Map, MapFlags, Unmap};
+use virtio_iommu_spec::{Features, Status};
+
+use super::config::{EndpointTable, ViommuConfig};
+use super::dump::{DomainDump, MappingDump};
+use super::mappings::{Mapping, MappingStore, WouldSplit};
+use crate::host::{AttachTarget, HostError, HostIommu, Perm, SpaceId};
+
+/// What a request handler may use besides the domain state.
+pub(super) struct Ctx<'a> {
+    pub(super) cfg: &'a ViommuConfig,
+    pub(super) endpoints: &'a EndpointTable,
+    pub(super) negotiated: Features,
+    pub(super) host: &'a mut dyn HostIommu,
+}
+
+/// One domain.
+#[derive(Debug)]
+struct Domain {
+    /// Created with ATTACH_F_BYPASS: identity, no mappings.
+    bypass: bool,
+    /// The host address space (`None` for bypass domains).
+    space: Option<SpaceId>,
+    endpoints: BTreeSet<u32>,
+    /// Attached endpoints per endpoint-config index: MAP must avoid the reserved regions of
+    /// every config present, and there are far fewer configs than endpoints.
+    configs: BTreeMap<usize, u32>,
+    mappings: MappingStore,
+}
+
+impl Domain {
+    fn add(&mut self, endpoint: u32, cfg: usize) {
+        self.endpoints.insert(endpoint);
+        *self.configs.entry(cfg).or_insert(0) += 1;
+    }
+
+    fn remove(&mut self, endpoint: u32, cfg: usize) {
+        self.endpoints.remove(&endpoint);
+        if let Some(n) = self.configs.get_mut(&cfg) {
+            *n -= 1;
+            if *n == 0 {
+                self.configs.remove(&cfg);
+            }
+        }
+    }
+}
+
+/// The status a host error turns into. A host that runs out of room is the guest's S_NOMEM;
+/// one that cannot do the thing at all (e.g. MMIO mappings on iommufd) is S_UNSUPP; anything
+/// else is an internal device error.
+fn host_status(op: &str, e: HostError) -> Status {
+    warn!("host {op} failed: {e}");
+    match e {
+        HostError::NoMem => Status::NoMem,
+        HostError::Unsupported => Status::Unsupp,
+        HostError::Invalid | HostError::Failed => Status::DevErr,
+    }
+}
+
+fn perm(flags: MapFlags) -> Perm {
+    let mut p = Perm::empty();
+    p.set(Perm::READ, flags.contains(MapFlags::READ));
+    p.set(Perm::WRITE, flags.contains(MapFlags::WRITE));
+    p.set(Perm::MMIO, flags.contains(MapFlags::MMIO));
+    p
+}
+
+/// All domains and attachments.
+#[derive(Debug, Default)]
+pub(super) struct Domains {
+    domains: BTreeMap<u32, Domain>,
+    /// Endpoint → domain.
+    attached: BTreeMap<u32, u32>,
+    /// Mappings of all domains together.
+    mappings: usize,
+}
+
+impl Domains {
+    /// Live domains.
+    pub(super) fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+
+    /// Live mappings.
+    pub(super) fn mapping_count(&self) -> usize {
+        self.mappings
+    }
+
+    /// Attached endpoints.
+    pub(super) fn attached_count(&self) -> usize {
+        self.attached.len()
+    }
+
+    /// The domain `endpoint` is attached to.
+    pub(super) fn domain_of(&self, endpoint: u32) -> Option<u32> {
+        self.attached.get(&endpoint).copied()
+    }
+
+    /// ATTACH: create the domain on first use, move the endpoint out of its old domain.
+    pub(super) fn attach(&mut self, ctx: &mut Ctx<'_>, a: &Attach) -> Status {
+        let Some((cfg_idx, ep)) = ctx.endpoints.find(a.endpoint) else {
+            return Status::NoEnt;
+        };
+        if !in_range(a.domain, ctx.cfg.domain_range) {
+            return Status::Range;
+        }
+        let bypass = a.flags.contains(AttachFlags::BYPASS);
+        if bypass && !ctx.negotiated.contains(Features::BYPASS_CONFIG) {
+            return Status::Inval;
+        }
+        let old = self.attached.get(&a.endpoint).copied();
+        let limits = &ctx.cfg.limits;
+        match self.domains.get(&a.domain) {
+            Some(d) => {
+                if d.bypass != bypass {
+                    return Status::Inval;
+                }
+                if old == Some(a.domain) {
+                    return Status::Ok;
+                }
+                // Mappings already sitting on this endpoint's reserved regions: the endpoint's
+                // properties are incompatible with the domain (spec: SHOULD S_UNSUPP).
+                if ep
+                    .reserved
+                    .iter()
+                    .any(|r| d.mappings.overlaps(r.start, r.end))
+                {
+                    return Status::Unsupp;
+                }
+            }
+            None => {
+                // A move out of a domain that then vanishes frees the slot it needs.
+                let frees = old
+                    .is_some_and(|o| self.domains.get(&o).is_some_and(|d| d.endpoints.len() == 1));
+                if self.domains.len().saturating_sub(usize::from(frees)) >= limits.max_domains {
+                    return Status::NoMem;
+                }
+            }
+        }
+        if old.is_none() && self.attached.len() >= limits.max_attached_endpoints {
+            return Status::NoMem;
+        }
+
+        let (target, new_space) = match self.domains.get(&a.domain) {
+            Some(d) => (
+                d.space.map_or(AttachTarget::Bypass, AttachTarget::Space),
+                None,
+            ),
+            None if bypass => (AttachTarget::Bypass, None),
+            None => match ctx.host.alloc_space() {
+                Ok(s) => (AttachTarget::Space(s), Some(s)),
+                Err(e) => return host_status("alloc_space", e),
+            },
+        };
+        if let Err(e) = ctx.host.attach(a.endpoint, None, target) {
+            if let Some(s) = new_space {
+                if let Err(e) = ctx.host.destroy_space(s) {
+                    warn!("host destroy_space({s:?}) failed during rollback: {e}");
+                }
+            }
+            return host_status("attach", e);
+        }
+
+        if let Some(o) = old {
+            self.leave(ctx.host, a.endpoint, o, cfg_idx);
+        }
+        self.domains
+            .entry(a.domain)
+            .or_insert_with(|| Domain {
+                bypass,
+                space: new_space,
+                endpoints: BTreeSet::new(),
+                configs: BTreeMap::new(),
+                mappings: MappingStore::default(),
+            })
+            .add(a.endpoint, cfg_idx);
+        self.attached.insert(a.endpoint, a.domain);
+        Status::Ok
+    }
+
+    /// Takes `endpoint` out of `domain`; the domain and its mappings go with its last endpoint.
+    fn leave(&mut self, host: &mut dyn HostIommu, endpoint: u32, domain: u32, cfg: usize) {
+        let Some(d) = self.domains.get_mut(&domain) else {
+            return;
+        };
+        d.remove(endpoint, cfg);
+        if !d.endpoints.is_empty() {
+            return;
+        }
+        if let Some(d) = self.domains.remove(&domain) {
+            self.mappings -= d.mappings.len();
+            if let Some(s) = d.space {
+                // The guest's view is already right; a leaked host space is only logged.
+                if let Err(e) = host.destroy_space(s) {
+                    warn!("host destroy_space({s:?}) of domain {domain} failed: {e}");
+                }
+            }
+        }
+    }
+
+    /// DETACH.
+    pub(super) fn detach(&mut self, ctx: &mut Ctx<'_>, d: &Detach) -> Status {
+        let Some((cfg_idx, _)) = ctx.endpoints.find(d.endpoint) else {
+            return Status::NoEnt;
+        };
+        if !in_range(d.domain, ctx.cfg.domain_range) {
+            return Status::Range;
+        }
+        // Unknown domain, or the endpoint is elsewhere (spec: MAY S_INVAL).
+        if self.attached.get(&d.endpoint) != Some(&d.domain) {
+            return Status::Inval;
+        }
+        if let Err(e) = ctx.host.detach(d.endpoint, None) {
+            return host_status("detach", e);
+        }
+        self.attached.remove(&d.endpoint);
+        self.leave(ctx.host, d.endpoint, d.domain, cfg_idx);
+        Status::Ok
+    }
+
+    /// MAP.
+    pub(super) fn map(&mut self, ctx: &mut Ctx<'_>, m: &Map) -> Status {
+        if !in_range(m.domain, ctx.cfg.domain_range) {
+            return Status::Range;
+        }
+        let Some(d) = self.domains.get_mut(&m.domain) else {
+            return Status::NoEnt;
+        };
+        if m.flags.contains(MapFlags::MMIO) && !ctx.negotiated.contains(Features::MMIO) {
+            return Status::Inval;
+        }
+        if d.bypass {
+            return Status::Inval;
+        }
+        // The driver MUST send virt_end > virt_start; an inverted range is invalid, not
+        // out of range.
+        if m.virt_end < m.virt_start {
+            return Status::Inval;
+        }
+        if m.virt_start < ctx.cfg.input_range.0 || m.virt_end > ctx.cfg.input_range.1 {
+            return Status::Range;
+        }
+        // The mask is non-zero (validated), so the granule is a power of two ≤ 2^63.
+        // `virt_end + 1` wraps to 0 for virt_end = u64::MAX: 2^64 is aligned to any granule.
+        let g = 1u64 << ctx.cfg.page_size_mask.trailing_zeros();
+        let misaligned = |x: u64| x & (g - 1) != 0;
+        if misaligned(m.virt_start)
+            || misaligned(m.phys_start)
+            || misaligned(m.virt_end.wrapping_add(1))
+        {
+            return Status::Range;
+        }
+        // An output range running past 2^64 is an out-of-range parameter: S_RANGE.
+        if m.phys_start
+            .checked_add(m.virt_end - m.virt_start)
+            .is_none()
+        {
+            return Status::Range;
+        }
+        let on_reserved = d
+            .configs
+            .keys()
+            .filter_map(|i| ctx.endpoints.get(*i))
+            .flat_map(|e| e.reserved.iter())
+            .any(|r| r.overlaps(m.virt_start, m.virt_end));
+        if on_reserved || d.mappings.overlaps(m.virt_start, m.virt_end) {
+            return Status::Inval;
+        }
+        if d.mappings.len() >= ctx.cfg.limits.max_mappings_per_domain {
+            return Status::NoMem;
+        }
+        let Some(space) = d.space else {
+            warn!("mapped domain {} has no host space", m.domain);
+            return Status::DevErr;
+        };
+        if let Err(e) = ctx
+            .host
+            .map(space, m.virt_start, m.virt_end, m.phys_start, perm(m.flags))
+        {
+            return host_status("map", e);
+        }
+        d.mappings.insert(Mapping {
+            virt_start: m.virt_start,
+            virt_end: m.virt_end,
+            phys_start: m.phys_start,
+            flags: m.flags,
+        });
+        self.mappings += 1;
+        Status::Ok
+    }
+
+    /// UNMAP.
+    pub(super) fn unmap(&mut self, ctx: &mut Ctx<'_>, u: &Unmap) -> Status {
+        if !in_range(u.domain, ctx.cfg.domain_range) {
+            return Status::Range;
+        }
+        let Some(d) = self.domains.get_mut(&u.domain) else {
+            return Status::NoEnt;
+        };
+        if d.bypass {
+            return Status::Inval;
+        }
+        if u.virt_end < u.virt_start {
+            return Status::Inval;
+        }
+        if u.virt_start < ctx.cfg.input_range.0 || u.virt_end > ctx.cfg.input_range.1 {
+            return Status::Range;
+        }
+        match d.mappings.check_unmap(u.virt_start, u.virt_end) {
+            Err(WouldSplit) => Status::Range,
+            Ok(false) => Status::Ok,
+            Ok(true) => {
+                let Some(space) = d.space else {
+                    return Status::DevErr;
+                };
+                if let Err(e) = ctx.host.unmap(space, u.virt_start, u.virt_end) {
+                    return host_status("unmap", e);
+                }
+                self.mappings -= d.mappings.remove_range(u.virt_start, u.virt_end);
+                Status::Ok
+            }
+        }
+    }
+
+    /// Tears everything down (device reset): host attachments first, then spaces.
+    pub(super) fn clear(&mut self, host: &mut dyn HostIommu) {
+        for ep in self.attached.keys() {
+            if let Err(e) = host.detach(*ep, None) {
+                warn!("host detach({ep}) failed during reset: {e}");
+            }
+        }
+        for (id, d) in &self.domains {
+            if let Some(s) = d.space {
+                if let Err(e) = host.destroy_space(s) {
+                    warn!("host destroy_space({s:?}) of domain {id} failed during reset: {e}");
+                }
+            }
+        }
+        *self = Domains::default();
+    }
+
+    /// Domains → endpoints → mappings.
+    pub(super) fn dump(&self) -> Vec<DomainDump> {
+        self.domains
+            .iter()
+            .map(|(id, d)| DomainDump {
+                id: *id,
+                bypass: d.bypass,
+                endpoints: d.endpoints.iter().copied().collect(),
+                mappings: d
+                    .mappings
+                    .iter()
+                    .map(|m| MappingDump {
+                        virt_start: m.virt_start,
+                        virt_end: m.virt_end,
+                        phys_start: m.phys_start,
+                        flags: m.flags.bits(),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+fn in_range(domain: u32, (lo, hi): (u32, u32)) -> bool {
+    lo <= domain && domain <= hi
+}

@@ -1,0 +1,579 @@
+//! The virtio-iommu semantics engine: pure state, no sockets, threads or files.
+//!
+//! [`Viommu`] owns the device state (config space, negotiated features, domains, mappings,
+//! pending events) and answers requests byte-for-byte as the virtio specification and the
+//! project's fact sheet (`virtio-iommu-protocol.md` §1.4–1.10, §4) require. It drives a
+//! [`HostIommu`] so that the host always mirrors what the guest asked for.
+//!
+//! Status choices where the specification is loose are documented at each check
+//! (`domain.rs`); the summary: ranges and alignment → S_RANGE, everything inconsistent →
+//! S_INVAL, unknown endpoint or domain → S_NOENT, limits → S_NOMEM with nothing changed,
+//! host errors → S_NOMEM (host out of room), S_UNSUPP (host cannot) or S_DEVERR.
+
+pub mod config;
+mod domain;
+pub mod dump;
+pub mod events;
+pub mod mappings;
+mod probe;
+pub mod stats;
+
+use core::fmt;
+
+use log::{debug, trace, warn};
+use virtio_iommu_spec::config::BYPASS_OFFSET;
+use virtio_iommu_spec::event::{FaultFlags, FaultReason};
+use virtio_iommu_spec::ext::PageRespCode;
+use virtio_iommu_spec::request::{AttachTable, TAIL_SIZE};
+use virtio_iommu_spec::{
+    Config, Event, FaultEvent, Features, PageRequest, Request, RequestType, Status,
+};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use zerocopy::IntoBytes;
+
+pub use self::config::{ConfigError, EndpointConfig, Limits, ViommuConfig};
+pub use self::dump::{DomainDump, Dump, MappingDump};
+pub use self::events::{EventBytes, EventCounters};
+pub use self::probe::PAGE_REQUEST_MAX_GROUPS;
+pub use self::stats::{RequestCounters, Stats};
+pub use crate::host::{Access, GuestRange as Translation, ReservedRegion};
+
+use self::config::EndpointTable;
+use self::domain::{Ctx, Domains};
+use self::events::{Delivery, EventQueue};
+use crate::host::{Fault, HostIommu};
+
+fn fault_event(endpoint: u32, pasid: Option<u32>, access: Access, f: Fault) -> FaultEvent {
+    FaultEvent {
+        reason: f.reason,
+        access: match access {
+            Access::Read => FaultFlags::READ,
+            Access::Write => FaultFlags::WRITE,
+        },
+        endpoint,
+        address: Some(f.address),
+        pasid,
+    }
+}
+
+/// Size of the config space.
+pub const CONFIG_SIZE: usize = core::mem::size_of::<Config>();
+
+/// Why a config-space write was refused. The state is unchanged; the daemon logs and ignores
+/// it (a vhost-user SET_CONFIG error would drop the connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigWriteError {
+    /// The write is empty or reaches past the 40-byte config space.
+    OutOfRange {
+        /// Offset of the write.
+        offset: u32,
+        /// Its length.
+        len: usize,
+    },
+    /// The write changes a read-only field (everything but `bypass`).
+    ReadOnly {
+        /// Offset of the first such byte.
+        offset: usize,
+    },
+    /// `bypass` may only be 0 or 1.
+    InvalidBypass(u8),
+    /// `bypass` may only change once BYPASS_CONFIG is negotiated.
+    NotNegotiated,
+}
+
+impl fmt::Display for ConfigWriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigWriteError::OutOfRange { offset, len } => {
+                write!(f, "config write of {len} bytes at {offset} is out of range")
+            }
+            ConfigWriteError::ReadOnly { offset } => {
+                write!(f, "config byte {offset} is read-only")
+            }
+            ConfigWriteError::InvalidBypass(v) => write!(f, "invalid bypass value {v}"),
+            ConfigWriteError::NotNegotiated => {
+                f.write_str("bypass written without BYPASS_CONFIG negotiated")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigWriteError {}
+
+/// The device model.
+#[derive(Debug)]
+pub struct Viommu {
+    cfg: ViommuConfig,
+    endpoints: EndpointTable,
+    host: Box<dyn HostIommu>,
+    offered: Features,
+    negotiated: Features,
+    bypass: bool,
+    domains: Domains,
+    events: EventQueue,
+    stats: Stats,
+}
+
+impl Viommu {
+    /// Validates `cfg` and builds the device in its power-on state, telling `host` the
+    /// unattached default and every endpoint's reserved regions.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the first problem found.
+    pub fn new(mut cfg: ViommuConfig, mut host: Box<dyn HostIommu>) -> Result<Self, ConfigError> {
+        config::validate(&cfg)?;
+        let endpoints = EndpointTable::new(std::mem::take(&mut cfg.endpoints))?;
+        let mut offered = Features::MAP_UNMAP
+            | Features::INPUT_RANGE
+            | Features::DOMAIN_RANGE
+            | Features::PROBE
+            | Features::BYPASS_CONFIG;
+        offered.set(Features::MMIO, cfg.offer_mmio);
+        offered.set(Features::ATTACH_TABLE, cfg.offer_attach_table);
+        offered.set(Features::PAGE_REQUEST, cfg.offer_page_request);
+        let probe_size = usize::try_from(cfg.probe_size).unwrap_or(usize::MAX);
+        for ep in endpoints.iter() {
+            let need = probe::encoded_len(ep, offered);
+            if need > probe_size {
+                return Err(ConfigError::ProbeSizeTooSmall {
+                    need,
+                    probe_size: cfg.probe_size,
+                });
+            }
+            host.set_reserved_regions(ep.ids.clone(), &ep.reserved);
+        }
+        host.set_unattached_bypass(cfg.boot_bypass);
+        Ok(Viommu {
+            bypass: cfg.boot_bypass,
+            events: EventQueue::new(cfg.limits.max_pending_events),
+            cfg,
+            endpoints,
+            host,
+            offered,
+            negotiated: Features::empty(),
+            domains: Domains::default(),
+            stats: Stats::default(),
+        })
+    }
+
+    /// The features the device offers. Never the legacy `F_BYPASS` (superseded by
+    /// BYPASS_CONFIG, which is always offered).
+    #[must_use]
+    pub fn offered_features(&self) -> Features {
+        self.offered
+    }
+
+    /// Records the features the driver accepted (only offered ones are kept).
+    pub fn negotiate(&mut self, driver_acked: Features) {
+        self.negotiated = driver_acked & self.offered;
+        debug!("features negotiated: {:?}", self.negotiated);
+    }
+
+    /// The negotiated features.
+    #[must_use]
+    pub fn negotiated(&self) -> Features {
+        self.negotiated
+    }
+
+    /// The current config space. Ranges are reported whether or not their feature is
+    /// negotiated: the device enforces them either way.
+    #[must_use]
+    pub fn config_space(&self) -> Config {
+        Config {
+            page_size_mask: self.cfg.page_size_mask.into(),
+            input_range_start: self.cfg.input_range.0.into(),
+            input_range_end: self.cfg.input_range.1.into(),
+            domain_range_start: self.cfg.domain_range.0.into(),
+            domain_range_end: self.cfg.domain_range.1.into(),
+            probe_size: self.cfg.probe_size.into(),
+            bypass: u8::from(self.bypass),
+            reserved: [0; 3],
+        }
+    }
+
+    /// A driver write to the config space. Only `bypass` is writable, only with 0 or 1, only
+    /// once BYPASS_CONFIG is negotiated (as QEMU). A write may cover other bytes as long as it
+    /// leaves them unchanged (vhost-user frontends may write the whole space back).
+    ///
+    /// # Errors
+    /// A [`ConfigWriteError`]; nothing changes then.
+    pub fn write_config(&mut self, offset: u32, data: &[u8]) -> Result<(), ConfigWriteError> {
+        let out_of_range = ConfigWriteError::OutOfRange {
+            offset,
+            len: data.len(),
+        };
+        let start = usize::try_from(offset).map_err(|_| out_of_range)?;
+        match start.checked_add(data.len()) {
+            Some(end) if end <= CONFIG_SIZE && !data.is_empty() => {}
+            _ => return Err(out_of_range),
+        }
+        let current = self.config_space();
+        let mut new_bypass = None;
+        for (pos, (b, cur)) in data
+            .iter()
+            .zip(&current.as_bytes()[start..])
+            .enumerate()
+            .map(|(i, x)| (start + i, x))
+        {
+            if pos == BYPASS_OFFSET {
+                new_bypass = Some(*b);
+            } else if b != cur {
+                return Err(ConfigWriteError::ReadOnly { offset: pos });
+            }
+        }
+        let Some(v) = new_bypass else {
+            return Ok(());
+        };
+        if v > 1 {
+            return Err(ConfigWriteError::InvalidBypass(v));
+        }
+        let bypass = v == 1;
+        if bypass != self.bypass {
+            if !self.negotiated.contains(Features::BYPASS_CONFIG) {
+                return Err(ConfigWriteError::NotNegotiated);
+            }
+            debug!("config: bypass {} -> {}", self.bypass, bypass);
+            self.bypass = bypass;
+            self.host.set_unattached_bypass(bypass);
+        }
+        Ok(())
+    }
+
+    /// Virtio device reset: every endpoint detached, every domain and mapping gone (host
+    /// mirrors torn down), pending events dropped. `bypass` keeps its value (spec §1.3) and the
+    /// negotiated features stay until the transport negotiates again (vhost-user sends
+    /// SET_FEATURES around a reset in no fixed order). Counters are cumulative and stay.
+    pub fn reset(&mut self) {
+        self.domains.clear(self.host.as_mut());
+        self.events.clear();
+        self.host.set_unattached_bypass(self.bypass);
+        self.refresh_gauges();
+    }
+
+    /// System reset: [`Viommu::reset`] and `bypass` back to its boot value.
+    pub fn system_reset(&mut self) {
+        self.reset();
+        self.bypass = self.cfg.boot_bypass;
+        self.host.set_unattached_bypass(self.bypass);
+    }
+
+    /// Handles one request. `readable` is the device-readable part (gathered across
+    /// descriptors), `writable` a buffer as large as the device-writable part. Returns the
+    /// used length: 0 with nothing written when the request cannot be answered (writable part
+    /// under 4 bytes, unreadable or unknown type, feature not negotiated); otherwise
+    /// `writable.len()`, with the status in the last 4 bytes, PROBE properties (if any) at the
+    /// start and zeros everywhere else.
+    pub fn handle_request(&mut self, readable: &[u8], writable: &mut [u8]) -> usize {
+        let ty = Request::peek_type(readable).ok();
+        let Some(tail_at) = writable.len().checked_sub(TAIL_SIZE) else {
+            self.stats.no_reply(ty);
+            return 0;
+        };
+        let Some(ty) = ty else {
+            debug!("request with unknown type {:?}: no reply", readable.first());
+            self.stats.no_reply(None);
+            return 0;
+        };
+        if !self.type_allowed(ty) {
+            debug!("{ty} without its feature negotiated: no reply");
+            self.stats.no_reply(Some(ty));
+            return 0;
+        }
+        writable.fill(0);
+        let (area, tail) = writable.split_at_mut(tail_at);
+        let status = match Request::parse(readable) {
+            Ok(req) => self.dispatch(&req, area),
+            Err(e) => match e.status() {
+                Some(s) => {
+                    debug!("{ty}: malformed ({e}): {s}");
+                    s
+                }
+                None => {
+                    self.stats.no_reply(Some(ty));
+                    return 0;
+                }
+            },
+        };
+        tail[0] = status as u8;
+        trace!("{ty} -> {status}");
+        self.stats.replied(ty, status);
+        self.refresh_gauges();
+        writable.len()
+    }
+
+    fn type_allowed(&self, ty: RequestType) -> bool {
+        let needs = match ty {
+            RequestType::Attach | RequestType::Detach => Features::empty(),
+            RequestType::Map | RequestType::Unmap => Features::MAP_UNMAP,
+            RequestType::Probe => Features::PROBE,
+            RequestType::AttachTable | RequestType::Invalidate => Features::ATTACH_TABLE,
+            RequestType::PageResp => Features::PAGE_REQUEST,
+        };
+        self.negotiated.contains(needs)
+    }
+
+    fn split(&mut self) -> (&mut Domains, Ctx<'_>) {
+        (
+            &mut self.domains,
+            Ctx {
+                cfg: &self.cfg,
+                endpoints: &self.endpoints,
+                negotiated: self.negotiated,
+                host: self.host.as_mut(),
+            },
+        )
+    }
+
+    fn dispatch(&mut self, req: &Request, area: &mut [u8]) -> Status {
+        let status = match req {
+            Request::Attach(a) => {
+                let (d, mut ctx) = self.split();
+                d.attach(&mut ctx, a)
+            }
+            Request::Detach(x) => {
+                let (d, mut ctx) = self.split();
+                d.detach(&mut ctx, x)
+            }
+            Request::Map(m) => {
+                let (d, mut ctx) = self.split();
+                d.map(&mut ctx, m)
+            }
+            Request::Unmap(u) => {
+                let (d, mut ctx) = self.split();
+                d.unmap(&mut ctx, u)
+            }
+            Request::Probe(p) => self.probe(p.endpoint, area),
+            Request::AttachTable(a) => self.attach_table(a),
+            // vSVA seam: INVALIDATE goes to `HostIommu::invalidate` of the domain's nested
+            // tables, PAGE_RESP to `HostIommu::page_response`, once the engine tracks tables
+            // and outstanding page-request groups.
+            Request::Invalidate(_) | Request::PageResp(_) => Status::Unsupp,
+        };
+        if status != Status::Ok {
+            debug!("{}: {status}", req.request_type());
+        }
+        status
+    }
+
+    /// PROBE. The area check comes first: a driver that supplies less than `probe_size` gets
+    /// S_INVAL and nothing else, whatever the endpoint.
+    fn probe(&mut self, endpoint: u32, area: &mut [u8]) -> Status {
+        let probe_size = usize::try_from(self.cfg.probe_size).unwrap_or(usize::MAX);
+        if area.len() < probe_size {
+            return Status::Inval;
+        }
+        let Some((_, ep)) = self.endpoints.find(endpoint) else {
+            return Status::NoEnt;
+        };
+        if probe::write(ep, self.offered, area).is_err() {
+            // Cannot happen: `new` checked that every endpoint's properties fit probe_size.
+            area.fill(0);
+            return Status::DevErr;
+        }
+        Status::Ok
+    }
+
+    /// ATTACH_TABLE: the vSVA seam. The endpoint is checked; binding the table is left to
+    /// `HostIommu::alloc_table` once the engine tracks tables per domain, so for now S_UNSUPP.
+    fn attach_table(&mut self, a: &AttachTable) -> Status {
+        if self.endpoints.find(a.endpoint).is_none() {
+            return Status::NoEnt;
+        }
+        Status::Unsupp
+    }
+
+    fn refresh_gauges(&mut self) {
+        let n = |x: usize| u64::try_from(x).unwrap_or(u64::MAX);
+        self.stats.domains = n(self.domains.domain_count());
+        self.stats.mappings = n(self.domains.mapping_count());
+        self.stats.attached_endpoints = n(self.domains.attached_count());
+    }
+
+    /// Queues an event for the driver, dropping the oldest if the queue is full.
+    pub fn push_event(&mut self, e: Event) {
+        self.stats.events.queued += 1;
+        if let Some(old) = self.events.push(e) {
+            self.stats.events.dropped += 1;
+            // debug, not warn: a misbehaving device can fault at will.
+            debug!("event queue full: dropped {old:?}");
+            if let Event::PageRequest(p) = old {
+                self.fail_page_request(&p);
+            }
+        }
+    }
+
+    /// Moves the events the host raised on its own into the queue (at most one queue's worth
+    /// per call, so a runaway host cannot stall the caller). Returns how many.
+    pub fn poll_host(&mut self) -> usize {
+        let mut n = 0;
+        while n < self.cfg.limits.max_pending_events {
+            let Some(e) = self.host.poll_event() else {
+                break;
+            };
+            self.push_event(e);
+            n += 1;
+        }
+        n
+    }
+
+    /// Whether an event is waiting for a buffer.
+    #[must_use]
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The next pending event, encoded for a driver buffer of `buf_len` bytes: the 48-byte
+    /// extended record if PAGE_REQUEST is negotiated and the buffer holds it, else the 24-byte
+    /// upstream fault. `None` if nothing is pending or the buffer is under 24 bytes (the event
+    /// then stays queued). A page request that cannot be delivered is completed by the device
+    /// with a failure and skipped.
+    pub fn pop_event(&mut self, buf_len: usize) -> Option<EventBytes> {
+        let extended = self.negotiated.contains(Features::PAGE_REQUEST);
+        loop {
+            match self.events.pop(buf_len, extended) {
+                Delivery::Empty | Delivery::TooSmall => return None,
+                Delivery::Bytes(b) => {
+                    self.stats.events.delivered += 1;
+                    return Some(b);
+                }
+                Delivery::Undeliverable(p) => self.fail_page_request(&p),
+            }
+        }
+    }
+
+    /// The hook for page requests the driver will never see: answer the group with a failure
+    /// (once, on its last request) so the endpoint does not wait forever.
+    fn fail_page_request(&mut self, p: &PageRequest) {
+        self.stats.events.page_requests_failed += 1;
+        if !p.last {
+            return;
+        }
+        if let Err(e) =
+            self.host
+                .page_response(p.endpoint, p.pasid, p.group_id, PageRespCode::Failure)
+        {
+            warn!(
+                "cannot fail page request group {} of endpoint {}: {e}",
+                p.group_id, p.endpoint
+            );
+        }
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Domains → endpoints → mappings, and the bypass flag.
+    #[must_use]
+    pub fn dump(&self) -> Dump {
+        Dump {
+            bypass: self.bypass,
+            domains: self.domains.dump(),
+        }
+    }
+
+    /// The domain `endpoint` is attached to, if any.
+    #[must_use]
+    pub fn domain_of(&self, endpoint: u32) -> Option<u32> {
+        self.domains.domain_of(endpoint)
+    }
+
+    /// The host backend.
+    #[must_use]
+    pub fn host(&self) -> &dyn HostIommu {
+        self.host.as_ref()
+    }
+
+    /// The host backend, mutable (e.g. to poll it from the daemon's event loop).
+    pub fn host_mut(&mut self) -> &mut dyn HostIommu {
+        self.host.as_mut()
+    }
+
+    /// Hands guest memory to the host (DMA emulation, host mappings).
+    pub fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        self.host.set_guest_memory(mem);
+    }
+
+    fn fault(&mut self, endpoint: u32, pasid: Option<u32>, access: Access, f: Fault) -> FaultEvent {
+        let ev = fault_event(endpoint, pasid, access, f);
+        self.push_event(Event::Fault(ev));
+        ev
+    }
+
+    /// Checks an endpoint ID before DMA. An ID outside the configured endpoints is not behind
+    /// this IOMMU: the access fails with reason UNKNOWN and no event is queued (the driver
+    /// could not name the endpoint anyway).
+    fn known(
+        &self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> Result<(), FaultEvent> {
+        if self.endpoints.find(endpoint).is_some() {
+            return Ok(());
+        }
+        let f = Fault {
+            reason: FaultReason::Unknown,
+            address: iova,
+        };
+        Err(fault_event(endpoint, pasid, access, f))
+    }
+
+    /// Translates a DMA access of `endpoint`: the guest-physical range the first bytes reach
+    /// (cut at the end of the mapping). A failure is also queued as a fault event.
+    ///
+    /// # Errors
+    /// The fault: DOMAIN (unattached, not in bypass), MAPPING (no mapping, wrong permission,
+    /// RESERVED region), UNKNOWN (not translatable for another reason).
+    pub fn translate(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<Translation, FaultEvent> {
+        self.known(endpoint, pasid, iova, access)?;
+        self.host
+            .translate(endpoint, pasid, iova, len, access)
+            .map_err(|f| self.fault(endpoint, pasid, access, f))
+    }
+
+    /// DMA read through the IOMMU into `buf`.
+    ///
+    /// # Errors
+    /// As [`Viommu::translate`], for the first byte that failed; a translated address outside
+    /// guest RAM faults with reason UNKNOWN. The fault is queued as an event.
+    pub fn dma_read(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        buf: &mut [u8],
+    ) -> Result<(), FaultEvent> {
+        self.known(endpoint, pasid, iova, Access::Read)?;
+        self.host
+            .dma_read(endpoint, pasid, iova, buf)
+            .map_err(|f| self.fault(endpoint, pasid, Access::Read, f))
+    }
+
+    /// DMA write of `data` through the IOMMU.
+    ///
+    /// # Errors
+    /// As [`Viommu::dma_read`].
+    pub fn dma_write(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        data: &[u8],
+    ) -> Result<(), FaultEvent> {
+        self.known(endpoint, pasid, iova, Access::Write)?;
+        self.host
+            .dma_write(endpoint, pasid, iova, data)
+            .map_err(|f| self.fault(endpoint, pasid, Access::Write, f))
+    }
+}
