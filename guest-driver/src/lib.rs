@@ -14,6 +14,11 @@
 //! - [`Error`]: one variant per device status, plus what the driver detects itself
 //!   (bad used length, pre-flight checks, initialisation failures).
 //! - [`iova`]: an IOVA allocator and a mapping shadow for the kernel's DMA layer.
+//! - [`sva`]: shared virtual addressing with the extensions: SMMUv3 context-descriptor
+//!   tables with AArch64 stage-1 tables, or x86-64 first-stage tables, built in guest memory
+//!   through the `Hal`; `bind_table` (PROBE checks + ATTACH_TABLE), the INVALIDATE helpers
+//!   (`invalidate_range`, `invalidate_pasid`, `invalidate_domain`), and page requests
+//!   (`respond`, `handle_page_requests`).
 //!
 //! Requests are laid out as the specification demands: the readable part is the request
 //! without its tail, the writable part is the tail (for PROBE, `probe_size` bytes of
@@ -94,6 +99,7 @@ mod mapping;
 mod preflight;
 mod probe;
 mod requestq;
+pub mod sva;
 
 pub use config::IommuConfig;
 pub use device::{DriverOptions, VirtIOIommu, EXTENSION_FEATURES, SUPPORTED_FEATURES};
