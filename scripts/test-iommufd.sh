@@ -3,13 +3,16 @@
 # (scripts/build-test-kernel.sh) under QEMU/TCG and runs tests/src/bin/iommufd-guest-test.rs,
 # a static binary linked with the daemon's backend, inside the guest.
 #
-# Usage: scripts/test-iommufd.sh [MODE...]       MODE: mock | vfio | all (default: all)
+# Usage: scripts/test-iommufd.sh [MODE...]   MODE: mock | vfio | virtio | eperm | all (default: all)
 #   mock  plain q35; the kernel's iommufd selftest mock IOMMU (IOMMU_TEST_CMD): flat MAP/UNMAP
 #         seen in the mock page table, bypass, nested HWPT, HWPT_INVALIDATE, TRIGGER_IOPF ->
 #         page request -> PAGE_RESP, stale cookies, object cleanup
 #   vfio  -device intel-iommu,intremap=on + QEMU's edu bound to vfio-pci (guest intel_iommu=on):
 #         real DMA through a guest MAP, failing after UNMAP (plus a DMAR fault in the kernel
 #         log), bypass, blocked, NEST_PARENT refused with EOPNOTSUPP and reported, bind errors
+#   virtio  the same DMA test behind QEMU's virtio-iommu (guest iommufd.allow_unsafe_interrupts=1,
+#         x86 has no interrupt remapping there)
+#   eperm   virtio-iommu without that parameter: the bind must fail with EPERM and the hint
 #
 # Exit status 0 only if every boot printed PASS lines, no FAIL line, a
 # "RESULT: ...: N passed, 0 failed" line and the guest program exited 0.
@@ -32,9 +35,9 @@ die() { printf '[test-iommufd] ERROR: %s\n' "$*" >&2; exit 1; }
 
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(all)
-if [ "${MODES[*]}" = all ]; then MODES=(mock vfio); fi
+if [ "${MODES[*]}" = all ]; then MODES=(mock vfio virtio eperm); fi
 for m in "${MODES[@]}"; do
-  case $m in mock|vfio) ;; *) die "unknown mode '$m' (mock|vfio|all)";; esac
+  case $m in mock|vfio|virtio|eperm) ;; *) die "unknown mode '$m' (mock|vfio|virtio|eperm|all)";; esac
 done
 T0=$(date +%s)
 
@@ -72,12 +75,13 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmp /tmp
 mode=$(sed -n 's/.*iommufd_test=\([a-z]*\).*/\1/p' /proc/cmdline)
+hwtype=$(sed -n 's/.*iommufd_hwtype=\([0-9]*\).*/\1/p' /proc/cmdline)
 echo "IOMMUFD-TEST: kernel $(uname -r), mode ${mode:-none}, /init at $(cut -d' ' -f1 /proc/uptime)s"
 rc=1
 case $mode in
   mock)
     RUST_LOG=info /iommufd-guest-test mock; rc=$? ;;
-  vfio)
+  vfio|eperm)
     bdf=
     for d in /sys/bus/pci/devices/*; do
       [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && bdf=${d##*/}
@@ -87,7 +91,11 @@ case $mode in
     else
       echo vfio-pci >"/sys/bus/pci/devices/$bdf/driver_override"
       echo "$bdf" >/sys/bus/pci/drivers_probe
-      RUST_LOG=info /iommufd-guest-test vfio "$bdf"; rc=$?
+      if [ "$mode" = vfio ]; then
+        RUST_LOG=info /iommufd-guest-test vfio "$bdf" "${hwtype:-1}"; rc=$?
+      else
+        RUST_LOG=info /iommufd-guest-test eperm "$bdf"; rc=$?
+      fi
     fi ;;
   *) echo "FAIL: no iommufd_test= mode on the kernel command line" ;;
 esac
@@ -116,12 +124,17 @@ log "initramfs: $W/initramfs.cpio ($(stat -c %s "$W/initramfs.cpio") bytes)"
 # ---------------------------------------------------------------- boots -----------------------
 rc_all=0
 for m in "${MODES[@]}"; do
-  extra=() append="console=ttyS0 panic=-1 iommufd_test=$m"
-  if [ "$m" = vfio ]; then
-    # shellcheck disable=SC2054  # the commas belong to QEMU's -device syntax
-    extra=(-device intel-iommu,intremap=on -device edu)
-    append="$append intel_iommu=on"
-  fi
+  extra=() append="console=ttyS0 panic=-1"
+  # shellcheck disable=SC2054  # the commas belong to QEMU's -device syntax
+  case $m in
+    mock)   append="$append iommufd_test=mock" ;;
+    vfio)   extra=(-device intel-iommu,intremap=on -device edu)
+            append="$append iommufd_test=vfio iommufd_hwtype=1 intel_iommu=on" ;;
+    virtio) extra=(-device virtio-iommu-pci -device edu)
+            append="$append iommufd_test=vfio iommufd_hwtype=0 iommufd.allow_unsafe_interrupts=1" ;;
+    eperm)  extra=(-device virtio-iommu-pci -device edu)
+            append="$append iommufd_test=eperm" ;;
+  esac
   L=$W/serial-$m.log
   log "booting ($m): $QEMU -accel tcg -M q35 -m 512 ${extra[*]} -append '$append'"
   t=$(date +%s)
@@ -137,6 +150,8 @@ for m in "${MODES[@]}"; do
   nres=$(grep -c '^RESULT: .*, 0 failed$' "$L" || true)
   exit_ok=$(grep -c '^IOMMUFD-TEST-EXIT rc=0$' "$L" || true)
   { grep -E '^(PASS|FAIL|RESULT|IOMMUFD-TEST)' "$L" || true; } | sed "s/^/  [$m] /" >&2
+  # Every kernel object must have been destroyed cleanly (the backend warns otherwise).
+  nleak=$(grep -acE 'WARN.*(destroying|detach on removal)' "$L" || true)
   dmar_ok=1
   if [ "$m" = vfio ]; then
     # The blocked DMAs must show up as DMA-remapping faults in the guest kernel's log.
@@ -145,8 +160,8 @@ for m in "${MODES[@]}"; do
     [ "$nfault" -gt 0 ] || dmar_ok=0
   fi
   if [ "$qrc" -ne 0 ] || [ "$npass" -eq 0 ] || [ "$nfail" -ne 0 ] || [ "$nres" -ne 1 ] \
-     || [ "$exit_ok" -ne 1 ] || [ "$dmar_ok" -ne 1 ]; then
-    log "FAILED ($m): qemu rc=$qrc, $npass PASS, $nfail FAIL, clean RESULT=$nres, exit ok=$exit_ok, DMAR faults ok=$dmar_ok; last lines of $L:"
+     || [ "$exit_ok" -ne 1 ] || [ "$dmar_ok" -ne 1 ] || [ "$nleak" -ne 0 ]; then
+    log "FAILED ($m): qemu rc=$qrc, $npass PASS, $nfail FAIL, clean RESULT=$nres, exit ok=$exit_ok, DMAR faults ok=$dmar_ok, failed destroys=$nleak; last lines of $L:"
     tail -n 30 "$L" >&2
     rc_all=1
   else

@@ -330,6 +330,28 @@ impl IommufdHost {
         self.faults.as_ref().map(|q| q.file().as_fd())
     }
 
+    /// Allocates the fault queue now (it is otherwise created with the first fault-capable
+    /// table) and returns a duplicate of its fd for the daemon's epoll set: on EPOLLIN, call
+    /// [`HostIommu::poll_event`] (e.g. `Viommu::poll_host`) until it returns `None`. Close the
+    /// duplicate before dropping the backend: an open fault fd keeps the object busy.
+    ///
+    /// # Errors
+    /// `IOMMU_FAULT_QUEUE_ALLOC` failures (`ENOTTY` before Linux 6.11), or the dup failing.
+    pub fn fault_queue_poll_fd(&mut self) -> Result<File, IommufdError> {
+        if self.faults.is_none() {
+            let (id, file) =
+                sys::fault_queue_alloc(&self.fd).map_err(ioctl_err("IOMMU_FAULT_QUEUE_ALLOC"))?;
+            self.faults = Some(FaultQueue::new(id, file));
+        }
+        let q = self.faults.as_ref().ok_or_else(|| {
+            IommufdError::ioctl(
+                "IOMMU_FAULT_QUEUE_ALLOC",
+                io::Error::from_raw_os_error(libc::ENOENT),
+            )
+        })?;
+        q.file().try_clone().map_err(ioctl_err("dup(fault fd)"))
+    }
+
     /// Number of page-request groups waiting for the guest's answer.
     #[must_use]
     pub fn pending_page_requests(&self) -> usize {
