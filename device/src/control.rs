@@ -2,29 +2,40 @@
 //!
 //! Commands (`"cmd"` field): `stats`, `dump`, `translate` (endpoint, optional pasid, iova,
 //! optional len, access `read`/`write`), `dma-read` (endpoint, optional pasid, iova, len ≤ 1 MiB;
-//! returns hex `data`), `dma-write` (endpoint, optional pasid, iova, hex `data`). Numbers may
+//! returns hex `data`), `dma-write` (endpoint, optional pasid, iova, hex `data`). The DMA
+//! commands take optional booleans `privileged` and `exec` (exec: reads only). Numbers may
 //! be JSON numbers or `"0x…"` strings. Replies carry `"ok": true` or `"ok": false` with
 //! `"error"`, or for a translation fault `"fault"` (the record also queued for the guest).
+//!
+//! A DMA that hits a recoverable stage-1 fault waits for the guest's page response like a
+//! device with PRI: the client thread parks it in the engine, releases the engine lock (the
+//! queue thread needs it to deliver the page request and to process PAGE_RESP), wakes the
+//! queue thread, and polls the engine every millisecond. The engine's deadline makes the wait
+//! end even if the guest never answers (the device then completes the group with FAILURE).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use serde_json::{json, Value};
-use virtio_iommu_spec::FaultEvent;
+use virtio_iommu_spec::event::FaultFlags;
+use virtio_iommu_spec::{FaultEvent, FaultReason};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::{lock, SharedViommu};
 use crate::error::{Error, Result};
-use crate::viommu::Access;
+use crate::viommu::{Access, DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
 
 /// Largest DMA a control command may ask for.
 const MAX_DMA: u64 = 1 << 20;
 /// Longest request line accepted.
 const MAX_LINE: u64 = 4 << 20;
+/// How often a DMA waiting for a page response looks at the engine.
+const DMA_POLL: Duration = Duration::from_millis(1);
 
 /// Where the control socket finds the current connection's wake-up eventfd.
 pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
@@ -35,8 +46,10 @@ pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
 /// The socket cannot be bound.
 pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)
-        .map_err(|err| Error::ControlSocket { path: path.to_owned(), err })?;
+    let listener = UnixListener::bind(path).map_err(|err| Error::ControlSocket {
+        path: path.to_owned(),
+        err,
+    })?;
     info!("control socket on {}", path.display());
     thread::Builder::new()
         .name("control".into())
@@ -57,7 +70,9 @@ pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
 }
 
 fn serve_client(stream: UnixStream, viommu: &SharedViommu, wake: &WakeSlot) {
-    let Ok(mut out) = stream.try_clone() else { return };
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(std::io::Read::take(stream, u64::MAX));
     let mut line = String::new();
     loop {
@@ -82,7 +97,10 @@ fn serve_client(stream: UnixStream, viommu: &SharedViommu, wake: &WakeSlot) {
 fn num(req: &Value, key: &str) -> std::result::Result<Option<u64>, String> {
     match req.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| format!("`{key}` must be a u64")),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| format!("`{key}` must be a u64")),
         Some(Value::String(s)) => crate::args::parse_u64(s).map(Some),
         Some(_) => Err(format!("`{key}` must be a number")),
     }
@@ -110,10 +128,11 @@ fn fault_json(f: &FaultEvent) -> Value {
 
 fn hex(data: &[u8]) -> String {
     use std::fmt::Write as _;
-    data.iter().fold(String::with_capacity(data.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    data.iter()
+        .fold(String::with_capacity(data.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 fn unhex(s: &str) -> std::result::Result<Vec<u8>, String> {
@@ -133,17 +152,80 @@ fn unhex(s: &str) -> std::result::Result<Vec<u8>, String> {
 /// Answers one request.
 #[must_use]
 pub fn handle(req: &Value, viommu: &SharedViommu, wake: &WakeSlot) -> Value {
-    match dispatch(req, viommu) {
+    match dispatch(req, viommu, wake) {
         Ok(reply) => {
             if reply.get("fault").is_some() {
                 // A fault record was queued: let the queue thread deliver it.
-                if let Some(w) = wake.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
-                    let _ = w.write(1);
-                }
+                wake_queue(wake);
             }
             reply
         }
         Err(e) => json!({"ok": false, "error": e}),
+    }
+}
+
+/// Makes the queue thread deliver what the engine queued.
+fn wake_queue(wake: &WakeSlot) {
+    if let Some(w) = wake
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+    {
+        let _ = w.write(1);
+    }
+}
+
+/// Runs a DMA to completion: parks it on page requests and waits without the engine lock.
+/// Terminates: each wait ends by the engine's page-request deadline at the latest, and the
+/// engine bounds the page requests per page and the DMA length is bounded.
+pub fn blocking_dma(viommu: &SharedViommu, wake: &WakeSlot, req: DmaRequest) -> DmaOutcome {
+    let mut out = lock(viommu).start_dma(req, Instant::now());
+    let mut woken_for = None;
+    loop {
+        let DmaOutcome::Pending(ticket) = out else {
+            return out;
+        };
+        if woken_for != Some(ticket) {
+            // A new page request was queued: the queue thread must deliver it.
+            wake_queue(wake);
+            woken_for = Some(ticket);
+        }
+        thread::sleep(DMA_POLL);
+        let next = lock(viommu).resume_dma(ticket, Instant::now());
+        // `None` cannot happen (only this thread resumes or cancels its ticket); treat it as
+        // an unknown fault rather than waiting forever.
+        out = next.unwrap_or_else(|| {
+            warn!("parked DMA {ticket:?} disappeared from the engine");
+            DmaOutcome::Fault(FaultEvent {
+                reason: FaultReason::Unknown,
+                access: FaultFlags::empty(),
+                endpoint: 0,
+                address: None,
+                pasid: None,
+            })
+        });
+    }
+}
+
+fn attrs(req: &Value) -> std::result::Result<DmaAttrs, String> {
+    let flag = |key: &str| match req.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!("`{key}` must be a boolean")),
+    };
+    Ok(DmaAttrs {
+        privileged: flag("privileged")?,
+        exec: flag("exec")?,
+    })
+}
+
+fn dma_reply(out: DmaOutcome, read: bool) -> Value {
+    match out {
+        DmaOutcome::Done(data) if read => json!({"ok": true, "data": hex(&data)}),
+        DmaOutcome::Done(_) => json!({"ok": true}),
+        DmaOutcome::Fault(f) => json!({"ok": true, "fault": fault_json(&f)}),
+        // `blocking_dma` never returns Pending.
+        DmaOutcome::Pending(_) => json!({"ok": false, "error": "DMA still pending"}),
     }
 }
 
@@ -155,16 +237,27 @@ fn access(req: &Value) -> std::result::Result<Access, String> {
     }
 }
 
-fn dispatch(req: &Value, viommu: &SharedViommu) -> std::result::Result<Value, String> {
-    let cmd = req.get("cmd").and_then(Value::as_str).ok_or("missing `cmd`")?;
+fn dispatch(
+    req: &Value,
+    viommu: &SharedViommu,
+    wake: &WakeSlot,
+) -> std::result::Result<Value, String> {
+    let cmd = req
+        .get("cmd")
+        .and_then(Value::as_str)
+        .ok_or("missing `cmd`")?;
     match cmd {
         "stats" => {
             let v = lock(viommu);
-            Ok(json!({"ok": true, "stats": serde_json::to_value(v.stats()).map_err(|e| e.to_string())?}))
+            Ok(
+                json!({"ok": true, "stats": serde_json::to_value(v.stats()).map_err(|e| e.to_string())?}),
+            )
         }
         "dump" => {
             let v = lock(viommu);
-            Ok(json!({"ok": true, "dump": serde_json::to_value(v.dump()).map_err(|e| e.to_string())?}))
+            Ok(
+                json!({"ok": true, "dump": serde_json::to_value(v.dump()).map_err(|e| e.to_string())?}),
+            )
         }
         "translate" => {
             let endpoint = u32_field(req, "endpoint")?.ok_or("missing `endpoint`")?;
@@ -173,7 +266,9 @@ fn dispatch(req: &Value, viommu: &SharedViommu) -> std::result::Result<Value, St
             let len = num(req, "len")?.unwrap_or(1);
             let r = lock(viommu).translate(endpoint, pasid, iova, len, access(req)?);
             Ok(match r {
-                Ok(t) => json!({"ok": true, "translation": serde_json::to_value(t).map_err(|e| e.to_string())?}),
+                Ok(t) => {
+                    json!({"ok": true, "translation": serde_json::to_value(t).map_err(|e| e.to_string())?})
+                }
                 Err(f) => json!({"ok": true, "fault": fault_json(&f)}),
             })
         }
@@ -185,26 +280,36 @@ fn dispatch(req: &Value, viommu: &SharedViommu) -> std::result::Result<Value, St
             if len > MAX_DMA {
                 return Err(format!("`len` is at most {MAX_DMA}"));
             }
-            let mut buf = vec![0u8; usize::try_from(len).map_err(|e| e.to_string())?];
-            let r = lock(viommu).dma_read(endpoint, pasid, iova, &mut buf);
-            Ok(match r {
-                Ok(()) => json!({"ok": true, "data": hex(&buf)}),
-                Err(f) => json!({"ok": true, "fault": fault_json(&f)}),
-            })
+            let len = usize::try_from(len).map_err(|e| e.to_string())?;
+            let req = DmaRequest {
+                endpoint,
+                pasid,
+                iova,
+                op: DmaOp::Read(len),
+                attrs: attrs(req)?,
+            };
+            Ok(dma_reply(blocking_dma(viommu, wake, req), true))
         }
         "dma-write" => {
             let endpoint = u32_field(req, "endpoint")?.ok_or("missing `endpoint`")?;
             let pasid = u32_field(req, "pasid")?;
             let iova = need(req, "iova")?;
-            let data = unhex(req.get("data").and_then(Value::as_str).ok_or("missing `data`")?)?;
+            let data = unhex(
+                req.get("data")
+                    .and_then(Value::as_str)
+                    .ok_or("missing `data`")?,
+            )?;
             if data.len() as u64 > MAX_DMA {
                 return Err(format!("`data` is at most {MAX_DMA} bytes"));
             }
-            let r = lock(viommu).dma_write(endpoint, pasid, iova, &data);
-            Ok(match r {
-                Ok(()) => json!({"ok": true}),
-                Err(f) => json!({"ok": true, "fault": fault_json(&f)}),
-            })
+            let req = DmaRequest {
+                endpoint,
+                pasid,
+                iova,
+                op: DmaOp::Write(data),
+                attrs: attrs(req)?,
+            };
+            Ok(dma_reply(blocking_dma(viommu, wake, req), false))
         }
         other => Err(format!("unknown command `{other}`")),
     }

@@ -165,7 +165,7 @@ fn ext_requests(endpoint: u32) -> [Request; 3] {
 }
 
 #[test]
-fn extension_requests_are_gated_then_unsupported() {
+fn extension_requests_are_gated_then_checked() {
     let cfg = ViommuConfig {
         offer_attach_table: true,
         offer_page_request: true,
@@ -182,13 +182,14 @@ fn extension_requests_are_gated_then_unsupported() {
     for r in ext_requests(0) {
         assert_eq!(raw(&mut v, r.encode().as_bytes(), 4).0, 0);
     }
-    // Negotiated: the vSVA seam answers S_UNSUPP (S_NOENT for an unknown endpoint).
+    // Negotiated: endpoint 0 advertises no table format (S_UNSUPP), domain 1 does not exist
+    // (S_NOENT), group 3 was never raised (S_INVAL); an unknown endpoint gets S_NOENT.
     let mut v = dev(cfg);
     let s: Vec<Status> = ext_requests(0)
         .into_iter()
         .map(|r| send(&mut v, r))
         .collect();
-    assert_eq!(s, vec![Status::Unsupp; 3]);
+    assert_eq!(s, vec![Status::Unsupp, Status::NoEnt, Status::Inval]);
     assert_eq!(send(&mut v, ext_requests(99)[0]), Status::NoEnt);
     assert_eq!(v.stats().attach_table.unsupp, 1);
     assert_eq!(v.stats().attach_table.noent, 1);

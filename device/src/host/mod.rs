@@ -4,8 +4,8 @@
 //! The trait is shaped after iommufd (`/work/shared/reference/iommufd.md` §2 and §5): the
 //! engine allocates an address space per mapped domain (an IOAS), edits it with map/unmap, and
 //! points endpoints at a space, at the identity (bypass) or at nothing (blocked). Nested guest
-//! tables, invalidation and page responses are a seam for vSVA: every host may answer them with
-//! [`HostError::Unsupported`] for now.
+//! tables, invalidation and page responses serve vSVA: the emulated host walks guest tables in
+//! software; a host that cannot may answer them with [`HostError::Unsupported`].
 //!
 //! The engine always calls the host *before* committing a change to its own state, so that a
 //! host failure leaves both sides as they were (see `viommu`).
@@ -137,6 +137,27 @@ pub struct Fault {
     pub address: u64,
 }
 
+/// What a DMA access carries besides its direction: the privileged-mode and execute bits of a
+/// PCIe PASID prefix. The default is an unprivileged data access, as for requests without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct DmaAttrs {
+    /// Privileged (supervisor / EL1) access.
+    pub privileged: bool,
+    /// Instruction fetch (only meaningful for reads).
+    pub exec: bool,
+}
+
+/// A failed translation, and whether a page request could resolve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranslateFault {
+    /// The fault.
+    pub fault: Fault,
+    /// A stage-1 fault on a guest-owned table that the guest can fix by editing the table
+    /// (entry not present, permission, access flag): an endpoint with page-request capability
+    /// may ask for it with a page request instead of failing.
+    pub recoverable: bool,
+}
+
 /// Why the host refused an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HostError {
@@ -231,11 +252,13 @@ pub trait HostIommu: Send + fmt::Debug {
         let _ = (endpoints, regions);
     }
 
-    /// Installs a guest-owned table (vSVA seam, iommufd nested `IOMMU_HWPT_ALLOC`) whose output
-    /// addresses go through `parent`.
+    /// Installs a guest-owned table (vSVA, iommufd nested `IOMMU_HWPT_ALLOC`) whose output
+    /// addresses go through `parent`. The engine then attaches it: `(endpoint, Some(pasid))` for
+    /// [`TableDesc::Vtd`], the endpoint's requests without PASID for [`TableDesc::ArmSmmuV3`]
+    /// (a CD table covers every PASID of the endpoint, as an SMMUv3 STE does).
     ///
     /// # Errors
-    /// `Unsupported` until nested translation is implemented.
+    /// `Unsupported` by default (a host without nested translation); `NoMem`, `Invalid`.
     fn alloc_table(
         &mut self,
         endpoint: u32,
@@ -249,7 +272,7 @@ pub trait HostIommu: Send + fmt::Debug {
     /// Destroys a nested table.
     ///
     /// # Errors
-    /// `Unsupported` until nested translation is implemented.
+    /// `Unsupported` by default (a host without nested translation); `NoMem`, `Invalid`.
     fn destroy_table(&mut self, table: TableId) -> Result<(), HostError> {
         let _ = table;
         Err(HostError::Unsupported)
@@ -258,7 +281,7 @@ pub trait HostIommu: Send + fmt::Debug {
     /// Invalidates cached translations of a nested table (vSVA seam, `IOMMU_HWPT_INVALIDATE`).
     ///
     /// # Errors
-    /// `Unsupported` until nested translation is implemented.
+    /// `Unsupported` by default (a host without nested translation); `NoMem`, `Invalid`.
     fn invalidate(
         &mut self,
         table: TableId,
@@ -271,7 +294,7 @@ pub trait HostIommu: Send + fmt::Debug {
     /// Completes a page request (vSVA seam, a write to the iommufd fault fd).
     ///
     /// # Errors
-    /// `Unsupported` until page requests are implemented.
+    /// `Unsupported` by default; `Invalid` for a group the host does not know.
     fn page_response(
         &mut self,
         endpoint: u32,
@@ -312,6 +335,28 @@ pub trait HostIommu: Send + fmt::Debug {
             reason: FaultReason::Unknown,
             address: iova,
         })
+    }
+
+    /// [`HostIommu::translate`] with the access attributes, telling recoverable stage-1 faults
+    /// apart (vSVA). Hosts without guest tables need not override it.
+    ///
+    /// # Errors
+    /// A [`TranslateFault`].
+    fn translate_ext(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+        attrs: DmaAttrs,
+    ) -> Result<GuestRange, TranslateFault> {
+        let _ = attrs;
+        self.translate(endpoint, pasid, iova, len, access)
+            .map_err(|fault| TranslateFault {
+                fault,
+                recoverable: false,
+            })
     }
 
     /// Copies `buf.len()` bytes of DMA read at `iova`, split at mapping boundaries.

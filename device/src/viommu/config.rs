@@ -2,11 +2,15 @@
 
 use core::fmt;
 use core::ops::RangeInclusive;
+use core::time::Duration;
 
 use virtio_iommu_spec::ext::TableFormat;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 
 use crate::host::ReservedRegion;
+
+/// Default of [`Limits::max_page_request_groups`].
+pub const DEFAULT_PAGE_REQUEST_GROUPS: u32 = 32;
 
 /// Resource limits. Exceeding one makes the request fail with S_NOMEM and change nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +23,16 @@ pub struct Limits {
     pub max_attached_endpoints: usize,
     /// Events waiting for an event-queue buffer; the oldest is dropped beyond this.
     pub max_pending_events: usize,
+    /// Outstanding page-request groups per endpoint (advertised by PROBE as
+    /// `PROBE_T_PAGE_REQUEST.max_groups`, capped at 65535); a DMA that would need one more
+    /// fails at once with an unrecoverable fault.
+    pub max_page_request_groups: u32,
+    /// Outstanding page-request groups of all endpoints together (bounds the device's memory
+    /// whatever the endpoint count).
+    pub max_page_request_groups_total: usize,
+    /// How long the device waits for a PAGE_RESP before it completes the group with FAILURE
+    /// itself.
+    pub page_request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -28,6 +42,9 @@ impl Default for Limits {
             max_domains: 1 << 16,
             max_attached_endpoints: 1 << 16,
             max_pending_events: 256,
+            max_page_request_groups: DEFAULT_PAGE_REQUEST_GROUPS,
+            max_page_request_groups_total: 4096,
+            page_request_timeout: Duration::from_millis(1000),
         }
     }
 }

@@ -7,12 +7,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use log::warn;
-use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Map, MapFlags, Unmap};
+use virtio_iommu_spec::ext::{InvalScope, S1FMT_64KL2};
+use virtio_iommu_spec::request::{
+    Attach, AttachFlags, AttachTable, Detach, Invalidate, Map, MapFlags, TableDesc, Unmap,
+};
 use virtio_iommu_spec::{Features, Status};
 
 use super::config::{EndpointTable, ViommuConfig};
 use super::dump::{DomainDump, MappingDump};
 use super::mappings::{Mapping, MappingStore, WouldSplit};
+use super::tables::{range_last, Tables};
 use crate::host::{AttachTarget, HostError, HostIommu, Perm, SpaceId};
 
 /// What a request handler may use besides the domain state.
@@ -57,7 +61,7 @@ impl Domain {
 /// The status a host error turns into. A host that runs out of room is the guest's S_NOMEM;
 /// one that cannot do the thing at all (e.g. MMIO mappings on iommufd) is S_UNSUPP; anything
 /// else is an internal device error.
-fn host_status(op: &str, e: HostError) -> Status {
+pub(super) fn host_status(op: &str, e: HostError) -> Status {
     warn!("host {op} failed: {e}");
     match e {
         HostError::NoMem => Status::NoMem,
@@ -82,6 +86,8 @@ pub(super) struct Domains {
     attached: BTreeMap<u32, u32>,
     /// Mappings of all domains together.
     mappings: usize,
+    /// Guest tables bound with ATTACH_TABLE.
+    tables: Tables,
 }
 
 impl Domains {
@@ -98,6 +104,11 @@ impl Domains {
     /// Attached endpoints.
     pub(super) fn attached_count(&self) -> usize {
         self.attached.len()
+    }
+
+    /// Bound guest tables.
+    pub(super) fn table_count(&self) -> usize {
+        self.tables.count()
     }
 
     /// The domain `endpoint` is attached to.
@@ -171,6 +182,7 @@ impl Domains {
         }
 
         if let Some(o) = old {
+            self.tables.drop_endpoint(ctx.host, a.endpoint);
             self.leave(ctx.host, a.endpoint, o, cfg_idx);
         }
         self.domains
@@ -223,6 +235,7 @@ impl Domains {
             return host_status("detach", e);
         }
         self.attached.remove(&d.endpoint);
+        self.tables.drop_endpoint(ctx.host, d.endpoint);
         self.leave(ctx.host, d.endpoint, d.domain, cfg_idx);
         Status::Ok
     }
@@ -331,6 +344,95 @@ impl Domains {
         }
     }
 
+    /// ATTACH_TABLE. Checks in this order: unknown endpoint → S_NOENT; format not advertised
+    /// by the endpoint's PROBE, or Arm `S1FMT_64KL2` → S_UNSUPP; endpoint not attached to
+    /// `domain`, or `domain` is a bypass domain → S_INVAL; VT-d `addr_width` not 48/57, `pgd`
+    /// not 4 KiB aligned, `pasid` ≥ 2^pasid_bits, Arm `s1contextptr` not 4 KiB aligned or
+    /// `s1cdmax` > pasid_bits → S_INVAL. Then the host binds the table (errors as for MAP).
+    pub(super) fn attach_table(&mut self, ctx: &mut Ctx<'_>, a: &AttachTable) -> Status {
+        let Some((_, ep)) = ctx.endpoints.find(a.endpoint) else {
+            return Status::NoEnt;
+        };
+        if !ep.table_formats.contains(&a.table.format()) {
+            return Status::Unsupp;
+        }
+        if matches!(a.table, TableDesc::ArmSmmuV3 { s1fmt, .. } if s1fmt == S1FMT_64KL2) {
+            return Status::Unsupp;
+        }
+        if self.attached.get(&a.endpoint) != Some(&a.domain) {
+            return Status::Inval;
+        }
+        let Some(d) = self.domains.get(&a.domain) else {
+            return Status::Inval;
+        };
+        if d.bypass {
+            return Status::Inval;
+        }
+        let pasid_bits = u32::from(ep.pasid_bits);
+        let valid = match a.table {
+            TableDesc::Vtd {
+                pasid,
+                addr_width,
+                pgd,
+                ..
+            } => {
+                matches!(addr_width, 48 | 57)
+                    && pgd & 0xfff == 0
+                    && pasid.checked_shr(pasid_bits).unwrap_or(0) == 0
+            }
+            TableDesc::ArmSmmuV3 {
+                s1contextptr,
+                s1cdmax,
+                ..
+            } => s1contextptr & 0xfff == 0 && s1cdmax <= pasid_bits,
+        };
+        if !valid {
+            return Status::Inval;
+        }
+        let Some(space) = d.space else {
+            warn!("translated domain {} has no host space", a.domain);
+            return Status::DevErr;
+        };
+        match self
+            .tables
+            .bind(ctx.host, a.endpoint, Some(space), &a.table)
+        {
+            Ok(()) => Status::Ok,
+            Err(e) => host_status("alloc_table/attach", e),
+        }
+    }
+
+    /// INVALIDATE: a range of no pages → S_INVAL, one past 2^64 − 1 → S_RANGE, unknown domain
+    /// → S_NOENT; otherwise every table bound to an endpoint of the domain is invalidated
+    /// (a domain without tables: S_OK, nothing to do).
+    pub(super) fn invalidate(&mut self, ctx: &mut Ctx<'_>, inv: &Invalidate) -> Status {
+        if let InvalScope::Range {
+            start,
+            nr_pages,
+            granule,
+            ..
+        } = inv.scope
+        {
+            if nr_pages == 0 {
+                return Status::Inval;
+            }
+            if range_last(start, nr_pages, granule).is_none() {
+                return Status::Range;
+            }
+        }
+        let Some(d) = self.domains.get(&inv.domain) else {
+            return Status::NoEnt;
+        };
+        for ep in &d.endpoints {
+            for id in self.tables.of(*ep) {
+                if let Err(e) = ctx.host.invalidate(id, inv) {
+                    return host_status("invalidate", e);
+                }
+            }
+        }
+        Status::Ok
+    }
+
     /// Tears everything down (device reset): host attachments first, then spaces.
     pub(super) fn clear(&mut self, host: &mut dyn HostIommu) {
         for ep in self.attached.keys() {
@@ -338,6 +440,7 @@ impl Domains {
                 warn!("host detach({ep}) failed during reset: {e}");
             }
         }
+        self.tables.clear(host);
         for (id, d) in &self.domains {
             if let Some(s) = d.space {
                 if let Err(e) = host.destroy_space(s) {

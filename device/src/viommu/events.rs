@@ -98,6 +98,21 @@ impl EventQueue {
         self.q.is_empty()
     }
 
+    /// Withdraws the queued page requests of group `(endpoint, group_id)` (the device
+    /// completed the group itself). Returns whether one was queued.
+    pub(super) fn remove_page_request(&mut self, endpoint: u32, group_id: u16) -> bool {
+        let before = self.q.len();
+        self.q.retain(
+            |e| !matches!(e, Event::PageRequest(p) if p.endpoint == endpoint && p.group_id == group_id),
+        );
+        self.q.len() != before
+    }
+
+    /// Events queued.
+    pub(super) fn len(&self) -> usize {
+        self.q.len()
+    }
+
     /// Drops everything (device reset).
     pub(super) fn clear(&mut self) {
         self.q.clear();

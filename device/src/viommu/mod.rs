@@ -11,36 +11,41 @@
 //! host errors → S_NOMEM (host out of room), S_UNSUPP (host cannot) or S_DEVERR.
 
 pub mod config;
+mod dma;
 mod domain;
 pub mod dump;
 pub mod events;
 pub mod mappings;
 mod probe;
+mod prq;
 pub mod stats;
+mod tables;
 
 use core::fmt;
 
-use log::{debug, trace, warn};
+use log::{debug, trace};
 use virtio_iommu_spec::config::BYPASS_OFFSET;
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
-use virtio_iommu_spec::ext::PageRespCode;
-use virtio_iommu_spec::request::{AttachTable, TAIL_SIZE};
-use virtio_iommu_spec::{
-    Config, Event, FaultEvent, Features, PageRequest, Request, RequestType, Status,
-};
+use virtio_iommu_spec::request::TAIL_SIZE;
+use virtio_iommu_spec::{Config, Event, FaultEvent, Features, Request, RequestType, Status};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use zerocopy::IntoBytes;
 
-pub use self::config::{ConfigError, EndpointConfig, Limits, ViommuConfig};
+pub use self::config::{
+    ConfigError, EndpointConfig, Limits, ViommuConfig, DEFAULT_PAGE_REQUEST_GROUPS,
+};
+pub use self::dma::{DmaOp, DmaOutcome, DmaRequest, DmaTicket, PAGE_REQUESTS_PER_PAGE};
 pub use self::dump::{DomainDump, Dump, MappingDump};
 pub use self::events::{EventBytes, EventCounters};
-pub use self::probe::PAGE_REQUEST_MAX_GROUPS;
+pub use self::prq::PageRequestCounters;
 pub use self::stats::{RequestCounters, Stats};
-pub use crate::host::{Access, GuestRange as Translation, ReservedRegion};
+pub use crate::host::{Access, DmaAttrs, GuestRange as Translation, ReservedRegion};
 
 use self::config::EndpointTable;
+use self::dma::Dmas;
 use self::domain::{Ctx, Domains};
 use self::events::{Delivery, EventQueue};
+use self::prq::PageRequests;
 use crate::host::{Fault, HostIommu};
 
 fn fault_event(endpoint: u32, pasid: Option<u32>, access: Access, f: Fault) -> FaultEvent {
@@ -112,6 +117,10 @@ pub struct Viommu {
     domains: Domains,
     events: EventQueue,
     stats: Stats,
+    /// Guest memory, for the DMA the engine copies itself ([`Viommu::start_dma`]).
+    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    prq: PageRequests,
+    dmas: Dmas,
 }
 
 impl Viommu {
@@ -143,9 +152,18 @@ impl Viommu {
             host.set_reserved_regions(ep.ids.clone(), &ep.reserved);
         }
         host.set_unattached_bypass(cfg.boot_bypass);
+        let l = &cfg.limits;
+        let prq = PageRequests::new(
+            l.max_page_request_groups,
+            l.max_page_request_groups_total,
+            l.page_request_timeout,
+        );
         Ok(Viommu {
             bypass: cfg.boot_bypass,
             events: EventQueue::new(cfg.limits.max_pending_events),
+            mem: None,
+            prq,
+            dmas: Dmas::default(),
             cfg,
             endpoints,
             host,
@@ -239,12 +257,14 @@ impl Viommu {
         Ok(())
     }
 
-    /// Virtio device reset: every endpoint detached, every domain and mapping gone (host
-    /// mirrors torn down), pending events dropped. `bypass` keeps its value (spec §1.3) and the
+    /// Virtio device reset: every endpoint detached, every domain, mapping and bound table gone
+    /// (host mirrors torn down), outstanding page requests completed with FAILURE, pending
+    /// events dropped. `bypass` keeps its value (spec §1.3) and the
     /// negotiated features stay until the transport negotiates again (vhost-user sends
     /// SET_FEATURES around a reset in no fixed order). Counters are cumulative and stay.
     pub fn reset(&mut self) {
         self.domains.clear(self.host.as_mut());
+        self.fail_all_page_requests();
         self.events.clear();
         self.host.set_unattached_bypass(self.bypass);
         self.refresh_gauges();
@@ -343,11 +363,15 @@ impl Viommu {
                 d.unmap(&mut ctx, u)
             }
             Request::Probe(p) => self.probe(p.endpoint, area),
-            Request::AttachTable(a) => self.attach_table(a),
-            // vSVA seam: INVALIDATE goes to `HostIommu::invalidate` of the domain's nested
-            // tables, PAGE_RESP to `HostIommu::page_response`, once the engine tracks tables
-            // and outstanding page-request groups.
-            Request::Invalidate(_) | Request::PageResp(_) => Status::Unsupp,
+            Request::AttachTable(a) => {
+                let (d, mut ctx) = self.split();
+                d.attach_table(&mut ctx, a)
+            }
+            Request::Invalidate(i) => {
+                let (d, mut ctx) = self.split();
+                d.invalidate(&mut ctx, i)
+            }
+            Request::PageResp(p) => self.page_resp(p),
         };
         if status != Status::Ok {
             debug!("{}: {status}", req.request_type());
@@ -365,7 +389,7 @@ impl Viommu {
         let Some((_, ep)) = self.endpoints.find(endpoint) else {
             return Status::NoEnt;
         };
-        if probe::write(ep, self.offered, area).is_err() {
+        if probe::write(ep, self.offered, self.prq.max_per_endpoint(), area).is_err() {
             // Cannot happen: `new` checked that every endpoint's properties fit probe_size.
             area.fill(0);
             return Status::DevErr;
@@ -373,20 +397,13 @@ impl Viommu {
         Status::Ok
     }
 
-    /// ATTACH_TABLE: the vSVA seam. The endpoint is checked; binding the table is left to
-    /// `HostIommu::alloc_table` once the engine tracks tables per domain, so for now S_UNSUPP.
-    fn attach_table(&mut self, a: &AttachTable) -> Status {
-        if self.endpoints.find(a.endpoint).is_none() {
-            return Status::NoEnt;
-        }
-        Status::Unsupp
-    }
-
     fn refresh_gauges(&mut self) {
         let n = |x: usize| u64::try_from(x).unwrap_or(u64::MAX);
         self.stats.domains = n(self.domains.domain_count());
         self.stats.mappings = n(self.domains.mapping_count());
         self.stats.attached_endpoints = n(self.domains.attached_count());
+        self.stats.tables = n(self.domains.table_count());
+        self.stats.page_requests.outstanding = n(self.prq.total());
     }
 
     /// Queues an event for the driver, dropping the oldest if the queue is full.
@@ -403,17 +420,31 @@ impl Viommu {
     }
 
     /// Moves the events the host raised on its own into the queue (at most one queue's worth
-    /// per call, so a runaway host cannot stall the caller). Returns how many.
+    /// per call, so a runaway host cannot stall the caller). Page requests become outstanding
+    /// groups; one beyond the group limits is answered FAILURE at once and not queued. Returns
+    /// how many events were taken from the host.
     pub fn poll_host(&mut self) -> usize {
         let mut n = 0;
         while n < self.cfg.limits.max_pending_events {
             let Some(e) = self.host.poll_event() else {
                 break;
             };
-            self.push_event(e);
             n += 1;
+            if let Event::PageRequest(p) = &e {
+                if !self.register_host_page_request(p) {
+                    continue;
+                }
+            }
+            self.push_event(e);
         }
+        self.refresh_gauges();
         n
+    }
+
+    /// Events waiting for a buffer (at most `limits.max_pending_events`).
+    #[must_use]
+    pub fn pending_events(&self) -> usize {
+        self.events.len()
     }
 
     /// Whether an event is waiting for a buffer.
@@ -438,24 +469,6 @@ impl Viommu {
                 }
                 Delivery::Undeliverable(p) => self.fail_page_request(&p),
             }
-        }
-    }
-
-    /// The hook for page requests the driver will never see: answer the group with a failure
-    /// (once, on its last request) so the endpoint does not wait forever.
-    fn fail_page_request(&mut self, p: &PageRequest) {
-        self.stats.events.page_requests_failed += 1;
-        if !p.last {
-            return;
-        }
-        if let Err(e) =
-            self.host
-                .page_response(p.endpoint, p.pasid, p.group_id, PageRespCode::Failure)
-        {
-            warn!(
-                "cannot fail page request group {} of endpoint {}: {e}",
-                p.group_id, p.endpoint
-            );
         }
     }
 
@@ -493,6 +506,7 @@ impl Viommu {
 
     /// Hands guest memory to the host (DMA emulation, host mappings).
     pub fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        self.mem = Some(mem.clone());
         self.host.set_guest_memory(mem);
     }
 

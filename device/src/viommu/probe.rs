@@ -7,14 +7,11 @@ use virtio_iommu_spec::{Features, ProbeWriter, Property};
 
 use super::config::EndpointConfig;
 
-/// Outstanding page-request groups advertised per endpoint (a placeholder until the vSVA work
-/// sizes the page-request engine).
-pub const PAGE_REQUEST_MAX_GROUPS: u32 = 256;
-
 /// The properties of `ep`, in the order they are written.
 pub(super) fn properties(
     ep: &EndpointConfig,
     offered: Features,
+    max_groups: u32,
 ) -> impl Iterator<Item = Property> + '_ {
     let resv = ep.reserved.iter().map(|r| Property::ResvMem {
         subtype: r.kind.code(),
@@ -34,7 +31,7 @@ pub(super) fn properties(
     let pri = (offered.contains(Features::PAGE_REQUEST) && ep.page_requests).then_some(
         Property::PageRequest {
             caps: PageRequestCaps::empty(),
-            max_groups: PAGE_REQUEST_MAX_GROUPS,
+            max_groups,
         },
     );
     resv.chain(pasid).chain(formats).chain(pri)
@@ -42,7 +39,7 @@ pub(super) fn properties(
 
 /// Bytes the properties of `ep` need.
 pub(super) fn encoded_len(ep: &EndpointConfig, offered: Features) -> usize {
-    properties(ep, offered).map(|p| p.encoded_len()).sum()
+    properties(ep, offered, 0).map(|p| p.encoded_len()).sum()
 }
 
 /// Writes the properties of `ep` into `area`, zero-filling the rest.
@@ -52,10 +49,11 @@ pub(super) fn encoded_len(ep: &EndpointConfig, offered: Features) -> usize {
 pub(super) fn write(
     ep: &EndpointConfig,
     offered: Features,
+    max_groups: u32,
     area: &mut [u8],
 ) -> Result<(), NoSpace> {
     let mut w = ProbeWriter::new(area);
-    for p in properties(ep, offered) {
+    for p in properties(ep, offered, max_groups) {
         w.push(&p)?;
     }
     Ok(())
@@ -89,7 +87,7 @@ mod tests {
     #[test]
     fn upstream_only_without_extension_offers() {
         let mut area = [0xaau8; 64];
-        write(&ep(), Features::PROBE, &mut area).unwrap();
+        write(&ep(), Features::PROBE, 7, &mut area).unwrap();
         let props: Vec<_> = ProbeProperties::new(&area).collect();
         assert_eq!(
             props,
@@ -114,7 +112,7 @@ mod tests {
     fn extension_properties() {
         let all = Features::PROBE | Features::ATTACH_TABLE | Features::PAGE_REQUEST;
         let mut area = [0u8; 128];
-        write(&ep(), all, &mut area).unwrap();
+        write(&ep(), all, 7, &mut area).unwrap();
         let props: Vec<_> = ProbeProperties::new(&area).skip(2).collect();
         assert_eq!(
             props,
@@ -124,13 +122,13 @@ mod tests {
                 Property::PasidTableFormat(TableFormat::ArmSmmuV3.code()),
                 Property::PageRequest {
                     caps: PageRequestCaps::empty(),
-                    max_groups: PAGE_REQUEST_MAX_GROUPS
+                    max_groups: 7
                 },
             ]
         );
         assert_eq!(encoded_len(&ep(), all), 48 + 8 + 16 + 16);
         let only_pri = Features::PROBE | Features::PAGE_REQUEST;
         assert_eq!(encoded_len(&ep(), only_pri), 48 + 8 + 16);
-        assert_eq!(write(&ep(), all, &mut area[..80]), Err(NoSpace));
+        assert_eq!(write(&ep(), all, 7, &mut area[..80]), Err(NoSpace));
     }
 }

@@ -4,6 +4,7 @@ use serde::Serialize;
 use virtio_iommu_spec::{RequestType, Status};
 
 use super::events::EventCounters;
+use super::prq::PageRequestCounters;
 
 /// Completions of one request type, by status.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -92,12 +93,16 @@ pub struct Stats {
     pub unknown_type: u64,
     /// Event queue.
     pub events: EventCounters,
+    /// Page requests (vSVA).
+    pub page_requests: PageRequestCounters,
     /// Live domains.
     pub domains: u64,
     /// Live mappings, all domains together.
     pub mappings: u64,
     /// Attached endpoints.
     pub attached_endpoints: u64,
+    /// Guest tables bound with ATTACH_TABLE.
+    pub tables: u64,
 }
 
 impl Stats {

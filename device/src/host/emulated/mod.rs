@@ -5,26 +5,48 @@
 //! endpoint's reserved regions (MSI window: 1:1; RESERVED: MAPPING fault), then the IOTLB and
 //! the address space. A translated address outside guest RAM faults with reason UNKNOWN: the
 //! IOMMU translated it fine, there is just nothing behind it (a bus error, not an IOMMU fault).
+//!
+//! Guest tables bound with ATTACH_TABLE (vSVA) are walked in software ([`nested`]): stage 1
+//! from the guest's SMMUv3 CD table + AArch64 tables ([`smmuv3`], [`aarch64`]) or x86-64
+//! first-stage table ([`x86`]), stage 2 the identity over guest RAM.
 
+pub mod aarch64;
 mod iotlb;
+pub mod nested;
+pub mod s1tlb;
+pub mod smmuv3;
 mod space;
+pub mod walk;
+pub mod x86;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::RangeInclusive;
 
 use log::{debug, warn};
 use virtio_iommu_spec::event::FaultReason;
+use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::probe::ResvMemSubtype;
+use virtio_iommu_spec::request::{Invalidate, TableDesc};
 use virtio_iommu_spec::Event;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion,
+};
 
 pub use iotlb::{IotlbStats, IOTLB_ENTRIES};
 pub use space::{AddressSpace, HostMapping};
 
+pub use nested::{NestedTable, DEFAULT_MAX_TABLES};
+pub use s1tlb::S1Stats;
+
 use super::{
-    Access, AttachTarget, Fault, GuestRange, HostError, HostIommu, Perm, ReservedRegion, SpaceId,
+    Access, AttachTarget, DmaAttrs, Fault, GuestRange, HostError, HostIommu, Perm, ReservedRegion,
+    SpaceId, TableId, TranslateFault,
 };
 use iotlb::Iotlb;
+use nested::{Nested, Route};
+use s1tlb::Tag;
+use walk::{AccessReq, WalkError};
 
 /// Default cap on address spaces (one per mapped domain).
 pub const DEFAULT_MAX_SPACES: usize = 1 << 16;
@@ -40,6 +62,7 @@ pub struct EmulatedHost {
     /// Sorted, disjoint endpoint ranges with their regions.
     reserved: Vec<(RangeInclusive<u32>, Vec<ReservedRegion>)>,
     iotlb: Iotlb,
+    nested: Nested,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     events: VecDeque<Event>,
 }
@@ -68,6 +91,7 @@ impl EmulatedHost {
             unattached_bypass: false,
             reserved: Vec::new(),
             iotlb: Iotlb::default(),
+            nested: Nested::default(),
             mem: None,
             events: VecDeque::new(),
         }
@@ -77,6 +101,24 @@ impl EmulatedHost {
     #[must_use]
     pub fn iotlb_stats(&self) -> IotlbStats {
         self.iotlb.stats()
+    }
+
+    /// Counters of the stage-1 caches (guest tables).
+    #[must_use]
+    pub fn s1_stats(&self) -> S1Stats {
+        self.nested.stats()
+    }
+
+    /// The nested (guest-owned) table behind a handle.
+    #[must_use]
+    pub fn table(&self, id: TableId) -> Option<&NestedTable> {
+        self.nested.get(id)
+    }
+
+    /// Number of live nested tables.
+    #[must_use]
+    pub fn table_count(&self) -> usize {
+        self.nested.len()
     }
 
     /// The address space behind a handle.
@@ -113,6 +155,19 @@ impl EmulatedHost {
     fn target_of(&self, endpoint: u32, pasid: Option<u32>) -> AttachTarget {
         match self.attachments.get(&(endpoint, pasid)) {
             Some(t) => *t,
+            // An SMMUv3 CD table bound to the endpoint's requests without PASID translates
+            // every PASID, as an STE does.
+            None if pasid.is_some() => match self.attachments.get(&(endpoint, None)) {
+                Some(AttachTarget::Table(id))
+                    if self
+                        .nested
+                        .get(*id)
+                        .is_some_and(|t| matches!(t.desc, TableDesc::ArmSmmuV3 { .. })) =>
+                {
+                    AttachTarget::Table(*id)
+                }
+                _ => AttachTarget::Blocked,
+            },
             // PASID-tagged DMA needs an explicit PASID attachment: bypass is for RID traffic.
             None if pasid.is_some() => AttachTarget::Blocked,
             None if self.unattached_bypass => AttachTarget::Bypass,
@@ -121,11 +176,131 @@ impl EmulatedHost {
     }
 
     fn release(&mut self, target: AttachTarget) {
-        if let AttachTarget::Space(id) = target {
-            if let Some(s) = self.spaces.get_mut(&id) {
-                s.users = s.users.saturating_sub(1);
+        match target {
+            AttachTarget::Space(id) => {
+                if let Some(s) = self.spaces.get_mut(&id) {
+                    s.users = s.users.saturating_sub(1);
+                }
             }
+            AttachTarget::Table(id) => self.nested.release(id),
+            AttachTarget::Bypass | AttachTarget::Blocked => {}
         }
+    }
+
+    /// Translation through an address space: reserved regions, then the IOTLB and the space.
+    fn translate_space(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        space: SpaceId,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<GuestRange, Fault> {
+        let fault = |reason| Fault {
+            reason,
+            address: iova,
+        };
+        if let Some(r) = self
+            .regions_of(endpoint)
+            .iter()
+            .find(|r| r.start <= iova && iova <= r.end)
+        {
+            return match r.kind {
+                ResvMemSubtype::Msi => Ok(GuestRange {
+                    gpa: iova,
+                    len: cut(iova, r.end, len),
+                }),
+                ResvMemSubtype::Reserved => Err(fault(FaultReason::Mapping)),
+            };
+        }
+        let m = match self.iotlb.lookup(endpoint, pasid, space, iova) {
+            Some(m) => m,
+            None => {
+                let Some(s) = self.spaces.get(&space) else {
+                    warn!("endpoint {endpoint} attached to missing space {space:?}");
+                    return Err(fault(FaultReason::Unknown));
+                };
+                let m = s.lookup(iova).ok_or(fault(FaultReason::Mapping))?;
+                self.iotlb.insert(endpoint, pasid, space, iova, m);
+                m
+            }
+        };
+        if !m.perm.contains(access.perm()) {
+            return Err(fault(FaultReason::Mapping));
+        }
+        Ok(GuestRange {
+            // Cannot overflow: `map` refused mappings whose output end passes 2^64.
+            gpa: m.phys + (iova - m.iova),
+            len: cut(iova, m.last, len),
+        })
+    }
+
+    /// Nested translation through a guest table: stage 1 by walking it, stage 2 the identity
+    /// over guest RAM (the range is cut at the end of the leaf page and of the RAM region).
+    #[allow(clippy::too_many_arguments)] // the DMA's full description
+    fn translate_table(
+        &mut self,
+        id: TableId,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+        attrs: DmaAttrs,
+    ) -> Result<GuestRange, TranslateFault> {
+        let walk_fault = |e: WalkError| TranslateFault {
+            fault: Fault {
+                reason: e.reason(),
+                address: iova,
+            },
+            recoverable: e.recoverable(),
+        };
+        let ssid = match self.nested.route(id, pasid).map_err(walk_fault)? {
+            Route::Stage1(ssid) => ssid,
+            Route::Parent(Some(space)) => {
+                return self
+                    .translate_space(endpoint, pasid, space, iova, len, access)
+                    .map_err(|fault| TranslateFault {
+                        fault,
+                        recoverable: false,
+                    })
+            }
+            Route::Parent(None) => return Err(walk_fault(WalkError::NoContext)),
+        };
+        let Some(mem) = self.mem.clone() else {
+            return Err(walk_fault(WalkError::Malformed));
+        };
+        let guard = mem.memory();
+        let req = AccessReq::new(access, attrs);
+        let tag = Tag {
+            table: id,
+            endpoint,
+            pasid,
+            ssid,
+            asid: None,
+        };
+        let leaf = self
+            .nested
+            .translate(&guard, tag, iova, req)
+            .map_err(walk_fault)?;
+        let gpa = leaf.gpa | (iova - leaf.va);
+        let outside = TranslateFault {
+            fault: Fault {
+                reason: FaultReason::Unknown,
+                address: iova,
+            },
+            recoverable: false,
+        };
+        let region = guard.find_region(GuestAddress(gpa)).ok_or(outside)?;
+        let region_last = region
+            .start_addr()
+            .0
+            .saturating_add(region.len().saturating_sub(1));
+        Ok(GuestRange {
+            gpa,
+            len: cut(iova, leaf.last(), len).min(cut(gpa, region_last, len)),
+        })
     }
 
     /// Copies between a DMA buffer and guest memory, one translated piece at a time.
@@ -239,7 +414,7 @@ impl HostIommu for EmulatedHost {
             AttachTarget::Space(id) => {
                 self.spaces.get_mut(&id).ok_or(HostError::Invalid)?.users += 1;
             }
-            AttachTarget::Table(_) => return Err(HostError::Unsupported),
+            AttachTarget::Table(id) => self.nested.hold(id)?,
             AttachTarget::Bypass | AttachTarget::Blocked => {}
         }
         if let Some(old) = self.attachments.insert((endpoint, pasid), target) {
@@ -271,6 +446,19 @@ impl HostIommu for EmulatedHost {
         self.reserved.insert(i, (endpoints, regions.to_vec()));
     }
 
+    fn page_response(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        group_id: u16,
+        code: PageRespCode,
+    ) -> Result<(), HostError> {
+        // Emulated DMA waits in the engine, which answers its own groups; a response here is
+        // for an injected event, which nothing waits for.
+        debug!("page response {code:?} to injected group {group_id} of {endpoint}/{pasid:?}");
+        Ok(())
+    }
+
     fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
@@ -287,55 +475,65 @@ impl HostIommu for EmulatedHost {
         len: u64,
         access: Access,
     ) -> Result<GuestRange, Fault> {
-        let fault = |reason| Fault {
-            reason,
-            address: iova,
+        self.translate_ext(endpoint, pasid, iova, len, access, DmaAttrs::default())
+            .map_err(|f| f.fault)
+    }
+
+    fn translate_ext(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+        attrs: DmaAttrs,
+    ) -> Result<GuestRange, TranslateFault> {
+        let fault = |reason| TranslateFault {
+            fault: Fault {
+                reason,
+                address: iova,
+            },
+            recoverable: false,
         };
-        let space = match self.target_of(endpoint, pasid) {
-            AttachTarget::Bypass => {
-                return Ok(GuestRange {
-                    gpa: iova,
-                    len: cut(iova, u64::MAX, len),
-                })
+        match self.target_of(endpoint, pasid) {
+            AttachTarget::Bypass => Ok(GuestRange {
+                gpa: iova,
+                len: cut(iova, u64::MAX, len),
+            }),
+            AttachTarget::Blocked => Err(fault(FaultReason::Domain)),
+            AttachTarget::Table(id) => {
+                self.translate_table(id, endpoint, pasid, iova, len, access, attrs)
             }
-            AttachTarget::Blocked => return Err(fault(FaultReason::Domain)),
-            // Nested tables come with vSVA; nothing can be attached to one yet.
-            AttachTarget::Table(_) => return Err(fault(FaultReason::Unknown)),
-            AttachTarget::Space(id) => id,
-        };
-        if let Some(r) = self
-            .regions_of(endpoint)
-            .iter()
-            .find(|r| r.start <= iova && iova <= r.end)
-        {
-            return match r.kind {
-                ResvMemSubtype::Msi => Ok(GuestRange {
-                    gpa: iova,
-                    len: cut(iova, r.end, len),
-                }),
-                ResvMemSubtype::Reserved => Err(fault(FaultReason::Mapping)),
-            };
+            AttachTarget::Space(space) => self
+                .translate_space(endpoint, pasid, space, iova, len, access)
+                .map_err(|f| fault(f.reason)),
         }
-        let m = match self.iotlb.lookup(endpoint, pasid, space, iova) {
-            Some(m) => m,
-            None => {
-                let Some(s) = self.spaces.get(&space) else {
-                    warn!("endpoint {endpoint} attached to missing space {space:?}");
-                    return Err(fault(FaultReason::Unknown));
-                };
-                let m = s.lookup(iova).ok_or(fault(FaultReason::Mapping))?;
-                self.iotlb.insert(endpoint, pasid, space, iova, m);
-                m
-            }
-        };
-        if !m.perm.contains(access.perm()) {
-            return Err(fault(FaultReason::Mapping));
+    }
+
+    fn alloc_table(
+        &mut self,
+        endpoint: u32,
+        parent: Option<SpaceId>,
+        desc: &TableDesc,
+    ) -> Result<TableId, HostError> {
+        if let Some(p) = parent {
+            self.spaces.get_mut(&p).ok_or(HostError::Invalid)?.users += 1;
         }
-        Ok(GuestRange {
-            // Cannot overflow: `map` refused mappings whose output end passes 2^64.
-            gpa: m.phys + (iova - m.iova),
-            len: cut(iova, m.last, len),
-        })
+        let r = self.nested.alloc(endpoint, parent, *desc);
+        if r.is_err() {
+            self.release(parent.map_or(AttachTarget::Blocked, AttachTarget::Space));
+        }
+        r
+    }
+
+    fn destroy_table(&mut self, table: TableId) -> Result<(), HostError> {
+        let t = self.nested.destroy(table)?;
+        self.release(t.parent.map_or(AttachTarget::Blocked, AttachTarget::Space));
+        Ok(())
+    }
+
+    fn invalidate(&mut self, table: TableId, inval: &Invalidate) -> Result<(), HostError> {
+        self.nested.invalidate(table, inval)
     }
 
     fn dma_read(

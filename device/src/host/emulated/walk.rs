@@ -1,0 +1,206 @@
+//! What the stage-1 walkers share: the access being checked, the leaf they find, their faults,
+//! and the one bounds-checked way to read a table entry from guest memory.
+
+use bitflags::bitflags;
+use virtio_iommu_spec::event::FaultReason;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::host::{Access, DmaAttrs};
+
+/// Page shift of the 4 KiB granule both formats use.
+pub const PAGE_SHIFT: u32 = 12;
+
+/// The access a walk is checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessReq {
+    /// A write (else a read).
+    pub write: bool,
+    /// An instruction fetch.
+    pub exec: bool,
+    /// Privileged (supervisor / EL1).
+    pub privileged: bool,
+}
+
+impl AccessReq {
+    /// The request for a DMA access with its attributes (exec only applies to reads).
+    #[must_use]
+    pub fn new(access: Access, attrs: DmaAttrs) -> Self {
+        let write = access == Access::Write;
+        AccessReq {
+            write,
+            exec: attrs.exec && !write,
+            privileged: attrs.privileged,
+        }
+    }
+}
+
+bitflags! {
+    /// Format-neutral permissions of a leaf, per privilege level, so cached leaves of both
+    /// formats are checked the same way.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct LeafPerms: u8 {
+        /// Unprivileged read.
+        const USER_READ = 1 << 0;
+        /// Unprivileged write.
+        const USER_WRITE = 1 << 1;
+        /// Unprivileged instruction fetch.
+        const USER_EXEC = 1 << 2;
+        /// Privileged read.
+        const PRIV_READ = 1 << 3;
+        /// Privileged write.
+        const PRIV_WRITE = 1 << 4;
+        /// Privileged instruction fetch.
+        const PRIV_EXEC = 1 << 5;
+    }
+}
+
+impl LeafPerms {
+    /// Whether these permissions allow `req`.
+    #[must_use]
+    pub fn allows(self, req: AccessReq) -> bool {
+        let (read, write, exec) = if req.privileged {
+            (Self::PRIV_READ, Self::PRIV_WRITE, Self::PRIV_EXEC)
+        } else {
+            (Self::USER_READ, Self::USER_WRITE, Self::USER_EXEC)
+        };
+        let need = if req.write {
+            write
+        } else if req.exec {
+            read | exec
+        } else {
+            read
+        };
+        self.contains(need)
+    }
+}
+
+/// The leaf entry a walk ends at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    /// Input address of the leaf page's first byte.
+    pub va: u64,
+    /// Guest-physical address of the leaf page's first byte.
+    pub gpa: u64,
+    /// log2 of the leaf page size: 12, 21 or 30.
+    pub shift: u32,
+    /// What the leaf allows.
+    pub perms: LeafPerms,
+}
+
+impl Leaf {
+    /// The last input address the leaf translates.
+    #[must_use]
+    pub fn last(&self) -> u64 {
+        self.va | ((1u64 << self.shift) - 1)
+    }
+}
+
+/// Why a stage-1 walk failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalkError {
+    /// An entry on the way is not present (Arm: valid bit clear; x86: P clear).
+    NotPresent,
+    /// The leaf forbids the access (Arm AP/XN, x86 R/W, U/S, XD).
+    Permission,
+    /// Arm: the leaf's access flag is clear (the walker never sets it).
+    AccessFlag,
+    /// The input address is outside the table's range (above 2^VA bits, non-canonical).
+    AddressSize,
+    /// The context forbids the access whatever the entries say: Arm EPD0 set, VT-d privileged
+    /// request without SRE.
+    Forbidden,
+    /// No translation context: PASID beyond the CD table, CD or L1 descriptor not valid,
+    /// `s1dss` TERM for DMA without PASID.
+    NoContext,
+    /// A malformed table: reserved bits, bad CD fields, a pointer outside guest RAM.
+    Malformed,
+}
+
+impl WalkError {
+    /// Whether the guest can fix this by editing its page table (a page request may ask it to).
+    #[must_use]
+    pub const fn recoverable(self) -> bool {
+        matches!(
+            self,
+            WalkError::NotPresent | WalkError::Permission | WalkError::AccessFlag
+        )
+    }
+
+    /// The fault reason reported to the guest.
+    #[must_use]
+    pub const fn reason(self) -> FaultReason {
+        match self {
+            WalkError::NotPresent
+            | WalkError::Permission
+            | WalkError::AccessFlag
+            | WalkError::AddressSize
+            | WalkError::Forbidden => FaultReason::Mapping,
+            WalkError::NoContext => FaultReason::Domain,
+            WalkError::Malformed => FaultReason::Unknown,
+        }
+    }
+}
+
+/// Reads the little-endian 64-bit entry at `gpa`. An address whose 8 bytes are not all in
+/// guest RAM (or that wraps) is a malformed table.
+///
+/// # Errors
+/// [`WalkError::Malformed`].
+pub fn read_entry(mem: &GuestMemoryMmap, gpa: u64) -> Result<u64, WalkError> {
+    gpa.checked_add(7).ok_or(WalkError::Malformed)?;
+    let mut b = [0u8; 8];
+    mem.read_slice(&mut b, GuestAddress(gpa))
+        .map_err(|_| WalkError::Malformed)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// The entry address of `index` in the table at `table`.
+///
+/// # Errors
+/// [`WalkError::Malformed`] if it wraps.
+pub fn entry_addr(table: u64, index: u64) -> Result<u64, WalkError> {
+    index
+        .checked_mul(8)
+        .and_then(|off| table.checked_add(off))
+        .ok_or(WalkError::Malformed)
+}
+
+/// Mask of bits `[hi:lo]`.
+#[must_use]
+pub const fn bits(hi: u32, lo: u32) -> u64 {
+    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_and_perms() {
+        assert_eq!(bits(51, 12), 0x000f_ffff_ffff_f000);
+        assert_eq!(bits(63, 0), u64::MAX);
+        assert_eq!(bits(7, 6), 0xc0);
+        let rd = AccessReq::new(Access::Read, DmaAttrs::default());
+        let wr = AccessReq::new(Access::Write, DmaAttrs::default());
+        let px = AccessReq::new(
+            Access::Read,
+            DmaAttrs {
+                privileged: true,
+                exec: true,
+            },
+        );
+        assert!(LeafPerms::USER_READ.allows(rd));
+        assert!(!LeafPerms::USER_READ.allows(wr));
+        assert!(!LeafPerms::PRIV_EXEC.allows(px));
+        assert!((LeafPerms::PRIV_EXEC | LeafPerms::PRIV_READ).allows(px));
+        // Exec is dropped for writes.
+        let wx = AccessReq::new(
+            Access::Write,
+            DmaAttrs {
+                privileged: false,
+                exec: true,
+            },
+        );
+        assert!(!wx.exec);
+    }
+}

@@ -1,0 +1,131 @@
+//! Guest tables bound with ATTACH_TABLE, per endpoint: at most one SMMUv3 CD table (it covers
+//! every PASID and is attached to the endpoint's requests without PASID, replacing the
+//! domain's space there) and one VT-d first-stage table per PASID.
+//!
+//! Tables live as long as the endpoint stays in its domain: DETACH, a move to another domain
+//! and a device reset drop them (after the endpoint's requests without PASID left the table).
+
+use std::collections::BTreeMap;
+
+use log::warn;
+use virtio_iommu_spec::request::TableDesc;
+
+use crate::host::{AttachTarget, HostError, HostIommu, SpaceId, TableId};
+
+#[derive(Debug, Default)]
+struct EndpointTables {
+    arm: Option<TableId>,
+    vtd: BTreeMap<u32, TableId>,
+}
+
+/// All bound tables.
+#[derive(Debug, Default)]
+pub(super) struct Tables {
+    by_endpoint: BTreeMap<u32, EndpointTables>,
+    count: usize,
+}
+
+fn destroy(host: &mut dyn HostIommu, id: TableId) {
+    // The guest's view is already right; a leaked host table is only logged.
+    if let Err(e) = host.destroy_table(id) {
+        warn!("host destroy_table({id:?}) failed: {e}");
+    }
+}
+
+impl Tables {
+    /// Live tables.
+    pub(super) fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The tables of `endpoint`.
+    pub(super) fn of(&self, endpoint: u32) -> Vec<TableId> {
+        self.by_endpoint
+            .get(&endpoint)
+            .map(|t| t.arm.iter().chain(t.vtd.values()).copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Allocates and attaches a table, then destroys the one it replaces. A host failure
+    /// leaves everything as it was.
+    pub(super) fn bind(
+        &mut self,
+        host: &mut dyn HostIommu,
+        endpoint: u32,
+        parent: Option<SpaceId>,
+        desc: &TableDesc,
+    ) -> Result<(), HostError> {
+        let id = host.alloc_table(endpoint, parent, desc)?;
+        let pasid = match desc {
+            TableDesc::Vtd { pasid, .. } => Some(*pasid),
+            TableDesc::ArmSmmuV3 { .. } => None,
+        };
+        if let Err(e) = host.attach(endpoint, pasid, AttachTarget::Table(id)) {
+            destroy(host, id);
+            return Err(e);
+        }
+        let t = self.by_endpoint.entry(endpoint).or_default();
+        let old = match pasid {
+            Some(p) => t.vtd.insert(p, id),
+            None => t.arm.replace(id),
+        };
+        match old {
+            Some(old) => destroy(host, old),
+            None => self.count += 1,
+        }
+        Ok(())
+    }
+
+    /// Drops every table of `endpoint`. Its requests without PASID must already point
+    /// elsewhere (DETACH or ATTACH to another domain did that); PASID attachments are removed.
+    pub(super) fn drop_endpoint(&mut self, host: &mut dyn HostIommu, endpoint: u32) {
+        let Some(t) = self.by_endpoint.remove(&endpoint) else {
+            return;
+        };
+        for (pasid, id) in t.vtd {
+            if let Err(e) = host.detach(endpoint, Some(pasid)) {
+                warn!("host detach({endpoint}, PASID {pasid}) failed: {e}");
+            }
+            destroy(host, id);
+            self.count -= 1;
+        }
+        if let Some(id) = t.arm {
+            destroy(host, id);
+            self.count -= 1;
+        }
+    }
+
+    /// Drops every table (device reset, after every endpoint was detached).
+    pub(super) fn clear(&mut self, host: &mut dyn HostIommu) {
+        let eps: Vec<u32> = self.by_endpoint.keys().copied().collect();
+        for ep in eps {
+            self.drop_endpoint(host, ep);
+        }
+    }
+}
+
+/// The last address of an INVALIDATE range, `None` if it passes 2^64 − 1. `nr_pages` is
+/// non-zero and `granule` below 64 (the decoder and the engine checked).
+pub(super) fn range_last(start: u64, nr_pages: u64, granule: u8) -> Option<u64> {
+    // (nr_pages − 1) · size + (size − 1): a range ending exactly at 2^64 − 1 is fine.
+    let size = 1u64.checked_shl(u32::from(granule))?;
+    nr_pages
+        .checked_sub(1)?
+        .checked_mul(size)?
+        .checked_add(size - 1)
+        .and_then(|off| start.checked_add(off))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_ends() {
+        assert_eq!(range_last(0x1000, 1, 12), Some(0x1fff));
+        assert_eq!(range_last(0, 1 << 52, 12), Some(u64::MAX));
+        assert_eq!(range_last(1, 1 << 52, 12), None);
+        assert_eq!(range_last(0, 2, 63), Some(u64::MAX));
+        assert_eq!(range_last(1, 2, 63), None);
+    }
+}
