@@ -8,6 +8,7 @@ use virtio_iommu_spec::ext::TableFormat;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 
 use crate::error::{Error, Result};
+use crate::host::iommufd::VfioEndpoint;
 use crate::viommu::{EndpointConfig, Limits, ReservedRegion, ViommuConfig};
 
 /// Which host IOMMU the daemon programs.
@@ -98,6 +99,28 @@ pub struct Args {
     /// PASID bits per endpoint; 0 disables them.
     #[arg(long, default_value_t = 0)]
     pub pasid_bits: u8,
+
+    /// Outstanding page-request groups per endpoint (advertised by PROBE); a fault that needs
+    /// one more fails at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_page_request_groups: u32,
+
+    /// How long the device waits for the guest's PAGE_RESP before it completes a page request
+    /// with FAILURE itself, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub page_request_timeout_ms: u64,
+
+    /// VFIO device of an endpoint for `--host iommufd`: `ENDPOINT=/dev/vfio/devices/vfioN`,
+    /// `ENDPOINT=PCI-BDF` (bound to vfio-pci) or `ENDPOINT=fd:N` (an inherited cdev fd, when a
+    /// launcher shares one open device file with the VMM). Repeatable.
+    #[arg(long = "vfio", value_parser = parse_vfio)]
+    pub vfio: Vec<VfioEndpoint>,
+}
+
+/// Parses one `--vfio` value.
+fn parse_vfio(s: &str) -> std::result::Result<VfioEndpoint, String> {
+    s.parse()
+        .map_err(|e: crate::host::iommufd::IommufdError| e.to_string())
 }
 
 /// Validated daemon configuration.
@@ -113,6 +136,8 @@ pub struct DaemonConfig {
     pub queue_size: u16,
     /// The device model's configuration.
     pub viommu: ViommuConfig,
+    /// VFIO devices of endpoints (`--host iommufd`).
+    pub vfio: Vec<VfioEndpoint>,
 }
 
 /// Parses a decimal or 0x-prefixed hexadecimal u64.
@@ -150,7 +175,9 @@ fn parse_u32_range(s: &str, what: &str) -> Result<RangeInclusive<u32>> {
     let b = u32::try_from(*r.end());
     match (a, b) {
         (Ok(a), Ok(b)) => Ok(a..=b),
-        _ => Err(Error::Config(format!("{what} `{s}` does not fit in 32 bits"))),
+        _ => Err(Error::Config(format!(
+            "{what} `{s}` does not fit in 32 bits"
+        ))),
     }
 }
 
@@ -165,10 +192,18 @@ pub fn parse_reserved(s: &str) -> Result<ReservedRegion> {
     let kind = match kind {
         "msi" => ResvMemSubtype::Msi,
         "reserved" => ResvMemSubtype::Reserved,
-        other => return Err(Error::Config(format!("reserved region kind `{other}`: use msi or reserved"))),
+        other => {
+            return Err(Error::Config(format!(
+                "reserved region kind `{other}`: use msi or reserved"
+            )))
+        }
     };
     let r = parse_range(range)?;
-    Ok(ReservedRegion { start: *r.start(), end: *r.end(), kind })
+    Ok(ReservedRegion {
+        start: *r.start(),
+        end: *r.end(),
+        kind,
+    })
 }
 
 impl TryFrom<Args> for DaemonConfig {
@@ -178,7 +213,10 @@ impl TryFrom<Args> for DaemonConfig {
         let reserved = if a.reserved.is_empty() {
             vec![ReservedRegion::x86_msi()]
         } else {
-            a.reserved.iter().map(|r| parse_reserved(r)).collect::<Result<Vec<_>>>()?
+            a.reserved
+                .iter()
+                .map(|r| parse_reserved(r))
+                .collect::<Result<Vec<_>>>()?
         };
         let mut endpoints = Vec::new();
         for part in a.endpoints.split(',').filter(|p| !p.trim().is_empty()) {
@@ -206,6 +244,14 @@ impl TryFrom<Args> for DaemonConfig {
                 a.queue_size
             )));
         }
+        if !a.vfio.is_empty() && a.host != HostKind::Iommufd {
+            return Err(Error::Config("--vfio needs --host iommufd".into()));
+        }
+        if a.page_request_timeout_ms == 0 {
+            return Err(Error::Config(
+                "--page-request-timeout-ms must be positive".into(),
+            ));
+        }
         if a.pasid_bits > 20 {
             return Err(Error::Config("--pasid-bits is at most 20".into()));
         }
@@ -219,6 +265,8 @@ impl TryFrom<Args> for DaemonConfig {
             limits: Limits {
                 max_mappings_per_domain: a.max_mappings,
                 max_domains: a.max_domains,
+                max_page_request_groups: a.max_page_request_groups,
+                page_request_timeout: std::time::Duration::from_millis(a.page_request_timeout_ms),
                 ..Limits::default()
             },
             offer_mmio: a.mmio,
@@ -231,6 +279,7 @@ impl TryFrom<Args> for DaemonConfig {
             host: a.host,
             queue_size: a.queue_size,
             viommu,
+            vfio: a.vfio,
         })
     }
 }
@@ -254,7 +303,10 @@ mod tests {
         assert!(c.viommu.boot_bypass);
         assert_eq!(c.viommu.endpoints.len(), 1);
         assert_eq!(c.viommu.endpoints[0].ids, 0..=u32::MAX);
-        assert_eq!(c.viommu.endpoints[0].reserved, vec![ReservedRegion::x86_msi()]);
+        assert_eq!(
+            c.viommu.endpoints[0].reserved,
+            vec![ReservedRegion::x86_msi()]
+        );
         assert_eq!(c.viommu.limits.max_mappings_per_domain, 1 << 20);
         assert_eq!(c.viommu.limits.max_domains, 1 << 16);
         assert_eq!(c.queue_size, 256);
@@ -288,8 +340,16 @@ mod tests {
         assert_eq!(
             c.viommu.endpoints[0].reserved,
             vec![
-                ReservedRegion { start: 0x1000, end: 0x1fff, kind: ResvMemSubtype::Reserved },
-                ReservedRegion { start: 0x800_0000, end: 0x80f_ffff, kind: ResvMemSubtype::Msi },
+                ReservedRegion {
+                    start: 0x1000,
+                    end: 0x1fff,
+                    kind: ResvMemSubtype::Reserved
+                },
+                ReservedRegion {
+                    start: 0x800_0000,
+                    end: 0x80f_ffff,
+                    kind: ResvMemSubtype::Msi
+                },
             ]
         );
         assert!(!c.viommu.boot_bypass);
@@ -298,6 +358,26 @@ mod tests {
         assert_eq!(c.viommu.limits.max_mappings_per_domain, 10);
         assert!(c.viommu.offer_attach_table && c.viommu.offer_page_request);
         assert_eq!(c.viommu.endpoints[1].pasid_bits, 16);
+        assert_eq!(
+            c.viommu.limits.page_request_timeout,
+            std::time::Duration::from_secs(1)
+        );
+        assert_eq!(c.viommu.limits.max_page_request_groups, 32);
+        let c = DaemonConfig::try_from(args(&[
+            "--host",
+            "iommufd",
+            "--vfio",
+            "24=/dev/vfio/devices/vfio0",
+            "--page-request-timeout-ms",
+            "250",
+        ]))
+        .unwrap();
+        assert_eq!(c.vfio.len(), 1);
+        assert_eq!(c.vfio[0].endpoint, 24);
+        assert_eq!(
+            c.viommu.limits.page_request_timeout,
+            std::time::Duration::from_millis(250)
+        );
     }
 
     #[test]
@@ -312,11 +392,18 @@ mod tests {
             &["--domain-range", "0-0x100000000"],
             &["--queue-size", "100"],
             &["--pasid-bits", "21"],
+            &["--vfio", "0x18=/dev/vfio/devices/vfio0"],
+            &["--page-request-timeout-ms", "0"],
         ] {
             assert!(DaemonConfig::try_from(args(bad)).is_err(), "{bad:?}");
         }
-        assert!(Args::try_parse_from(["x", "--socket-path", "s", "--page-size-mask", "zz"]).is_err());
-        assert!(Args::try_parse_from(["x"]).is_err(), "socket path is required");
+        assert!(
+            Args::try_parse_from(["x", "--socket-path", "s", "--page-size-mask", "zz"]).is_err()
+        );
+        assert!(
+            Args::try_parse_from(["x"]).is_err(),
+            "socket path is required"
+        );
         assert_eq!(parse_u64("0x1_000"), Ok(0x1000));
         assert_eq!(parse_u64("4096"), Ok(4096));
     }

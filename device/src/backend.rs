@@ -4,6 +4,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -15,8 +16,11 @@ use virtio_iommu_spec::{Features, EVENT_QUEUE, REQUEST_QUEUE};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::queue::{self, Scratch};
 use crate::viommu::Viommu;
@@ -26,6 +30,12 @@ pub const NUM_QUEUES: usize = 2;
 /// `handle_event` ID of the "events pending" wake-up eventfd (IDs up to NUM_QUEUES are the
 /// library's).
 pub const WAKE_EVENT: u16 = 3;
+/// `handle_event` ID of the page-request timer (expires groups the guest never answered).
+pub const TIMER_EVENT: u16 = 4;
+/// `handle_event` ID of the host's own event source (iommufd fault queue).
+pub const HOST_EVENT: u16 = 5;
+/// Period of the page-request timer.
+const TIMER_PERIOD: Duration = Duration::from_millis(100);
 
 /// The engine shared by the backend (queue thread) and the control socket.
 pub type SharedViommu = Arc<Mutex<Viommu>>;
@@ -45,6 +55,9 @@ pub struct IommuBackend {
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     /// Written by the control socket when it queued an event, so the queue thread delivers it.
     wake: Arc<EventFd>,
+    /// Periodic while page requests are offered: groups past their deadline are completed
+    /// with FAILURE even when nothing else happens on the device.
+    timer: TimerFd,
     /// Consumer fds handed to the library by `exit_event`; it never closes them (it keeps
     /// only the raw number), so the serve loop closes them after the connection's threads end.
     handed_out: Mutex<Vec<RawFd>>,
@@ -62,7 +75,15 @@ impl IommuBackend {
     /// # Errors
     /// The wake eventfd cannot be created.
     pub fn new(viommu: SharedViommu, queue_size: u16) -> io::Result<Self> {
+        let mut timer = TimerFd::new()?;
+        if lock(&viommu)
+            .offered_features()
+            .contains(Features::PAGE_REQUEST)
+        {
+            timer.reset(TIMER_PERIOD, Some(TIMER_PERIOD))?;
+        }
         Ok(IommuBackend {
+            timer,
             viommu,
             queue_size,
             event_idx: false,
@@ -81,9 +102,20 @@ impl IommuBackend {
         self.wake.clone()
     }
 
+    /// The page-request timer's fd, for the serve loop to register.
+    #[must_use]
+    pub fn timer_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+
     /// Takes the exit-event consumer fds the library leaked, for the serve loop to close.
     pub fn take_handed_out_fds(&self) -> Vec<RawFd> {
-        std::mem::take(&mut *self.handed_out.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+        std::mem::take(
+            &mut *self
+                .handed_out
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// After a restart of the rings: every ring back at 0 while one had made progress means
@@ -93,14 +125,20 @@ impl IommuBackend {
         if !std::mem::replace(&mut self.restart_pending, false) {
             return;
         }
-        let now: Vec<u16> = vrings.iter().map(|v| v.get_ref().get_queue().next_avail()).collect();
+        let now: Vec<u16> = vrings
+            .iter()
+            .map(|v| v.get_ref().get_queue().next_avail())
+            .collect();
         let progressed = self.last_avail.iter().any(|a| *a != 0);
         let all_zero = now.iter().all(|a| *a == 0);
         if progressed && all_zero {
             info!("rings restarted at 0 after progress: guest reset, resetting the device");
             lock(&self.viommu).reset();
         } else {
-            debug!("rings resumed at {now:?} (were {:?}): state kept", self.last_avail);
+            debug!(
+                "rings resumed at {now:?} (were {:?}): state kept",
+                self.last_avail
+            );
         }
         self.last_avail = [0; NUM_QUEUES];
     }
@@ -281,6 +319,16 @@ impl VhostUserBackendMut for IommuBackend {
             WAKE_EVENT => {
                 // Non-blocking read; EAGAIN only means another wake-up already drained it.
                 let _ = self.wake.read();
+            }
+            TIMER_EVENT => {
+                let _ = self.timer.wait();
+                let n = lock(&self.viommu).expire_page_requests(Instant::now());
+                if n > 0 {
+                    info!("{n} page-request group(s) timed out, completed with FAILURE");
+                }
+            }
+            HOST_EVENT => {
+                lock(&self.viommu).poll_host();
             }
             other => warn!("unknown device event {other}"),
         }

@@ -1,6 +1,7 @@
 //! The serve loop: one frontend at a time, a fresh device for every connection, and nothing
 //! leaked across reconnects.
 
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -11,25 +12,89 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::args::{DaemonConfig, HostKind};
-use crate::backend::{lock, IommuBackend, SharedViommu, WAKE_EVENT};
+use crate::backend::{lock, IommuBackend, SharedViommu, HOST_EVENT, TIMER_EVENT, WAKE_EVENT};
 use crate::control::{self, WakeSlot};
 use crate::error::{Error, Result};
 use crate::host::emulated::EmulatedHost;
-use crate::host::HostIommu;
-use crate::viommu::Viommu;
+use crate::host::iommufd::{IommufdConfig, IommufdHost};
+use crate::host::{HostIommu, ReservedRegion};
+use crate::viommu::{EndpointConfig, Viommu};
 
-/// Builds the host backend the configuration asks for.
+/// The host backend with what the serve loop must poll for it.
+#[derive(Debug)]
+pub struct Host {
+    /// The backend.
+    pub iommu: Box<dyn HostIommu>,
+    /// Readable when the host raised events of its own (iommufd fault queue).
+    pub events: Option<File>,
+}
+
+/// Builds the host backend the configuration asks for, and adapts the device configuration to
+/// what the host reports (reserved IOVA ranges, page sizes).
 ///
 /// # Errors
-/// [`Error::HostUnavailable`] for a backend this build cannot provide.
-pub fn make_host(kind: HostKind) -> Result<Box<dyn HostIommu>> {
-    match kind {
-        HostKind::Emulated => Ok(Box::new(EmulatedHost::new())),
-        HostKind::Iommufd => Err(Error::HostUnavailable(
-            "iommufd",
-            "the iommufd backend is not implemented yet; use --host emulated".into(),
-        )),
+/// [`Error::HostUnavailable`] with the host's reason when the backend cannot be opened.
+pub fn make_host(config: &mut DaemonConfig) -> Result<Host> {
+    match config.host {
+        HostKind::Emulated => Ok(Host {
+            iommu: Box::new(EmulatedHost::new()),
+            events: None,
+        }),
+        HostKind::Iommufd => {
+            let cfg = IommufdConfig {
+                endpoints: config.vfio.clone(),
+                page_requests: config.viommu.offer_page_request,
+            };
+            let mut host = IommufdHost::open(&cfg)
+                .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?;
+            for (ep, regions) in host.all_reserved_regions() {
+                carve_endpoint(&mut config.viommu.endpoints, ep, regions);
+                if let Some(mask) = host.page_size_mask(ep) {
+                    config.viommu.page_size_mask &= mask;
+                }
+            }
+            let events = if config.viommu.offer_page_request {
+                Some(
+                    host.fault_queue_poll_fd()
+                        .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?,
+                )
+            } else {
+                None
+            };
+            Ok(Host {
+                iommu: Box::new(host),
+                events,
+            })
+        }
     }
+}
+
+/// Gives endpoint `ep` its own configuration with `reserved` (the host's reserved ranges),
+/// splitting it out of the range that contained it and keeping that range's capabilities.
+fn carve_endpoint(endpoints: &mut Vec<EndpointConfig>, ep: u32, reserved: Vec<ReservedRegion>) {
+    let Some(i) = endpoints.iter().position(|e| e.ids.contains(&ep)) else {
+        return;
+    };
+    let orig = endpoints.remove(i);
+    let (lo, hi) = (*orig.ids.start(), *orig.ids.end());
+    if lo < ep {
+        endpoints.push(EndpointConfig {
+            ids: lo..=ep - 1,
+            ..orig.clone()
+        });
+    }
+    if ep < hi {
+        endpoints.push(EndpointConfig {
+            ids: ep + 1..=hi,
+            ..orig.clone()
+        });
+    }
+    endpoints.push(EndpointConfig {
+        ids: ep..=ep,
+        reserved,
+        ..orig
+    });
+    endpoints.sort_by_key(|e| *e.ids.start());
 }
 
 /// A configured daemon: the engine plus its sockets.
@@ -39,6 +104,7 @@ pub struct Daemon {
     viommu: SharedViommu,
     wake: WakeSlot,
     stop: Arc<AtomicBool>,
+    host_events: Option<File>,
 }
 
 impl Daemon {
@@ -46,16 +112,22 @@ impl Daemon {
     ///
     /// # Errors
     /// Host or device configuration errors, or the control socket cannot be bound.
-    pub fn new(config: DaemonConfig) -> Result<Self> {
-        let host = make_host(config.host)?;
-        let viommu = Viommu::new(config.viommu.clone(), host)
+    pub fn new(mut config: DaemonConfig) -> Result<Self> {
+        let host = make_host(&mut config)?;
+        let viommu = Viommu::new(config.viommu.clone(), host.iommu)
             .map_err(|e| Error::Device(format!("{e:?}")))?;
         let viommu = Arc::new(Mutex::new(viommu));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
         if let Some(path) = &config.control_socket {
             control::spawn(path, viommu.clone(), wake.clone())?;
         }
-        Ok(Daemon { config, viommu, wake, stop: Arc::new(AtomicBool::new(false)) })
+        Ok(Daemon {
+            config,
+            viommu,
+            wake,
+            stop: Arc::new(AtomicBool::new(false)),
+            host_events: host.events,
+        })
     }
 
     /// The engine, e.g. for in-process inspection.
@@ -87,6 +159,7 @@ impl Daemon {
         lock(&self.viommu).system_reset();
         let backend = IommuBackend::new(self.viommu.clone(), self.config.queue_size)?;
         let wake = backend.wake_fd();
+        let timer = backend.timer_fd();
         let backend = Arc::new(RwLock::new(backend));
         let mut daemon = VhostUserDaemon::new(
             "vhost-device-iommu".into(),
@@ -94,13 +167,23 @@ impl Daemon {
             GuestMemoryAtomic::new(GuestMemoryMmap::default()),
         )
         .map_err(Error::CreateDaemon)?;
-        for handler in daemon.get_epoll_handlers() {
+        if let Some(handler) = daemon.get_epoll_handlers().first() {
             handler.register_listener(wake.as_raw_fd(), EventSet::IN, u64::from(WAKE_EVENT))?;
+            handler.register_listener(timer, EventSet::IN, u64::from(TIMER_EVENT))?;
+            if let Some(f) = &self.host_events {
+                handler.register_listener(f.as_raw_fd(), EventSet::IN, u64::from(HOST_EVENT))?;
+            }
         }
-        *self.wake.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wake);
+        *self
+            .wake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(wake);
         info!("listening on {}", self.config.socket_path.display());
         let result = daemon.serve(&self.config.socket_path);
-        *self.wake.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *self
+            .wake
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         // Dropping the daemon joins its queue thread; only then are the exit fds it leaked
         // unused, and we close them (vhost-user-backend keeps them as bare numbers).
         drop(daemon);
@@ -124,13 +207,83 @@ impl Daemon {
                 e @ (vhost_user_backend::Error::CreateVhostUserListener(_)
                 | vhost_user_backend::Error::CreateBackendListener(_)),
             ) => {
-                error!("cannot listen on {}: {e}", self.config.socket_path.display());
-                Err(Error::Serve { path: self.config.socket_path.clone(), err: e })
+                error!(
+                    "cannot listen on {}: {e}",
+                    self.config.socket_path.display()
+                );
+                Err(Error::Serve {
+                    path: self.config.socket_path.clone(),
+                    err: e,
+                })
             }
             Err(e) => {
                 warn!("connection ended with an error: {e}; listening again");
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use virtio_iommu_spec::probe::ResvMemSubtype;
+
+    use super::*;
+
+    fn ep(ids: core::ops::RangeInclusive<u32>) -> EndpointConfig {
+        EndpointConfig {
+            ids,
+            reserved: vec![ReservedRegion::x86_msi()],
+            pasid_bits: 5,
+            page_requests: true,
+            table_formats: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn carving_an_endpoint_out_of_a_range() {
+        let host = vec![ReservedRegion {
+            start: 0,
+            end: 0xfff,
+            kind: ResvMemSubtype::Reserved,
+        }];
+        let mut eps = vec![ep(0..=0xff)];
+        carve_endpoint(&mut eps, 0x18, host.clone());
+        let ids: Vec<_> = eps.iter().map(|e| e.ids.clone()).collect();
+        assert_eq!(ids, vec![0..=0x17, 0x18..=0x18, 0x19..=0xff]);
+        assert_eq!(eps[1].reserved, host);
+        assert_eq!(eps[1].pasid_bits, 5, "capabilities of the range are kept");
+        assert_eq!(eps[0].reserved, vec![ReservedRegion::x86_msi()]);
+        // Edges of a range and IDs outside every range.
+        carve_endpoint(&mut eps, 0, host.clone());
+        carve_endpoint(&mut eps, 0xff, host.clone());
+        carve_endpoint(&mut eps, 0x1000, host);
+        let ids: Vec<_> = eps.iter().map(|e| e.ids.clone()).collect();
+        assert_eq!(
+            ids,
+            vec![0..=0, 1..=0x17, 0x18..=0x18, 0x19..=0xfe, 0xff..=0xff]
+        );
+    }
+
+    #[test]
+    fn iommufd_without_dev_iommu_is_a_clear_error() {
+        if std::path::Path::new("/dev/iommu").exists() {
+            return; // A host with iommufd: the message is covered by the guest tests.
+        }
+        let args = crate::args::Args::try_parse_from([
+            "x",
+            "--socket-path",
+            "/tmp/unused.sock",
+            "--host",
+            "iommufd",
+        ])
+        .unwrap();
+        let mut cfg = DaemonConfig::try_from(args).unwrap();
+        let err = make_host(&mut cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("iommufd") && err.contains("/dev/iommu"),
+            "{err}"
+        );
     }
 }

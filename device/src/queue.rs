@@ -49,7 +49,9 @@ impl Scratch {
             let addr = GuestAddress(desc.addr().0);
             let len = desc.len() as usize;
             if desc.is_write_only() {
-                writable = writable.checked_add(len).ok_or(ChainError::WritableTooLarge)?;
+                writable = writable
+                    .checked_add(len)
+                    .ok_or(ChainError::WritableTooLarge)?;
                 if writable > MAX_WRITABLE {
                     return Err(ChainError::WritableTooLarge);
                 }
@@ -67,7 +69,9 @@ impl Scratch {
                         .map_err(|_| ChainError::BadAddress(addr.0))?;
                 }
                 // Bytes beyond the cap are not read, but must still lie in guest memory.
-                if len > take && !GuestMemory::check_range(mem, addr, len, vm_memory::Permissions::Read) {
+                if len > take
+                    && !GuestMemory::check_range(mem, addr, len, vm_memory::Permissions::Read)
+                {
                     return Err(ChainError::BadAddress(addr.0));
                 }
             }
@@ -83,7 +87,8 @@ impl Scratch {
                 break;
             }
             let n = (*len).min(rest.len());
-            mem.write_slice(&rest[..n], *addr).map_err(|_| ChainError::BadAddress(addr.0))?;
+            mem.write_slice(&rest[..n], *addr)
+                .map_err(|_| ChainError::BadAddress(addr.0))?;
             rest = &rest[n..];
         }
         Ok(())
@@ -107,7 +112,9 @@ pub fn process_request<M: GuestMemory>(
     let mut out = std::mem::take(&mut scratch.writable);
     out.clear();
     out.resize(writable, 0);
-    let used = viommu.handle_request(&scratch.readable, &mut out).min(out.len());
+    let used = viommu
+        .handle_request(&scratch.readable, &mut out)
+        .min(out.len());
     let result = scratch.scatter(mem, &out[..used]);
     scratch.writable = out;
     match result {
