@@ -38,7 +38,7 @@ cargo test --workspace --locked
 if [ "$quick" = 1 ]; then
     exit 0
 fi
-for extra in scripts/test-vm.sh scripts/test-iommufd.sh; do
+for extra in scripts/test-vm.sh scripts/test-guest-driver.sh scripts/test-iommufd.sh; do
     if [ -x "$extra" ]; then
         step "$extra"
         "$extra"
