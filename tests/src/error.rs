@@ -1,0 +1,40 @@
+//! The harness error type.
+
+use std::time::Duration;
+
+/// Everything that can go wrong while driving a backend from the test harness.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A guest-physical range is not inside guest RAM.
+    #[error("guest address range {gpa:#x}+{len:#x} is outside guest RAM")]
+    OutOfBounds {
+        /// First address of the range.
+        gpa: u64,
+        /// Length of the range in bytes.
+        len: u64,
+    },
+    /// Guest RAM has no free run of the requested number of pages.
+    #[error("guest RAM has no {pages} contiguous free pages")]
+    OutOfMemory {
+        /// The number of pages that were asked for.
+        pages: usize,
+    },
+    /// A vhost-user request failed (or the backend answered with an error / hung up).
+    #[error("vhost-user: {0}")]
+    Vhost(#[from] vhost::Error),
+    /// An operating-system call failed.
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// Nothing happened within the allowed time.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+    /// The backend (or the control socket) broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The caller used the harness in a way it does not support.
+    #[error("invalid use of the harness: {0}")]
+    Usage(String),
+}
+
+/// Result alias used across the harness.
+pub type Result<T> = std::result::Result<T, Error>;

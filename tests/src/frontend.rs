@@ -1,0 +1,461 @@
+//! The vhost-user frontend: what QEMU does on the socket, on top of `vhost::vhost_user::Frontend`.
+//!
+//! Message order follows QEMU (`hw/virtio/vhost.c`, `vhost-user.c`):
+//! - connect: GET_FEATURES, GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_OWNER;
+//! - start (driver sets DRIVER_OK): SET_FEATURES, SET_MEM_TABLE, then per ring SET_VRING_NUM,
+//!   SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_CALL, and last SET_VRING_ENABLE 1
+//!   on every ring;
+//! - stop (guest reset, VM pause): SET_VRING_ENABLE 0 on every ring, then GET_VRING_BASE on each.
+//!
+//! A guest reset and a VM pause send the same messages; only the base a ring restarts at differs
+//! (0 after a reset, the saved base after a pause). See vhost-user-notes.md trap 6.
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use vhost::vhost_user::{
+    Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
+use vhost::{VhostBackend, VringConfigData};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::error::{Error, Result};
+use crate::memory::GuestMemory;
+
+/// How long [`Frontend::connect`] keeps retrying by default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request waits for its reply before failing (so a wedged backend fails the test
+/// instead of hanging it).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Protocol features the frontend asks for (it takes the intersection with the backend's).
+pub const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::CONFIG
+    .union(VhostUserProtocolFeatures::MQ)
+    .union(VhostUserProtocolFeatures::REPLY_ACK);
+
+/// `VHOST_USER_F_PROTOCOL_FEATURES`, a vhost-user bit inside the virtio feature word.
+pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// Guest-physical addresses of one split virtqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Number of entries (the driver's choice, at most the device maximum).
+    pub size: u16,
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available (driver) ring.
+    pub avail: u64,
+    /// Used (device) ring.
+    pub used: u64,
+}
+
+/// Per-ring frontend state.
+#[derive(Debug)]
+struct Ring {
+    config: Option<RingConfig>,
+    /// Base to send in the next SET_VRING_BASE.
+    next_base: u16,
+    running: bool,
+    kick: EventFd,
+    call: EventFd,
+}
+
+/// One vhost-user connection, playing QEMU.
+pub struct Frontend {
+    vu: VuFrontend,
+    memory: Arc<GuestMemory>,
+    device_features: u64,
+    protocol_features: VhostUserProtocolFeatures,
+    driver_features: Option<u64>,
+    rings: Vec<Ring>,
+}
+
+impl std::fmt::Debug for Frontend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frontend")
+            .field(
+                "device_features",
+                &format_args!("{:#x}", self.device_features),
+            )
+            .field("protocol_features", &self.protocol_features)
+            .field("driver_features", &self.driver_features)
+            .field("rings", &self.rings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Frontend {
+    /// Connects to the backend at `path` and performs QEMU's initial handshake, retrying for up
+    /// to `timeout` while the socket does not exist yet, refuses, or resets the connection (the
+    /// daemon may still be starting, or re-listening after the previous session: trap 4).
+    pub fn connect(path: &Path, memory: Arc<GuestMemory>, timeout: Duration) -> Result<Self> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match Self::try_connect(path, memory.clone()) {
+                Ok(fe) => return Ok(fe),
+                Err(e) if is_transient(&e) && Instant::now() < deadline => {
+                    log::debug!("connect to {} failed ({e}), retrying", path.display());
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn try_connect(path: &Path, memory: Arc<GuestMemory>) -> Result<Self> {
+        let stream = UnixStream::connect(path)?;
+        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        // The real queue count comes from GET_QUEUE_NUM; until then allow the protocol maximum.
+        let mut vu = VuFrontend::from_stream(stream, 256);
+        let device_features = vu.get_features()?;
+        if device_features & PROTOCOL_FEATURES_BIT == 0 {
+            return Err(Error::Protocol(
+                "backend does not offer VHOST_USER_F_PROTOCOL_FEATURES".into(),
+            ));
+        }
+        let offered = vu.get_protocol_features()?;
+        let protocol_features = offered & WANTED_PROTOCOL_FEATURES;
+        vu.set_protocol_features(protocol_features)?;
+        if protocol_features.contains(VhostUserProtocolFeatures::REPLY_ACK) {
+            // Like QEMU with REPLY_ACK: every request without its own reply gets acked, so a
+            // backend error surfaces as an error here instead of passing silently.
+            vu.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let queues = if protocol_features.contains(VhostUserProtocolFeatures::MQ) {
+            vu.get_queue_num()?
+        } else {
+            1
+        };
+        vu.set_owner()?;
+        let queues = usize::try_from(queues)
+            .map_err(|_| Error::Protocol(format!("queue count {queues}")))?;
+        let rings = (0..queues)
+            .map(|_| {
+                Ok(Ring {
+                    config: None,
+                    next_base: 0,
+                    running: false,
+                    kick: EventFd::new(EFD_NONBLOCK)?,
+                    call: EventFd::new(EFD_NONBLOCK)?,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self {
+            vu,
+            memory,
+            device_features,
+            protocol_features,
+            driver_features: None,
+            rings,
+        })
+    }
+
+    /// The underlying `vhost` frontend, to send arbitrary (or out-of-order) messages.
+    pub fn raw(&mut self) -> &mut VuFrontend {
+        &mut self.vu
+    }
+
+    /// The guest RAM this frontend sends in SET_MEM_TABLE.
+    #[must_use]
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.memory
+    }
+
+    /// Features from GET_FEATURES at connect time (including [`PROTOCOL_FEATURES_BIT`]).
+    #[must_use]
+    pub fn device_features(&self) -> u64 {
+        self.device_features
+    }
+
+    /// The negotiated protocol features.
+    #[must_use]
+    pub fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        self.protocol_features
+    }
+
+    /// Number of queues (GET_QUEUE_NUM, or 1 without MQ).
+    #[must_use]
+    pub fn num_queues(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Sends GET_FEATURES again.
+    pub fn get_features(&mut self) -> Result<u64> {
+        Ok(self.vu.get_features()?)
+    }
+
+    /// Sends SET_FEATURES with `virtio_features` plus [`PROTOCOL_FEATURES_BIT`] (as QEMU does,
+    /// so that rings stay disabled until SET_VRING_ENABLE), and remembers them for
+    /// [`Self::start`].
+    pub fn set_features(&mut self, virtio_features: u64) -> Result<()> {
+        self.vu
+            .set_features(virtio_features | PROTOCOL_FEATURES_BIT)?;
+        self.driver_features = Some(virtio_features);
+        Ok(())
+    }
+
+    /// Sends SET_MEM_TABLE with the guest RAM's regions.
+    pub fn set_mem_table(&mut self) -> Result<()> {
+        self.vu.set_mem_table(&self.memory.regions())?;
+        Ok(())
+    }
+
+    /// Records the layout [`Self::start`] will give ring `index`, at base 0 (`None`: leave the
+    /// ring unset).
+    pub fn set_ring_config(&mut self, index: usize, config: Option<RingConfig>) -> Result<()> {
+        let ring = self.ring_mut(index)?;
+        ring.config = config;
+        ring.next_base = 0;
+        Ok(())
+    }
+
+    /// The layout recorded for ring `index`.
+    pub fn ring_config(&self, index: usize) -> Result<Option<RingConfig>> {
+        Ok(self.ring(index)?.config)
+    }
+
+    /// Whether ring `index` has been started and not stopped since.
+    pub fn ring_running(&self, index: usize) -> Result<bool> {
+        Ok(self.ring(index)?.running)
+    }
+
+    /// The base ring `index` restarts at (what its last GET_VRING_BASE returned, or 0).
+    pub fn ring_next_base(&self, index: usize) -> Result<u16> {
+        Ok(self.ring(index)?.next_base)
+    }
+
+    /// Sets up one ring at `base`: SET_VRING_NUM, BASE, ADDR, KICK, CALL (not ENABLE).
+    pub fn setup_ring(&mut self, index: usize, config: RingConfig, base: u16) -> Result<()> {
+        let data = VringConfigData {
+            queue_max_size: config.size,
+            queue_size: config.size,
+            flags: 0,
+            desc_table_addr: self.host_addr(config.desc)?,
+            used_ring_addr: self.host_addr(config.used)?,
+            avail_ring_addr: self.host_addr(config.avail)?,
+            log_addr: None,
+        };
+        self.ring(index)?;
+        self.vu.set_vring_num(index, config.size)?;
+        self.vu.set_vring_base(index, base)?;
+        self.vu.set_vring_addr(index, &data)?;
+        let ring = &self.rings[index];
+        self.vu.set_vring_kick(index, &ring.kick)?;
+        self.vu.set_vring_call(index, &ring.call)?;
+        let ring = &mut self.rings[index];
+        ring.config = Some(config);
+        ring.next_base = base;
+        Ok(())
+    }
+
+    /// Sends SET_VRING_ENABLE for ring `index`.
+    pub fn enable_ring(&mut self, index: usize, enable: bool) -> Result<()> {
+        self.ring(index)?;
+        self.vu.set_vring_enable(index, enable)?;
+        Ok(())
+    }
+
+    /// Stops one ring (SET_VRING_ENABLE 0, GET_VRING_BASE) and returns (and remembers) its base.
+    pub fn stop_ring(&mut self, index: usize) -> Result<u16> {
+        self.enable_ring(index, false)?;
+        self.get_vring_base(index)
+    }
+
+    /// Sends GET_VRING_BASE alone; the returned base is remembered for the next start.
+    pub fn get_vring_base(&mut self, index: usize) -> Result<u16> {
+        self.ring(index)?;
+        let base = self.vu.get_vring_base(index)?;
+        let base = u16::try_from(base)
+            .map_err(|_| Error::Protocol(format!("ring {index} base {base:#x} > u16")))?;
+        let ring = &mut self.rings[index];
+        ring.next_base = base;
+        ring.running = false;
+        Ok(base)
+    }
+
+    /// Starts the device like QEMU's `vhost_dev_start`: SET_FEATURES (the last features given
+    /// to [`Self::set_features`]), SET_MEM_TABLE, every configured ring at its next base, then
+    /// SET_VRING_ENABLE 1 on each of them.
+    pub fn start(&mut self) -> Result<()> {
+        let features = self
+            .driver_features
+            .ok_or_else(|| Error::Usage("start before set_features".into()))?;
+        self.set_features(features)?;
+        self.set_mem_table()?;
+        let configured: Vec<(usize, RingConfig, u16)> = self
+            .rings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.config.map(|c| (i, c, r.next_base)))
+            .collect();
+        for &(i, config, base) in &configured {
+            self.setup_ring(i, config, base)?;
+        }
+        for &(i, _, _) in &configured {
+            self.enable_ring(i, true)?;
+            self.rings[i].running = true;
+        }
+        Ok(())
+    }
+
+    /// Starts one configured ring while the device runs (a queue set up after DRIVER_OK): set
+    /// up at its next base, then SET_VRING_ENABLE 1.
+    pub fn start_ring(&mut self, index: usize) -> Result<()> {
+        let ring = self.ring(index)?;
+        let config = ring
+            .config
+            .ok_or_else(|| Error::Usage(format!("ring {index} has no layout")))?;
+        let base = ring.next_base;
+        self.setup_ring(index, config, base)?;
+        self.enable_ring(index, true)?;
+        self.rings[index].running = true;
+        Ok(())
+    }
+
+    /// Convenience: features, ring layouts (by index), then [`Self::start`] with every ring at 0.
+    pub fn configure(&mut self, virtio_features: u64, rings: &[(usize, RingConfig)]) -> Result<()> {
+        for &(i, config) in rings {
+            self.set_ring_config(i, Some(config))?;
+        }
+        self.driver_features = Some(virtio_features);
+        self.start()
+    }
+
+    /// Stops the device like QEMU's `vhost_dev_stop`: SET_VRING_ENABLE 0 on every running ring,
+    /// then GET_VRING_BASE on each. Returns the bases by ring index (`None`: was not running).
+    pub fn stop(&mut self) -> Result<Vec<Option<u16>>> {
+        let running: Vec<usize> = (0..self.rings.len())
+            .filter(|&i| self.rings[i].running)
+            .collect();
+        for &i in &running {
+            self.enable_ring(i, false)?;
+        }
+        let mut bases = vec![None; self.rings.len()];
+        for &i in &running {
+            bases[i] = Some(self.get_vring_base(i)?);
+        }
+        Ok(bases)
+    }
+
+    /// Guest reset (reboot): stop, run `reinit` (the guest re-initialising its queue memory,
+    /// e.g. [`crate::rawq::RawQueue::reset`]), then start again with every ring at base 0.
+    /// Returns the bases the rings had when stopped.
+    pub fn guest_reset(&mut self, reinit: impl FnOnce() -> Result<()>) -> Result<Vec<Option<u16>>> {
+        let bases = self.stop()?;
+        reinit()?;
+        self.start_fresh()?;
+        Ok(bases)
+    }
+
+    /// [`Self::start`] with every ring at base 0 (the second half of a guest reset).
+    pub fn start_fresh(&mut self) -> Result<()> {
+        for ring in &mut self.rings {
+            ring.next_base = 0;
+        }
+        self.start()
+    }
+
+    /// VM pause then resume (stop/cont, or a migration to the same backend): stop, then restart
+    /// every ring at its saved base, ring memory untouched. Returns the saved bases.
+    pub fn pause_resume(&mut self) -> Result<Vec<Option<u16>>> {
+        let bases = self.stop()?;
+        self.start()?;
+        Ok(bases)
+    }
+
+    /// Signals ring `index`'s kick eventfd (what a guest's queue notify becomes).
+    pub fn kick(&self, index: usize) -> Result<()> {
+        self.ring(index)?.kick.write(1)?;
+        Ok(())
+    }
+
+    /// Consumes ring `index`'s call eventfd without blocking; true if the backend signalled it.
+    pub fn take_call(&self, index: usize) -> Result<bool> {
+        match self.ring(index)?.call.read() {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Waits up to `timeout` for ring `index`'s call eventfd, consuming it; false on timeout.
+    pub fn wait_call(&self, index: usize, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.take_call(index)? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// GET_CONFIG of `len` bytes at config-space `offset` (no flags, like QEMU).
+    ///
+    /// Beware: when the backend refuses (a reply without payload), vhost 0.18's frontend keeps
+    /// waiting for the payload; the call fails only after [`REPLY_TIMEOUT`] and the connection
+    /// is out of step afterwards. Only ask for ranges the backend accepts.
+    pub fn get_config(&self, offset: u32, len: u32) -> Result<Vec<u8>> {
+        let buf = vec![0; usize::try_from(len).map_err(|_| Error::Usage("len".into()))?];
+        // `vhost`'s frontend is a shared handle; a clone lets config reads take `&self`
+        // (virtio-drivers reads config space through `&self`).
+        let (_, data) =
+            self.vu
+                .clone()
+                .get_config(offset, len, VhostUserConfigFlags::empty(), &buf)?;
+        Ok(data)
+    }
+
+    /// SET_CONFIG of `data` at config-space `offset` (no flags: QEMU's "frontend" write type).
+    pub fn set_config(&self, offset: u32, data: &[u8]) -> Result<()> {
+        self.vu
+            .clone()
+            .set_config(offset, VhostUserConfigFlags::empty(), data)?;
+        Ok(())
+    }
+
+    /// Host virtual address of a GPA: vring addresses travel as frontend addresses, which the
+    /// backend translates through the SET_MEM_TABLE regions.
+    fn host_addr(&self, gpa: u64) -> Result<u64> {
+        Ok(self.memory.host_ptr(gpa, 0)?.as_ptr() as u64)
+    }
+
+    fn ring(&self, index: usize) -> Result<&Ring> {
+        self.rings
+            .get(index)
+            .ok_or_else(|| Error::Usage(format!("no ring {index}")))
+    }
+
+    fn ring_mut(&mut self, index: usize) -> Result<&mut Ring> {
+        self.rings
+            .get_mut(index)
+            .ok_or_else(|| Error::Usage(format!("no ring {index}")))
+    }
+}
+
+/// Errors worth retrying while a daemon starts or re-listens.
+fn is_transient(e: &Error) -> bool {
+    use std::io::ErrorKind as K;
+    let kind = match e {
+        Error::Io(io) => io.kind(),
+        Error::Vhost(vhost::Error::VhostUserProtocol(
+            vhost::vhost_user::Error::SocketConnect(io) | vhost::vhost_user::Error::SocketError(io),
+        )) => io.kind(),
+        Error::Vhost(vhost::Error::VhostUserProtocol(
+            vhost::vhost_user::Error::SocketBroken(_)
+            | vhost::vhost_user::Error::Disconnected
+            | vhost::vhost_user::Error::PartialMessage,
+        )) => return true,
+        _ => return false,
+    };
+    matches!(
+        kind,
+        K::NotFound | K::ConnectionRefused | K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof
+    )
+}
