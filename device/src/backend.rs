@@ -66,6 +66,8 @@ pub struct IommuBackend {
     restart_pending: bool,
     /// `next_avail` of each ring when we last left it: what a VM pause resumes from.
     last_avail: [u16; NUM_QUEUES],
+    /// Ring addresses (descriptor table, avail, used) at the last start.
+    ring_addrs: Option<[[u64; 3]; NUM_QUEUES]>,
     scratch: Scratch,
 }
 
@@ -92,6 +94,7 @@ impl IommuBackend {
             handed_out: Mutex::new(Vec::new()),
             restart_pending: false,
             last_avail: [0; NUM_QUEUES],
+            ring_addrs: None,
             scratch: Scratch::default(),
         })
     }
@@ -118,21 +121,30 @@ impl IommuBackend {
         )
     }
 
-    /// After a restart of the rings: every ring back at 0 while one had made progress means
-    /// the guest reset the device (QEMU signals nothing else); rings resuming where they
-    /// stopped mean a VM pause, which keeps all state.
+    /// After a restart of the rings, decides between a guest reset and a VM pause (QEMU signals
+    /// nothing else). Every ring back at 0 means a reset if a ring had made progress, or — for
+    /// the rare case where a ring's index wrapped to exactly 0 — if the rings moved to new
+    /// addresses (a re-initialising driver allocates new rings; a paused VM keeps its own).
+    /// Rings resuming at their saved bases mean a pause, which keeps all state.
     fn check_restart(&mut self, vrings: &[VringRwLock]) {
         if !std::mem::replace(&mut self.restart_pending, false) {
             return;
         }
-        let now: Vec<u16> = vrings
-            .iter()
-            .map(|v| v.get_ref().get_queue().next_avail())
-            .collect();
+        let mut now = [0u16; NUM_QUEUES];
+        let mut addrs = [[0u64; 3]; NUM_QUEUES];
+        for (i, v) in vrings.iter().take(NUM_QUEUES).enumerate() {
+            let state = v.get_ref();
+            let q = state.get_queue();
+            now[i] = q.next_avail();
+            addrs[i] = [q.desc_table(), q.avail_ring(), q.used_ring()];
+        }
         let progressed = self.last_avail.iter().any(|a| *a != 0);
-        let all_zero = now.iter().all(|a| *a == 0);
-        if progressed && all_zero {
-            info!("rings restarted at 0 after progress: guest reset, resetting the device");
+        let moved = self.ring_addrs.is_some_and(|old| old != addrs);
+        if now.iter().all(|a| *a == 0) && (progressed || moved) {
+            info!(
+                "rings restarted at 0 (were at {:?}): guest reset, resetting the device",
+                self.last_avail
+            );
             lock(&self.viommu).reset();
         } else {
             debug!(
@@ -140,7 +152,8 @@ impl IommuBackend {
                 self.last_avail
             );
         }
-        self.last_avail = [0; NUM_QUEUES];
+        self.last_avail = now;
+        self.ring_addrs = Some(addrs);
     }
 
     fn process_requests(&mut self, vring: &VringRwLock) {
@@ -252,17 +265,22 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        // Bytes past the 40-byte space read as zero (some frontends ask for more than the
+        // device has, and fail hard on an empty reply); absurd sizes get nothing.
+        const MAX_CONFIG_READ: u32 = 256;
+        if size > MAX_CONFIG_READ || offset > MAX_CONFIG_READ {
+            warn!("GET_CONFIG offset {offset} size {size} is outside any config space");
+            return Vec::new();
+        }
         let cfg = lock(&self.viommu).config_space();
         let bytes = zerocopy::IntoBytes::as_bytes(&cfg);
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let end = start.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
-        match bytes.get(start..end) {
-            Some(b) => b.to_vec(),
-            None => {
-                warn!("GET_CONFIG outside the 40-byte config space: offset {offset}, size {size}");
-                Vec::new()
-            }
+        let (start, len) = (offset as usize, size as usize);
+        let mut out = vec![0u8; len];
+        if let Some(src) = bytes.get(start..) {
+            let n = src.len().min(len);
+            out[..n].copy_from_slice(&src[..n]);
         }
+        out
     }
 
     fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
