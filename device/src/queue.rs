@@ -55,6 +55,13 @@ impl Scratch {
                 if writable > MAX_WRITABLE {
                     return Err(ChainError::WritableTooLarge);
                 }
+                // Checked before the engine runs: a request whose reply cannot be written must
+                // not take effect (the guest would see no reply for a changed state).
+                if len > 0
+                    && !GuestMemory::check_range(mem, addr, len, vm_memory::Permissions::Write)
+                {
+                    return Err(ChainError::BadAddress(addr.0));
+                }
                 self.segments.push((addr, len));
             } else {
                 if !self.segments.is_empty() {

@@ -1,0 +1,281 @@
+//! Shared helpers of the daemon end-to-end tests: a daemon plus a started frontend with raw
+//! queues ([`Vm`]), request builders, reply checks and control-socket shortcuts.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use virtio_iommu_e2e::frontend::PROTOCOL_FEATURES_BIT;
+use virtio_iommu_e2e::{Chain, Completion, ControlClient, Daemon, Frontend, GuestMemory, RawQueue};
+use virtio_iommu_spec::request::{
+    Attach, AttachFlags, Detach, Map, MapFlags, Probe, Unmap, TAIL_SIZE,
+};
+use virtio_iommu_spec::{Request, Status};
+
+/// Bound of every wait (a completion, a connection, a reply).
+pub const WAIT: Duration = Duration::from_secs(10);
+/// How long "nothing happens" is watched for.
+pub const QUIET: Duration = Duration::from_millis(100);
+/// The daemon's default PROBE area size.
+pub const PROBE_SIZE: u32 = 512;
+/// Request queue size: room for a request split over 1-byte descriptors.
+pub const RQ_SIZE: u16 = 64;
+/// Event queue size.
+pub const EQ_SIZE: u16 = 16;
+
+/// Logs of the test process itself (the daemon logs to its stderr file).
+pub fn init_log() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// The virtio features a driver accepting everything the device offers sends.
+#[must_use]
+pub fn all_features(fe: &Frontend) -> u64 {
+    fe.device_features() & !PROTOCOL_FEATURES_BIT
+}
+
+/// A daemon child process, a started frontend with both rings on raw queues, and a control
+/// connection.
+#[derive(Debug)]
+pub struct Vm {
+    /// Declared first so that the queues and connection go before the daemon is killed.
+    pub rq: RawQueue,
+    /// The event queue.
+    pub eq: RawQueue,
+    /// The vhost-user connection.
+    pub fe: Frontend,
+    /// The control socket.
+    pub ctl: ControlClient,
+    /// The daemon process.
+    pub daemon: Daemon,
+}
+
+impl Vm {
+    /// Starts a daemon with `args` and a driver that accepts every offered feature.
+    pub fn start(args: &[&str]) -> Vm {
+        Self::start_with(args, |f| f)
+    }
+
+    /// As [`Vm::start`], the driver accepting `pick(offered features)`.
+    pub fn start_with(args: &[&str], pick: impl FnOnce(u64) -> u64) -> Vm {
+        init_log();
+        let daemon = Daemon::spawn(args).expect("daemon starts");
+        let mem = GuestMemory::global();
+        let mut fe = daemon.connect(mem.clone()).expect("frontend connects");
+        let rq = RawQueue::new(mem.clone(), 0, RQ_SIZE).unwrap();
+        let eq = RawQueue::new(mem, 1, EQ_SIZE).unwrap();
+        let features = pick(all_features(&fe));
+        fe.configure(features, &[(0, rq.config()), (1, eq.config())])
+            .expect("device starts");
+        let ctl = daemon.control().expect("control socket");
+        Vm {
+            rq,
+            eq,
+            fe,
+            ctl,
+            daemon,
+        }
+    }
+
+    /// Submits `chain` on the request queue and waits for its completion.
+    pub fn submit(&mut self, chain: &Chain) -> Completion {
+        self.rq
+            .submit_wait(&self.fe, chain, WAIT)
+            .expect("request completes")
+    }
+
+    /// Sends a request in the usual two-descriptor shape and returns its status, checking the
+    /// reply framing: used length = writable size, zeros then `[status, 0, 0, 0]`.
+    pub fn send(&mut self, req: &Request) -> Status {
+        let c = self.submit(&chain_of(req));
+        reply_status(&c, req.writable_len(PROBE_SIZE))
+    }
+
+    /// Sends a PROBE of `endpoint`; returns the status and the properties area.
+    pub fn probe(&mut self, endpoint: u32) -> (Status, Vec<u8>) {
+        let req = probe(endpoint);
+        let c = self.submit(&chain_of(&req));
+        probe_reply(&c)
+    }
+
+    /// A control command that must succeed; returns the reply object.
+    pub fn cmd(&mut self, cmd: &str, args: Value) -> Value {
+        let r = self.ctl.cmd(cmd, args).expect("control reply");
+        assert_eq!(r["ok"], json!(true), "{cmd}: {r}");
+        r
+    }
+
+    /// The `dump` object.
+    pub fn dump(&mut self) -> Value {
+        self.cmd("dump", Value::Null)["dump"].clone()
+    }
+
+    /// The domains of the dump.
+    pub fn domains(&mut self) -> Value {
+        self.dump()["domains"].clone()
+    }
+
+    /// The `stats` object.
+    pub fn stats(&mut self) -> Value {
+        self.cmd("stats", Value::Null)["stats"].clone()
+    }
+
+    /// GET_CONFIG of the `bypass` byte.
+    pub fn bypass(&self) -> u8 {
+        self.fe.get_config(36, 1).expect("GET_CONFIG")[0]
+    }
+
+    /// Asserts the daemon process is alive and still answers a request.
+    pub fn assert_alive(&mut self) {
+        assert!(
+            self.daemon.try_wait().unwrap().is_none(),
+            "daemon exited:\n{}",
+            self.daemon.stderr()
+        );
+        assert_eq!(self.probe(0).0, Status::Ok, "daemon still answers");
+    }
+
+    /// Posts an empty event buffer of `len` bytes and kicks the event queue.
+    pub fn post_event_buffer(&mut self, len: u32) {
+        self.eq.submit(&Chain::new().writable(len)).unwrap();
+        self.eq.kick(&self.fe).unwrap();
+    }
+}
+
+/// The usual chain of a request: its readable part, then a writable part of its size.
+#[must_use]
+pub fn chain_of(req: &Request) -> Chain {
+    let len = u32::try_from(req.writable_len(PROBE_SIZE)).unwrap();
+    Chain::request(req.encode().as_bytes(), len)
+}
+
+/// The readable bytes of a request.
+#[must_use]
+pub fn bytes(req: &Request) -> Vec<u8> {
+    req.encode().as_bytes().to_vec()
+}
+
+/// Checks a non-PROBE reply of `writable` bytes and returns its status.
+pub fn reply_status(c: &Completion, writable: usize) -> Status {
+    assert_eq!(c.len as usize, writable, "used length = writable size");
+    assert_eq!(c.written.len(), writable);
+    let (body, tail) = c.written.split_at(writable - TAIL_SIZE);
+    assert!(
+        body.iter().all(|b| *b == 0),
+        "zeros before the tail: {body:?}"
+    );
+    assert_eq!(tail[1..], [0, 0, 0], "tail reserved bytes");
+    Status::try_from(tail[0]).expect("known status")
+}
+
+/// Checks a PROBE reply; returns the status and the properties area.
+pub fn probe_reply(c: &Completion) -> (Status, Vec<u8>) {
+    let n = c.written.len();
+    assert_eq!(c.len as usize, n, "used length = writable size");
+    let (area, tail) = c.written.split_at(n - TAIL_SIZE);
+    assert_eq!(tail[1..], [0, 0, 0], "tail reserved bytes");
+    (
+        Status::try_from(tail[0]).expect("known status"),
+        area.to_vec(),
+    )
+}
+
+/// ATTACH `endpoint` to `domain`.
+#[must_use]
+pub fn attach(domain: u32, endpoint: u32) -> Request {
+    Request::Attach(Attach {
+        domain,
+        endpoint,
+        flags: AttachFlags::empty(),
+    })
+}
+
+/// ATTACH to a bypass domain.
+#[must_use]
+pub fn attach_bypass(domain: u32, endpoint: u32) -> Request {
+    Request::Attach(Attach {
+        domain,
+        endpoint,
+        flags: AttachFlags::BYPASS,
+    })
+}
+
+/// DETACH.
+#[must_use]
+pub fn detach(domain: u32, endpoint: u32) -> Request {
+    Request::Detach(Detach { domain, endpoint })
+}
+
+/// MAP `[virt_start, virt_end]` → `phys_start`, READ | WRITE.
+#[must_use]
+pub fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64) -> Request {
+    map_flags(
+        domain,
+        virt_start,
+        virt_end,
+        phys_start,
+        MapFlags::READ | MapFlags::WRITE,
+    )
+}
+
+/// MAP with explicit flags.
+#[must_use]
+pub fn map_flags(
+    domain: u32,
+    virt_start: u64,
+    virt_end: u64,
+    phys_start: u64,
+    flags: MapFlags,
+) -> Request {
+    Request::Map(Map {
+        domain,
+        virt_start,
+        virt_end,
+        phys_start,
+        flags,
+    })
+}
+
+/// UNMAP `[virt_start, virt_end]`.
+#[must_use]
+pub fn unmap(domain: u32, virt_start: u64, virt_end: u64) -> Request {
+    Request::Unmap(Unmap {
+        domain,
+        virt_start,
+        virt_end,
+    })
+}
+
+/// PROBE.
+#[must_use]
+pub fn probe(endpoint: u32) -> Request {
+    Request::Probe(Probe { endpoint })
+}
+
+/// A dump mapping entry (READ | WRITE unless the caller says otherwise).
+#[must_use]
+pub fn mapping(virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Value {
+    json!({"virt_start": virt_start, "virt_end": virt_end, "phys_start": phys_start, "flags": flags})
+}
+
+/// A dump domain entry.
+#[must_use]
+pub fn domain(id: u32, endpoints: &[u32], mappings: &[Value]) -> Value {
+    json!({"id": id, "bypass": false, "endpoints": endpoints, "mappings": mappings})
+}
+
+/// Number of open file descriptors of process `pid`.
+#[must_use]
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count()
+}
+
+/// Shared guest RAM (all tests of a binary allocate from it).
+#[must_use]
+pub fn memory() -> Arc<GuestMemory> {
+    GuestMemory::global()
+}
