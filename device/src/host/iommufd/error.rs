@@ -5,6 +5,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use log::{debug, warn};
+
 use crate::host::HostError;
 
 /// Why the iommufd backend could not be set up or refused an operation.
@@ -139,6 +141,22 @@ pub fn host_error(err: &io::Error) -> HostError {
         ) => HostError::Invalid,
         _ => HostError::Failed,
     }
+}
+
+/// Wraps a failed setup ioctl with its name (for `map_err`).
+pub(super) fn ioctl_err(op: &'static str) -> impl FnOnce(io::Error) -> IommufdError {
+    move |e| IommufdError::ioctl(op, e)
+}
+
+/// Logs a failed ioctl and converts it for the engine.
+pub(super) fn host_err(op: &str, e: &io::Error) -> HostError {
+    let h = host_error(e);
+    if h == HostError::Invalid {
+        debug!("{op}: {e}");
+    } else {
+        warn!("{op}: {e}");
+    }
+    h
 }
 
 #[cfg(test)]

@@ -19,30 +19,32 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod fault;
+mod guest_memory;
+mod host_impl;
+mod nesting;
 pub mod ranges;
 pub mod selftest;
 mod sys;
+mod vtd;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use iommufd_bindings as b;
 use log::{debug, error, info, warn};
-use virtio_iommu_spec::ext::{InvalScope, PageRespCode, VtdFlags};
-use virtio_iommu_spec::request::{Invalidate, TableDesc};
-use virtio_iommu_spec::Event;
-use vm_memory::{
-    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-    MemoryRegionAddress,
-};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::{AttachTarget, HostError, HostIommu, Perm, ReservedRegion, SpaceId, TableId};
+#[cfg(doc)] // Only named in doc links.
+use super::HostIommu;
+use super::ReservedRegion;
 pub use config::{VfioEndpoint, VfioSource};
 use device::{BoundDevice, DeviceKind};
+use error::ioctl_err;
 pub use error::IommufdError;
 use fault::FaultQueue;
+use nesting::{Nested, Parent};
 pub use sys::{HwInfo, RegionInfo};
 
 /// Configuration of the iommufd backend.
@@ -52,20 +54,6 @@ pub struct IommufdConfig {
     pub endpoints: Vec<VfioEndpoint>,
     /// Arm nested tables with a fault queue so page requests reach the guest.
     pub page_requests: bool,
-}
-
-/// A nested table: its HWPT, the parent it hangs off and how to invalidate it.
-#[derive(Debug, Clone, Copy)]
-struct Nested {
-    parent_ioas: u32,
-    data_type: u32,
-}
-
-/// A NEST_PARENT HWPT over an IOAS, shared by the nested tables on that IOAS.
-#[derive(Debug, Clone, Copy)]
-struct Parent {
-    hwpt: u32,
-    users: usize,
 }
 
 /// A guest memory region mapped into the master IOAS.
@@ -104,26 +92,6 @@ pub struct IommufdHost {
     tables: BTreeMap<u32, Nested>,
     faults: Option<FaultQueue>,
     page_requests: bool,
-}
-
-fn ioctl_err(op: &'static str) -> impl FnOnce(io::Error) -> IommufdError {
-    move |e| IommufdError::ioctl(op, e)
-}
-
-/// Logs a failed ioctl and converts it for the engine.
-fn host_err(op: &str, e: &io::Error) -> HostError {
-    let h = error::host_error(e);
-    if h == HostError::Invalid {
-        debug!("{op}: {e}");
-    } else {
-        warn!("{op}: {e}");
-    }
-    h
-}
-
-/// `last - first + 1`, or `None` for an empty or 2^64-byte range.
-fn range_len(first: u64, last: u64) -> Option<u64> {
-    last.checked_sub(first)?.checked_add(1)
 }
 
 impl IommufdHost {
@@ -384,162 +352,7 @@ impl IommufdHost {
         }
     }
 
-    fn fault_queue_id(&mut self) -> Result<u32, HostError> {
-        if let Some(q) = &self.faults {
-            return Ok(q.id());
-        }
-        let (id, file) = sys::fault_queue_alloc(&self.fd)
-            .map_err(|e| host_err("IOMMU_FAULT_QUEUE_ALLOC", &e))?;
-        info!("fault queue {id} allocated: page requests go to the guest");
-        self.faults = Some(FaultQueue::new(id, file));
-        Ok(id)
-    }
-
-    /// The NEST_PARENT HWPT over `ioas` (allocated with `dev_id` on first use).
-    fn parent_for(&mut self, dev_id: u32, ioas: u32) -> Result<u32, HostError> {
-        if let Some(p) = self.parents.get_mut(&ioas) {
-            p.users += 1;
-            return Ok(p.hwpt);
-        }
-        let flags = b::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_NEST_PARENT;
-        let hwpt = sys::hwpt_alloc(&self.fd, flags, dev_id, ioas, 0, &[], None).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
-                warn!("host IOMMU cannot nest (NEST_PARENT: EOPNOTSUPP); guest tables stay unavailable, the flat model is used");
-            }
-            host_err("IOMMU_HWPT_ALLOC(NEST_PARENT)", &e)
-        })?;
-        self.parents.insert(ioas, Parent { hwpt, users: 1 });
-        Ok(hwpt)
-    }
-
-    fn put_parent(&mut self, ioas: u32) {
-        let Some(p) = self.parents.get_mut(&ioas) else {
-            return;
-        };
-        p.users = p.users.saturating_sub(1);
-        if p.users == 0 {
-            let hwpt = p.hwpt;
-            self.parents.remove(&ioas);
-            if let Err(e) = sys::destroy(&self.fd, hwpt) {
-                warn!("destroying parent HWPT {hwpt}: {e}");
-            }
-        }
-    }
-
-    /// Allocates a nested HWPT for `endpoint` with driver data `data` of `data_type` (e.g.
-    /// `IOMMU_HWPT_DATA_VTD_S1`, or the selftest's `0xdead`) over the parent of `parent`'s IOAS
-    /// (the master when `None`), armed with the fault queue if `faults`.
-    ///
-    /// # Errors
-    /// `Unsupported` when the host cannot nest, `Invalid` for unknown handles or bad data.
-    pub fn alloc_nested(
-        &mut self,
-        endpoint: u32,
-        parent: Option<SpaceId>,
-        data_type: u32,
-        data: &[u8],
-        flags: u32,
-        faults: bool,
-    ) -> Result<TableId, HostError> {
-        let dev_id = self
-            .devices
-            .get(&endpoint)
-            .ok_or(HostError::Invalid)?
-            .dev_id;
-        let ioas = match parent {
-            None => self.master,
-            Some(s) if self.spaces.contains_key(&s.0) => s.0,
-            Some(_) => return Err(HostError::Invalid),
-        };
-        let fault_id = if faults {
-            Some(self.fault_queue_id()?)
-        } else {
-            None
-        };
-        let parent_hwpt = self.parent_for(dev_id, ioas)?;
-        match sys::hwpt_alloc(
-            &self.fd,
-            flags,
-            dev_id,
-            parent_hwpt,
-            data_type,
-            data,
-            fault_id,
-        ) {
-            Ok(hwpt) => {
-                self.tables.insert(
-                    hwpt,
-                    Nested {
-                        parent_ioas: ioas,
-                        data_type,
-                    },
-                );
-                Ok(TableId(hwpt))
-            }
-            Err(e) => {
-                self.put_parent(ioas);
-                Err(host_err("IOMMU_HWPT_ALLOC(nested)", &e))
-            }
-        }
-    }
-
-    /// `IOMMU_HWPT_INVALIDATE` on a nested table with raw entries of `entry_len` bytes.
-    /// Returns how many entries the kernel handled.
-    ///
-    /// # Errors
-    /// The error and the number of entries handled before it.
-    pub fn invalidate_raw(
-        &mut self,
-        table: TableId,
-        data_type: u32,
-        entry_len: u32,
-        entries: &[u8],
-    ) -> Result<u32, (HostError, u32)> {
-        if !self.tables.contains_key(&table.0) {
-            return Err((HostError::Invalid, 0));
-        }
-        sys::hwpt_invalidate(&self.fd, table.0, data_type, entry_len, entries)
-            .map_err(|(e, n)| (host_err("IOMMU_HWPT_INVALIDATE", &e), n))
-    }
-
-    /// The guest memory regions mapped in the master IOAS.
-    #[must_use]
-    pub fn guest_mappings(&self) -> &[GuestMapping] {
-        &self.guest
-    }
-
-    /// Maps one region at IOVA = GPA; returns whether the memfd path was used.
-    fn map_guest_region(
-        &self,
-        gpa: u64,
-        len: u64,
-        region: &vm_memory::GuestRegionMmap,
-    ) -> io::Result<bool> {
-        let rw = b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE
-            | b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
-        if let Some(fo) = region.file_offset() {
-            match sys::ioas_map_file(
-                &self.fd,
-                self.master,
-                fo.file().as_raw_fd(),
-                fo.start(),
-                len,
-                gpa,
-                rw,
-            ) {
-                Ok(()) => return Ok(true),
-                // Not a memfd, or a kernel before 6.13: map the daemon's mapping instead.
-                Err(e) => {
-                    debug!("IOMMU_IOAS_MAP_FILE of GPA {gpa:#x}: {e}; falling back to IOAS_MAP");
-                }
-            }
-        }
-        let va = region
-            .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
-        sys::ioas_map_va(&self.fd, self.master, va as usize as u64, len, gpa, rw).map(|()| false)
-    }
-
+    /// Re-applies the unattached default to every endpoint the guest has not attached.
     fn set_default_all(&mut self) {
         let eps: Vec<u32> = self
             .devices
@@ -555,305 +368,6 @@ impl IommufdHost {
                 self.devices.insert(ep, dev);
             }
         }
-    }
-}
-
-fn map_flags(perm: Perm) -> u32 {
-    let mut f = 0;
-    if perm.contains(Perm::READ) {
-        f |= b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
-    }
-    if perm.contains(Perm::WRITE) {
-        f |= b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
-    }
-    f
-}
-
-/// VT-d first-stage invalidation entries (`struct iommu_hwpt_vtd_s1_invalidate`) for `inval`.
-fn vtd_entries(inval: &Invalidate) -> Result<Vec<u8>, HostError> {
-    let (addr, npages) = match inval.scope {
-        InvalScope::Domain | InvalScope::Pasid(_) => (0, u64::MAX),
-        InvalScope::Range {
-            start,
-            nr_pages,
-            granule,
-            ..
-        } => {
-            let shift = granule.checked_sub(12).ok_or(HostError::Invalid)?;
-            let pages = 1u64
-                .checked_shl(u32::from(shift))
-                .and_then(|p| p.checked_mul(nr_pages))
-                .filter(|_| shift < 64);
-            match pages {
-                Some(n) if n > 0 => (start & !0xfff, n),
-                Some(_) => return Ok(Vec::new()),
-                // More pages than can be counted: flush everything.
-                None => (0, u64::MAX),
-            }
-        }
-    };
-    let leaf = if inval.leaf {
-        b::iommu_hwpt_vtd_s1_invalidate_flags_IOMMU_VTD_INV_FLAGS_LEAF
-    } else {
-        0
-    };
-    let mut e = Vec::with_capacity(24);
-    e.extend_from_slice(&addr.to_ne_bytes());
-    e.extend_from_slice(&npages.to_ne_bytes());
-    e.extend_from_slice(&leaf.to_ne_bytes());
-    e.extend_from_slice(&0u32.to_ne_bytes());
-    Ok(e)
-}
-
-/// `struct iommu_hwpt_vtd_s1` for a VT-d guest table.
-fn vtd_s1_data(pgd: u64, addr_width: u32, flags: VtdFlags) -> Vec<u8> {
-    let mut f = 0u64;
-    if flags.contains(VtdFlags::SRE) {
-        f |= u64::from(b::iommu_hwpt_vtd_s1_flags_IOMMU_VTD_S1_SRE);
-    }
-    if flags.contains(VtdFlags::WPE) {
-        f |= u64::from(b::iommu_hwpt_vtd_s1_flags_IOMMU_VTD_S1_WPE);
-    }
-    let mut d = Vec::with_capacity(24);
-    d.extend_from_slice(&f.to_ne_bytes());
-    d.extend_from_slice(&pgd.to_ne_bytes());
-    d.extend_from_slice(&addr_width.to_ne_bytes());
-    d.extend_from_slice(&0u32.to_ne_bytes());
-    d
-}
-
-impl HostIommu for IommufdHost {
-    fn alloc_space(&mut self) -> Result<SpaceId, HostError> {
-        let id = sys::ioas_alloc(&self.fd).map_err(|e| host_err("IOMMU_IOAS_ALLOC", &e))?;
-        self.spaces.insert(id, ());
-        Ok(SpaceId(id))
-    }
-
-    fn destroy_space(&mut self, space: SpaceId) -> Result<(), HostError> {
-        if !self.spaces.contains_key(&space.0) {
-            return Err(HostError::Invalid);
-        }
-        if self.tables.values().any(|t| t.parent_ioas == space.0) {
-            return Err(HostError::Invalid);
-        }
-        sys::destroy(&self.fd, space.0).map_err(|e| host_err("IOMMU_DESTROY(IOAS)", &e))?;
-        self.spaces.remove(&space.0);
-        Ok(())
-    }
-
-    fn map(
-        &mut self,
-        space: SpaceId,
-        iova: u64,
-        last: u64,
-        phys: u64,
-        perm: Perm,
-    ) -> Result<(), HostError> {
-        if !self.spaces.contains_key(&space.0) {
-            return Err(HostError::Invalid);
-        }
-        if perm.contains(Perm::MMIO) {
-            // Peer-to-peer MMIO needs dma-buf mappings; not implemented.
-            return Err(HostError::Unsupported);
-        }
-        let len = range_len(iova, last).ok_or(HostError::Invalid)?;
-        let flags = map_flags(perm);
-        if flags == 0 {
-            // iommufd needs R or W; a mapping without either faults every access, as nothing.
-            debug!("map {iova:#x}-{last:#x} without permissions: nothing to program");
-            return Ok(());
-        }
-        sys::ioas_copy(&self.fd, space.0, iova, self.master, phys, len, flags)
-            .map_err(|e| host_err("IOMMU_IOAS_COPY", &e))
-    }
-
-    fn unmap(&mut self, space: SpaceId, iova: u64, last: u64) -> Result<u64, HostError> {
-        if !self.spaces.contains_key(&space.0) {
-            return Err(HostError::Invalid);
-        }
-        // 0..=u64::MAX is iommufd's "everything" (length U64_MAX).
-        let len = range_len(iova, last).unwrap_or(u64::MAX);
-        match sys::ioas_unmap(&self.fd, space.0, iova, len) {
-            Ok(n) => Ok(n),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
-            Err(e) => Err(host_err("IOMMU_IOAS_UNMAP", &e)),
-        }
-    }
-
-    fn attach(
-        &mut self,
-        endpoint: u32,
-        pasid: Option<u32>,
-        target: AttachTarget,
-    ) -> Result<(), HostError> {
-        let Some(mut dev) = self.devices.remove(&endpoint) else {
-            debug!("attach: endpoint {endpoint} has no host device; nothing to program");
-            return Ok(());
-        };
-        let pt = match target {
-            AttachTarget::Space(s) if self.spaces.contains_key(&s.0) => Some(s.0),
-            AttachTarget::Table(t) if self.tables.contains_key(&t.0) => Some(t.0),
-            AttachTarget::Bypass => Some(self.master),
-            AttachTarget::Blocked => None,
-            AttachTarget::Space(_) | AttachTarget::Table(_) => {
-                self.devices.insert(endpoint, dev);
-                return Err(HostError::Invalid);
-            }
-        };
-        let r = match pt {
-            Some(pt) => dev.attach(&self.fd, pt, pasid).map(|_| ()),
-            None => dev.block(&self.fd, pasid, self.empty),
-        };
-        let r = r.map_err(|e| host_err("VFIO attach", &e));
-        if r.is_ok() {
-            if pasid.is_none() {
-                dev.target = Some(target);
-            }
-            // iommufd answered the endpoint's pending page requests itself.
-            if let Some(q) = &mut self.faults {
-                q.forget_endpoint(endpoint);
-            }
-        }
-        self.devices.insert(endpoint, dev);
-        r
-    }
-
-    fn detach(&mut self, endpoint: u32, pasid: Option<u32>) -> Result<(), HostError> {
-        let Some(mut dev) = self.devices.remove(&endpoint) else {
-            return Ok(());
-        };
-        let r = match pasid {
-            Some(_) => dev.block(&self.fd, pasid, self.empty),
-            None => self.apply_default(&mut dev),
-        };
-        let r = r.map_err(|e| host_err("VFIO detach", &e));
-        if r.is_ok() {
-            if pasid.is_none() {
-                dev.target = None;
-            }
-            if let Some(q) = &mut self.faults {
-                q.forget_endpoint(endpoint);
-            }
-        }
-        self.devices.insert(endpoint, dev);
-        r
-    }
-
-    fn set_unattached_bypass(&mut self, bypass: bool) {
-        self.unattached_bypass = bypass;
-        self.set_default_all();
-    }
-
-    fn alloc_table(
-        &mut self,
-        endpoint: u32,
-        parent: Option<SpaceId>,
-        desc: &TableDesc,
-    ) -> Result<TableId, HostError> {
-        match *desc {
-            TableDesc::Vtd {
-                pasid,
-                addr_width,
-                pgd,
-                flags,
-            } => {
-                let pasid_capable = self.hw_info(endpoint).is_some_and(|h| h.max_pasid_log2 > 0);
-                let alloc_flags = if pasid_capable && pasid != 0 {
-                    b::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_PASID
-                } else {
-                    0
-                };
-                let data = vtd_s1_data(pgd, addr_width, flags);
-                let faults = self.page_requests;
-                self.alloc_nested(
-                    endpoint,
-                    parent,
-                    b::iommu_hwpt_data_type_IOMMU_HWPT_DATA_VTD_S1,
-                    &data,
-                    alloc_flags,
-                    faults,
-                )
-            }
-            TableDesc::ArmSmmuV3 { .. } => {
-                // Needs a vIOMMU + vDEVICE per endpoint (IOMMU_VIOMMU_ALLOC); not implemented.
-                debug!("ATTACH_TABLE ArmSmmuV3: the vIOMMU path is not implemented");
-                Err(HostError::Unsupported)
-            }
-        }
-    }
-
-    fn destroy_table(&mut self, table: TableId) -> Result<(), HostError> {
-        let Some(t) = self.tables.get(&table.0).copied() else {
-            return Err(HostError::Invalid);
-        };
-        sys::destroy(&self.fd, table.0).map_err(|e| host_err("IOMMU_DESTROY(nested HWPT)", &e))?;
-        self.tables.remove(&table.0);
-        self.put_parent(t.parent_ioas);
-        Ok(())
-    }
-
-    fn invalidate(&mut self, table: TableId, inval: &Invalidate) -> Result<(), HostError> {
-        let t = self
-            .tables
-            .get(&table.0)
-            .copied()
-            .ok_or(HostError::Invalid)?;
-        if t.data_type != b::iommu_hwpt_data_type_IOMMU_HWPT_DATA_VTD_S1 {
-            return Err(HostError::Unsupported);
-        }
-        let entries = vtd_entries(inval)?;
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let ty = b::iommu_hwpt_invalidate_data_type_IOMMU_HWPT_INVALIDATE_DATA_VTD_S1;
-        self.invalidate_raw(table, ty, 24, &entries)
-            .map(|_| ())
-            .map_err(|(e, _)| e)
-    }
-
-    fn page_response(
-        &mut self,
-        endpoint: u32,
-        pasid: Option<u32>,
-        group_id: u16,
-        code: PageRespCode,
-    ) -> Result<(), HostError> {
-        self.faults
-            .as_mut()
-            .ok_or(HostError::Invalid)?
-            .respond(endpoint, pasid, group_id, code)
-    }
-
-    fn poll_event(&mut self) -> Option<Event> {
-        let devices = &self.devices;
-        self.faults.as_mut()?.next_event(|dev_id| {
-            devices
-                .iter()
-                .find(|(_, d)| d.dev_id == dev_id)
-                .map(|(e, _)| *e)
-        })
-    }
-
-    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
-        if !self.guest.is_empty() {
-            // New memory table: the old pinned pages stay mapped only in domain IOASes that
-            // copied them, until the guest unmaps those.
-            if let Err(e) = sys::ioas_unmap(&self.fd, self.master, 0, u64::MAX) {
-                warn!("unmapping old guest memory from the master IOAS: {e}");
-            }
-            self.guest.clear();
-        }
-        let snapshot = mem.memory();
-        for region in snapshot.iter() {
-            let gpa = region.start_addr().0;
-            let len = region.len();
-            match self.map_guest_region(gpa, len, region) {
-                Ok(by_file) => self.guest.push(GuestMapping { gpa, len, by_file }),
-                Err(e) => error!("mapping guest memory GPA {gpa:#x}+{len:#x} into the master IOAS: {e}; DMA there will fault"),
-            }
-        }
-        info!("guest memory mapped at IOVA = GPA: {:x?}", self.guest);
-        self.mem = Some(mem);
     }
 }
 
@@ -894,86 +408,6 @@ impl Drop for IommufdHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_iommu_spec::ext::InvalCaches;
-
-    fn inval(scope: InvalScope, leaf: bool) -> Invalidate {
-        Invalidate {
-            domain: 1,
-            caches: InvalCaches::IOTLB,
-            scope,
-            archid: None,
-            leaf,
-        }
-    }
-
-    fn entry(addr: u64, npages: u64, flags: u32) -> Vec<u8> {
-        let mut v = addr.to_ne_bytes().to_vec();
-        v.extend_from_slice(&npages.to_ne_bytes());
-        v.extend_from_slice(&flags.to_ne_bytes());
-        v.extend_from_slice(&[0; 4]);
-        v
-    }
-
-    #[test]
-    fn vtd_invalidation_entries() {
-        assert_eq!(
-            vtd_entries(&inval(InvalScope::Domain, false)).unwrap(),
-            entry(0, u64::MAX, 0)
-        );
-        assert_eq!(
-            vtd_entries(&inval(InvalScope::Pasid(3), true)).unwrap(),
-            entry(0, u64::MAX, 1)
-        );
-        let range = |start, nr_pages, granule| InvalScope::Range {
-            pasid: Some(1),
-            start,
-            nr_pages,
-            granule,
-        };
-        assert_eq!(
-            vtd_entries(&inval(range(0x20_1234, 3, 12), true)).unwrap(),
-            entry(0x20_1000, 3, 1)
-        );
-        assert_eq!(
-            vtd_entries(&inval(range(0x4000_0000, 2, 21), false)).unwrap(),
-            entry(0x4000_0000, 1024, 0)
-        );
-        assert_eq!(
-            vtd_entries(&inval(range(0, u64::MAX, 30), false)).unwrap(),
-            entry(0, u64::MAX, 0)
-        );
-        assert_eq!(
-            vtd_entries(&inval(range(0, 1, 80), false)).unwrap(),
-            entry(0, u64::MAX, 0)
-        );
-        assert!(vtd_entries(&inval(range(0, 0, 12), false))
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            vtd_entries(&inval(range(0, 1, 11), false)),
-            Err(HostError::Invalid)
-        );
-    }
-
-    #[test]
-    fn vtd_table_data() {
-        let d = vtd_s1_data(0x1234_5000, 48, VtdFlags::SRE | VtdFlags::WPE);
-        let mut want = 5u64.to_ne_bytes().to_vec();
-        want.extend_from_slice(&0x1234_5000u64.to_ne_bytes());
-        want.extend_from_slice(&48u32.to_ne_bytes());
-        want.extend_from_slice(&[0; 4]);
-        assert_eq!(d, want);
-    }
-
-    #[test]
-    fn lengths_and_flags() {
-        assert_eq!(range_len(0x1000, 0x1fff), Some(0x1000));
-        assert_eq!(range_len(0, u64::MAX), None);
-        assert_eq!(range_len(2, 1), None);
-        assert_eq!(map_flags(Perm::READ | Perm::WRITE), 6);
-        assert_eq!(map_flags(Perm::WRITE), 2);
-        assert_eq!(map_flags(Perm::empty()), 0);
-    }
 
     /// Where the machine has no iommufd (Debian kernels), opening fails with the hint.
     #[test]

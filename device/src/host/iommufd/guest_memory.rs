@@ -1,0 +1,78 @@
+//! Guest memory in the master IOAS at IOVA = GPA: the pinned pages every flat-model MAP copies
+//! from and every nested parent translates through.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use iommufd_bindings as b;
+use log::{debug, error, info, warn};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress,
+};
+
+use super::{sys, GuestMapping, IommufdHost};
+
+impl IommufdHost {
+    /// The guest memory regions mapped in the master IOAS.
+    #[must_use]
+    pub fn guest_mappings(&self) -> &[GuestMapping] {
+        &self.guest
+    }
+
+    /// Replaces the master IOAS's guest memory with `mem`'s regions
+    /// ([`HostIommu::set_guest_memory`](crate::host::HostIommu::set_guest_memory)).
+    pub(super) fn map_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        if !self.guest.is_empty() {
+            // New memory table: the old pinned pages stay mapped only in domain IOASes that
+            // copied them, until the guest unmaps those.
+            if let Err(e) = sys::ioas_unmap(&self.fd, self.master, 0, u64::MAX) {
+                warn!("unmapping old guest memory from the master IOAS: {e}");
+            }
+            self.guest.clear();
+        }
+        let snapshot = mem.memory();
+        for region in snapshot.iter() {
+            let gpa = region.start_addr().0;
+            let len = region.len();
+            match self.map_guest_region(gpa, len, region) {
+                Ok(by_file) => self.guest.push(GuestMapping { gpa, len, by_file }),
+                Err(e) => error!("mapping guest memory GPA {gpa:#x}+{len:#x} into the master IOAS: {e}; DMA there will fault"),
+            }
+        }
+        info!("guest memory mapped at IOVA = GPA: {:x?}", self.guest);
+        self.mem = Some(mem);
+    }
+
+    /// Maps one region at IOVA = GPA; returns whether the memfd path was used.
+    fn map_guest_region(
+        &self,
+        gpa: u64,
+        len: u64,
+        region: &vm_memory::GuestRegionMmap,
+    ) -> io::Result<bool> {
+        let rw = b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE
+            | b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
+        if let Some(fo) = region.file_offset() {
+            match sys::ioas_map_file(
+                &self.fd,
+                self.master,
+                fo.file().as_raw_fd(),
+                fo.start(),
+                len,
+                gpa,
+                rw,
+            ) {
+                Ok(()) => return Ok(true),
+                // Not a memfd, or a kernel before 6.13: map the daemon's mapping instead.
+                Err(e) => {
+                    debug!("IOMMU_IOAS_MAP_FILE of GPA {gpa:#x}: {e}; falling back to IOAS_MAP");
+                }
+            }
+        }
+        let va = region
+            .get_host_address(MemoryRegionAddress(0))
+            .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+        sys::ioas_map_va(&self.fd, self.master, va as usize as u64, len, gpa, rw).map(|()| false)
+    }
+}
