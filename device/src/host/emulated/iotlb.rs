@@ -34,6 +34,9 @@ pub struct IotlbStats {
 #[derive(Debug)]
 pub struct Iotlb {
     entries: Box<[Option<Entry>]>,
+    /// Occupied slots, so that invalidating an empty cache (the common case for a guest whose
+    /// devices do not DMA through the emulator) costs nothing instead of a full scan.
+    occupied: usize,
     stats: IotlbStats,
 }
 
@@ -41,6 +44,7 @@ impl Default for Iotlb {
     fn default() -> Self {
         Iotlb {
             entries: vec![None; IOTLB_ENTRIES].into_boxed_slice(),
+            occupied: 0,
             stats: IotlbStats::default(),
         }
     }
@@ -95,19 +99,26 @@ impl Iotlb {
         mapping: HostMapping,
     ) {
         let page = iova >> PAGE_SHIFT;
-        self.entries[slot(endpoint, pasid, page)] = Some(Entry {
+        let old = self.entries[slot(endpoint, pasid, page)].replace(Entry {
             endpoint,
             pasid,
             page,
             space,
             mapping,
         });
+        if old.is_none() {
+            self.occupied += 1;
+        }
     }
 
     fn drop_where(&mut self, f: impl Fn(&Entry) -> bool) {
+        if self.occupied == 0 {
+            return;
+        }
         for e in self.entries.iter_mut() {
             if e.as_ref().is_some_and(&f) {
                 *e = None;
+                self.occupied -= 1;
                 self.stats.invalidated += 1;
             }
         }
