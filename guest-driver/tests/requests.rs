@@ -3,7 +3,7 @@
 
 mod fake;
 
-use fake::{all_features, default_config, Answer, Desc, Fake, FakeHal, FakeTransport};
+use fake::{all_features, default_config, Answer, Desc, Fake, FakeHal, FakeTransport, B};
 use virtio_iommu_driver::{
     AttachFlags, DriverOptions, EndpointInfo, Error, Features, InterruptStatus, InvalCaches,
     InvalScope, Invalidate, MapFlags, Mapping, PageRequestInfo, PageResp, PageRespCode, Reply,
@@ -14,37 +14,6 @@ use virtio_iommu_spec::request::{Attach, Detach};
 use virtio_iommu_spec::Property;
 
 type Iommu = VirtIOIommu<FakeHal, FakeTransport>;
-
-/// Little-endian byte builder for the expected wire images.
-#[derive(Default)]
-struct B(Vec<u8>);
-
-impl B {
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    fn u16(mut self, v: u16) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn zeros(mut self, n: usize) -> Self {
-        self.0.resize(self.0.len() + n, 0);
-        self
-    }
-    /// Request head: type and three reserved bytes.
-    fn head(self, t: u8) -> Self {
-        self.u8(t).zeros(3)
-    }
-}
 
 fn split(readable: usize, writable: u32) -> Vec<Desc> {
     vec![

@@ -3,7 +3,7 @@
 
 mod fake;
 
-use fake::{all_features, default_config, Answer, Fake, FakeHal, FakeTransport};
+use fake::{all_features, default_config, Answer, Fake, FakeHal, FakeTransport, B};
 use virtio_iommu_driver::sva::{
     check_table, CdLayout, CdTable, Drained, PageRequestGroups, Perms, S1Dss, Stage1Arm, SvaError,
     X86FirstStage, X86Levels,
@@ -17,36 +17,6 @@ use virtio_iommu_spec::ext::{TableFormat, VtdFlags};
 use virtio_iommu_spec::{Property, Status};
 
 type Iommu = VirtIOIommu<FakeHal, FakeTransport>;
-
-/// Little-endian byte builder for the expected wire images.
-#[derive(Default)]
-struct B(Vec<u8>);
-
-impl B {
-    fn u8(mut self, v: u8) -> Self {
-        self.0.push(v);
-        self
-    }
-    fn u16(mut self, v: u16) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u32(mut self, v: u32) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(mut self, v: u64) -> Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn zeros(mut self, n: usize) -> Self {
-        self.0.resize(self.0.len() + n, 0);
-        self
-    }
-    fn head(self, t: u8) -> Self {
-        self.u8(t).zeros(3)
-    }
-}
 
 fn props(list: &[Property]) -> Vec<u8> {
     let mut area = Vec::new();

@@ -564,3 +564,39 @@ impl Transport for FakeTransport {
         Ok(())
     }
 }
+
+/// Little-endian byte builder for the expected wire images.
+#[derive(Default)]
+pub struct B(pub Vec<u8>);
+
+impl B {
+    /// Appends a byte.
+    pub fn u8(mut self, v: u8) -> Self {
+        self.0.push(v);
+        self
+    }
+    /// Appends a little-endian u16.
+    pub fn u16(mut self, v: u16) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Appends a little-endian u32.
+    pub fn u32(mut self, v: u32) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Appends a little-endian u64.
+    pub fn u64(mut self, v: u64) -> Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    /// Appends `n` zero bytes.
+    pub fn zeros(mut self, n: usize) -> Self {
+        self.0.resize(self.0.len() + n, 0);
+        self
+    }
+    /// Request head: type and three reserved bytes.
+    pub fn head(self, t: u8) -> Self {
+        self.u8(t).zeros(3)
+    }
+}
