@@ -7,15 +7,17 @@
 //! `cargo bench -p vhost-device-iommu --bench mappings` runs N = 1k, 100k and 1M. Under
 //! `cargo test --benches` (no `--bench` flag) each benchmark runs once and 1M is skipped.
 
+mod common;
+
 use std::hint::black_box;
 
+use common::{map_req, send, unmap_req, PAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vhost_device_iommu::host::{Access, EmulatedHost};
 use vhost_device_iommu::viommu::{EndpointConfig, Limits, Viommu, ViommuConfig};
-use virtio_iommu_spec::request::{Attach, AttachFlags, Map, MapFlags, Unmap};
+use virtio_iommu_spec::request::{Attach, AttachFlags};
 use virtio_iommu_spec::Request;
 
-const PAGE: u64 = 0x1000;
 /// Random mappings live below this IOVA; benchmark pairs use IOVAs above it.
 const SPLIT: u64 = 1 << 47;
 
@@ -37,31 +39,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % (limit / PAGE)) * PAGE
     }
-}
-
-fn send(v: &mut Viommu, r: &Request) -> u8 {
-    let enc = r.encode();
-    let mut w = [0u8; 4];
-    v.handle_request(enc.as_bytes(), &mut w);
-    w[0]
-}
-
-fn map_req(iova: u64) -> Request {
-    Request::Map(Map {
-        domain: 1,
-        virt_start: iova,
-        virt_end: iova + PAGE - 1,
-        phys_start: iova & 0xffff_ffff_f000,
-        flags: MapFlags::READ | MapFlags::WRITE,
-    })
-}
-
-fn unmap_req(iova: u64) -> Request {
-    Request::Unmap(Unmap {
-        domain: 1,
-        virt_start: iova,
-        virt_end: iova + PAGE - 1,
-    })
 }
 
 /// A device with `n` live mappings in domain 1 (endpoint 0); returns their IOVAs.

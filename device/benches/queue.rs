@@ -14,19 +14,21 @@
 //! (add 1M with `QUEUE_BENCH_1M=1`). Under `cargo test --benches` (no `--bench` flag) each
 //! benchmark runs once and only N = 1k is set up.
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::{map_req, send, unmap_req, PAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::queue::{process_request, Scratch};
 use vhost_device_iommu::viommu::{Viommu, ViommuConfig};
-use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Map, MapFlags, Probe, Unmap};
+use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Probe};
 use virtio_iommu_spec::Request;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-const PAGE: u64 = 0x1000;
 /// Queue size, as in the anchor.
 const QSIZE: u16 = 256;
 /// Chains per batch: two descriptors each fill the 256-entry table.
@@ -110,31 +112,6 @@ impl Posted {
             expect_used: 0,
         }
     }
-}
-
-fn map_req(iova: u64) -> Request {
-    Request::Map(Map {
-        domain: 1,
-        virt_start: iova,
-        virt_end: iova + PAGE - 1,
-        phys_start: iova & 0xffff_ffff_f000,
-        flags: MapFlags::READ | MapFlags::WRITE,
-    })
-}
-
-fn unmap_req(iova: u64) -> Request {
-    Request::Unmap(Unmap {
-        domain: 1,
-        virt_start: iova,
-        virt_end: iova + PAGE - 1,
-    })
-}
-
-/// Sends a request straight to the engine (setup and untimed cleanup); returns the status.
-fn send(v: &mut Viommu, r: &Request) -> u8 {
-    let mut w = [0xffu8; 4];
-    assert_eq!(v.handle_request(r.encode().as_bytes(), &mut w), 4);
-    w[0]
 }
 
 /// Driver side and device side of one requestq.
