@@ -149,23 +149,9 @@ EOF
 
 GEN=$K/bin/gen_init_cpio
 [ -x "$GEN" ] || die "missing $GEN (rebuild the test kernel)"
-cat >"$W/initramfs.list" <<EOF
-dir /dev 0755 0 0
-nod /dev/console 0600 0 0 c 5 1
-dir /bin 0755 0 0
-dir /sbin 0755 0 0
-dir /usr 0755 0 0
-dir /usr/bin 0755 0 0
-dir /usr/sbin 0755 0 0
-dir /proc 0755 0 0
-dir /sys 0755 0 0
-dir /tmp 1777 0 0
-file /bin/busybox $BB 0755 0 0
-slink /bin/sh busybox 0777 0 0
-file /init $W/init 0755 0 0
-file /iommufd_smoke $W/iommufd_smoke 0755 0 0
-EOF
-"$GEN" "$W/initramfs.list" >"$W/initramfs.cpio"
+# shellcheck source=test-kernel/initramfs.sh
+. "$HERE/test-kernel/initramfs.sh"
+test_kernel_initramfs "$GEN" "$BB" "$W/init" "$W/iommufd_smoke" /iommufd_smoke "$W"
 log "initramfs: $W/initramfs.cpio ($(stat -c %s "$W/initramfs.cpio") bytes)"
 
 # ---------------------------------------------------------------- boot -----------------------
