@@ -29,7 +29,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 CACHE_ROOT=${VIRTIO_IOMMU_CACHE:-${VIOMMU_CACHE_DIR:-$HOME/.cache/virtio-iommu}}
 TIMEOUT=${IOMMUFD_TEST_TIMEOUT:-300}
-W=$CACHE_ROOT/iommufd
+W=${IOMMUFD_WORK_DIR:-$CACHE_ROOT/iommufd}
 log() { printf '[test-iommufd] %s\n' "$*" >&2; }
 die() { printf '[test-iommufd] ERROR: %s\n' "$*" >&2; exit 1; }
 
