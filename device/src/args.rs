@@ -8,7 +8,7 @@ use virtio_iommu_spec::ext::TableFormat;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 
 use crate::error::{Error, Result};
-use crate::host::iommufd::VfioEndpoint;
+use crate::host::iommufd::{VfioEndpoint, VfioSource};
 use crate::viommu::{EndpointConfig, Limits, ReservedRegion, ViommuConfig};
 
 /// Which host IOMMU the daemon programs.
@@ -115,6 +115,12 @@ pub struct Args {
     /// launcher shares one open device file with the VMM). Repeatable.
     #[arg(long = "vfio", value_parser = parse_vfio)]
     pub vfio: Vec<VfioEndpoint>,
+
+    /// Share the VMM's iommufd for `--host iommufd`: an inherited fd of the same open
+    /// `/dev/iommu` file the VMM was given (QEMU `-object iommufd,id=..,fd=N`). The VMM then
+    /// binds the devices; every `--vfio` must be `fd:N`, the VMM's open device file.
+    #[arg(long)]
+    pub iommufd_fd: Option<i32>,
 }
 
 /// Parses one `--vfio` value.
@@ -138,6 +144,8 @@ pub struct DaemonConfig {
     pub viommu: ViommuConfig,
     /// VFIO devices of endpoints (`--host iommufd`).
     pub vfio: Vec<VfioEndpoint>,
+    /// The VMM's iommufd, shared (`--iommufd-fd`).
+    pub iommufd_fd: Option<i32>,
 }
 
 /// Parses a decimal or 0x-prefixed hexadecimal u64.
@@ -247,6 +255,20 @@ impl TryFrom<Args> for DaemonConfig {
         if !a.vfio.is_empty() && a.host != HostKind::Iommufd {
             return Err(Error::Config("--vfio needs --host iommufd".into()));
         }
+        if let Some(fd) = a.iommufd_fd {
+            if a.host != HostKind::Iommufd {
+                return Err(Error::Config("--iommufd-fd needs --host iommufd".into()));
+            }
+            if fd < 0 {
+                return Err(Error::Config(format!("--iommufd-fd {fd} is not an fd")));
+            }
+            if let Some(v) = a.vfio.iter().find(|v| !matches!(v.source, VfioSource::Fd(_))) {
+                return Err(Error::Config(format!(
+                    "--vfio for endpoint {}: with --iommufd-fd the VMM binds the device, so name its open device file as fd:N",
+                    v.endpoint
+                )));
+            }
+        }
         if a.page_request_timeout_ms == 0 {
             return Err(Error::Config(
                 "--page-request-timeout-ms must be positive".into(),
@@ -280,6 +302,7 @@ impl TryFrom<Args> for DaemonConfig {
             queue_size: a.queue_size,
             viommu,
             vfio: a.vfio,
+            iommufd_fd: a.iommufd_fd,
         })
     }
 }
@@ -374,6 +397,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.vfio.len(), 1);
         assert_eq!(c.vfio[0].endpoint, 24);
+        assert_eq!(c.iommufd_fd, None);
+        let shared = DaemonConfig::try_from(args(&[
+            "--host",
+            "iommufd",
+            "--iommufd-fd",
+            "3",
+            "--vfio",
+            "24=fd:4",
+        ]))
+        .unwrap();
+        assert_eq!(shared.iommufd_fd, Some(3));
+        assert_eq!(shared.vfio[0].source, VfioSource::Fd(4));
         assert_eq!(
             c.viommu.limits.page_request_timeout,
             std::time::Duration::from_millis(250)
@@ -393,6 +428,10 @@ mod tests {
             &["--queue-size", "100"],
             &["--pasid-bits", "21"],
             &["--vfio", "0x18=/dev/vfio/devices/vfio0"],
+            &["--iommufd-fd", "3"],
+            &["--host", "iommufd", "--iommufd-fd=-1"],
+            &["--host", "iommufd", "--iommufd-fd", "3", "--vfio", "8=/dev/vfio/devices/vfio0"],
+            &["--host", "iommufd", "--iommufd-fd", "3", "--vfio", "8=00:03.0"],
             &["--page-request-timeout-ms", "0"],
         ] {
             assert!(DaemonConfig::try_from(args(bad)).is_err(), "{bad:?}");

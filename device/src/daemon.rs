@@ -44,6 +44,7 @@ pub fn make_host(config: &mut DaemonConfig) -> Result<Host> {
             let cfg = IommufdConfig {
                 endpoints: config.vfio.clone(),
                 page_requests: config.viommu.offer_page_request,
+                iommufd_fd: config.iommufd_fd,
             };
             let mut host = IommufdHost::open(&cfg)
                 .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?;

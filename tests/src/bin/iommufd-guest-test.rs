@@ -135,6 +135,7 @@ fn mock_test() -> ExitCode {
     let cfg = IommufdConfig {
         endpoints: Vec::new(),
         page_requests: true,
+        iommufd_fd: None,
     };
     let mut host = match IommufdHost::open(&cfg) {
         Ok(h) => h,
@@ -618,6 +619,7 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
         let first = IommufdHost::open(&IommufdConfig {
             endpoints: vec![spec.clone()],
             page_requests: false,
+            iommufd_fd: None,
         });
         r.check(
             first.is_ok(),
@@ -632,6 +634,7 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
                 source: VfioSource::Cdev(cdev.clone()),
             }],
             page_requests: false,
+            iommufd_fd: None,
         });
         match &second {
             Ok(_) => r.check(false, "a second bind of the same device was accepted"),
@@ -654,6 +657,7 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
             source: VfioSource::Fd(shared),
         }],
         page_requests: false,
+        iommufd_fd: None,
     };
     let mut host = match IommufdHost::open(&cfg) {
         Ok(h) => h,
@@ -793,6 +797,7 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
             source: VfioSource::Cdev(cdev),
         }],
         page_requests: false,
+        iommufd_fd: None,
     });
     r.check(
         again.is_ok(),
@@ -813,6 +818,7 @@ fn eperm_test(bdf: &str) -> ExitCode {
         IommufdHost::open(&IommufdConfig {
             endpoints: vec![s],
             page_requests: false,
+            iommufd_fd: None,
         })
     });
     match res {

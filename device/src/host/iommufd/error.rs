@@ -55,6 +55,17 @@ pub enum IommufdError {
         /// The error.
         err: io::Error,
     },
+    /// The inherited iommufd (`--iommufd-fd`) is not open.
+    #[error("inherited iommufd fd {fd} is not usable: {err} (--iommufd-fd must name an fd the launcher passed open, the same /dev/iommu file as the VMM's)")]
+    BadIommufdFd {
+        /// The fd number.
+        fd: i32,
+        /// The error.
+        err: io::Error,
+    },
+    /// With a shared iommufd, an endpoint's device is not an inherited fd.
+    #[error("endpoint {0}: with --iommufd-fd the VMM binds the device, so --vfio must name the VMM's open device file as fd:N")]
+    SharedNeedsFd(u32),
     /// `VFIO_DEVICE_BIND_IOMMUFD` failed.
     #[error(
         "binding endpoint {endpoint} ({what}) to iommufd failed: {err}{}",

@@ -30,6 +30,21 @@ fn map_flags(perm: Perm) -> u32 {
     f
 }
 
+impl IommufdHost {
+    /// Installs `endpoint` if it is a VMM-bound device whose bind has happened since.
+    ///
+    /// # Errors
+    /// `Failed` while the VMM has not bound it: the guest asked before the VMM was ready.
+    fn ready(&mut self, endpoint: u32) -> Result<(), HostError> {
+        if self.install_vmm_bound(Some(endpoint)) {
+            Ok(())
+        } else {
+            log::error!("endpoint {endpoint}: the VMM has not bound its VFIO device to the shared iommufd; request refused");
+            Err(HostError::Failed)
+        }
+    }
+}
+
 impl HostIommu for IommufdHost {
     fn alloc_space(&mut self) -> Result<SpaceId, HostError> {
         let id = sys::ioas_alloc(&self.fd).map_err(|e| host_err("IOMMU_IOAS_ALLOC", &e))?;
@@ -94,6 +109,7 @@ impl HostIommu for IommufdHost {
         pasid: Option<u32>,
         target: AttachTarget,
     ) -> Result<(), HostError> {
+        self.ready(endpoint)?;
         let Some(mut dev) = self.devices.remove(&endpoint) else {
             debug!("attach: endpoint {endpoint} has no host device; nothing to program");
             return Ok(());
@@ -127,6 +143,7 @@ impl HostIommu for IommufdHost {
     }
 
     fn detach(&mut self, endpoint: u32, pasid: Option<u32>) -> Result<(), HostError> {
+        self.ready(endpoint)?;
         let Some(mut dev) = self.devices.remove(&endpoint) else {
             return Ok(());
         };
@@ -158,6 +175,7 @@ impl HostIommu for IommufdHost {
         parent: Option<SpaceId>,
         desc: &TableDesc,
     ) -> Result<TableId, HostError> {
+        self.ready(endpoint)?;
         match *desc {
             TableDesc::Vtd {
                 pasid,
@@ -244,6 +262,8 @@ impl HostIommu for IommufdHost {
 
     fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
         self.map_guest_memory(mem);
+        // The VMM binds its devices before it hands over guest memory.
+        self.install_vmm_bound(None);
     }
 }
 

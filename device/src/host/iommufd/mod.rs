@@ -25,6 +25,7 @@ mod nesting;
 pub mod ranges;
 pub mod selftest;
 mod sys;
+mod vmm_bound;
 mod vtd;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ use error::ioctl_err;
 pub use error::IommufdError;
 use fault::FaultQueue;
 use nesting::{Nested, Parent};
+use vmm_bound::WaitingDevice;
 pub use sys::{HwInfo, RegionInfo};
 
 /// Configuration of the iommufd backend.
@@ -54,6 +56,10 @@ pub struct IommufdConfig {
     pub endpoints: Vec<VfioEndpoint>,
     /// Arm nested tables with a fault queue so page requests reach the guest.
     pub page_requests: bool,
+    /// Share the VMM's iommufd: this inherited fd is the same open `/dev/iommu` file the VMM
+    /// uses (QEMU `-object iommufd,fd=`). The VMM then binds every device (`fd:N` sources
+    /// only; each device is installed once its bind is seen, in the `vmm_bound` module).
+    pub iommufd_fd: Option<i32>,
 }
 
 /// A guest memory region mapped into the master IOAS.
@@ -92,19 +98,27 @@ pub struct IommufdHost {
     tables: BTreeMap<u32, Nested>,
     faults: Option<FaultQueue>,
     page_requests: bool,
+    /// VMM-bound devices whose bind has not been seen yet (shared iommufd only).
+    waiting: BTreeMap<u32, WaitingDevice>,
 }
 
 impl IommufdHost {
-    /// Opens `/dev/iommu`, allocates the master IOAS and binds every configured VFIO device.
+    /// Opens `/dev/iommu` (or takes the shared `iommufd_fd`), allocates the master IOAS and
+    /// binds every configured VFIO device. With a shared iommufd the devices are not bound
+    /// here: the VMM binds them, and each is installed once its bind is seen.
     ///
     /// # Errors
-    /// A missing `/dev/iommu`, an unusable device or a failed bind, with a hint.
+    /// A missing `/dev/iommu`, an unusable device or a failed bind, with a hint; with a
+    /// shared iommufd, a device source other than `fd:N`.
     pub fn open(cfg: &IommufdConfig) -> Result<Self, IommufdError> {
-        let fd = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/iommu")
-            .map_err(|err| IommufdError::OpenIommufd { err })?;
+        let fd = match cfg.iommufd_fd {
+            Some(n) => sys::take_inherited_fd(n).map_err(|err| IommufdError::BadIommufdFd { fd: n, err })?,
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/iommu")
+                .map_err(|err| IommufdError::OpenIommufd { err })?,
+        };
         let master = sys::ioas_alloc(&fd).map_err(ioctl_err("IOMMU_IOAS_ALLOC"))?;
         let empty = sys::ioas_alloc(&fd).map_err(ioctl_err("IOMMU_IOAS_ALLOC"))?;
         let mut host = IommufdHost {
@@ -120,11 +134,42 @@ impl IommufdHost {
             tables: BTreeMap::new(),
             faults: None,
             page_requests: cfg.page_requests,
+            waiting: BTreeMap::new(),
         };
         for ep in &cfg.endpoints {
-            host.add_vfio_endpoint(ep)?;
+            if cfg.iommufd_fd.is_some() {
+                host.add_vmm_bound_endpoint(ep)?;
+            } else {
+                host.add_vfio_endpoint(ep)?;
+            }
         }
+        // A VMM that started first has bound its devices already.
+        host.install_vmm_bound(None);
         Ok(host)
+    }
+
+    /// Takes the open device file of a VMM-bound endpoint (shared iommufd); it is installed
+    /// once the VMM has bound it.
+    ///
+    /// # Errors
+    /// A source other than `fd:N` (a fresh open would be a file nobody binds), a bad fd or a
+    /// duplicate endpoint.
+    pub fn add_vmm_bound_endpoint(&mut self, ep: &VfioEndpoint) -> Result<(), IommufdError> {
+        if self.devices.contains_key(&ep.endpoint) || self.waiting.contains_key(&ep.endpoint) {
+            return Err(IommufdError::DuplicateEndpoint(ep.endpoint));
+        }
+        if !matches!(ep.source, VfioSource::Fd(_)) {
+            return Err(IommufdError::SharedNeedsFd(ep.endpoint));
+        }
+        let (what, file) = ep.open()?;
+        self.waiting.insert(ep.endpoint, WaitingDevice { file, what });
+        Ok(())
+    }
+
+    /// Whether `endpoint` is a VMM-bound device whose bind has not been seen yet.
+    #[must_use]
+    pub fn is_waiting(&self, endpoint: u32) -> bool {
+        self.waiting.contains_key(&endpoint)
     }
 
     /// Opens and binds one more VFIO device.
@@ -132,7 +177,7 @@ impl IommufdHost {
     /// # Errors
     /// As [`IommufdHost::open`]; also a duplicate endpoint.
     pub fn add_vfio_endpoint(&mut self, ep: &VfioEndpoint) -> Result<(), IommufdError> {
-        if self.devices.contains_key(&ep.endpoint) {
+        if self.devices.contains_key(&ep.endpoint) || self.waiting.contains_key(&ep.endpoint) {
             return Err(IommufdError::DuplicateEndpoint(ep.endpoint));
         }
         let (what, file) = ep.open()?;
@@ -169,8 +214,10 @@ impl IommufdHost {
 
     /// Probes a freshly bound device (hw info, reserved ranges, nesting) and applies the
     /// unattached default to it.
+    /// A `dev_id` of 0 (never a valid iommufd ID) means unknown: no HW info and no nesting.
     fn install(&mut self, endpoint: u32, mut dev: BoundDevice) -> Result<(), IommufdError> {
         dev.hw_info = match sys::get_hw_info(&self.fd, dev.dev_id, 256) {
+            _ if dev.dev_id == 0 => None,
             Ok(h) => Some(h),
             Err(e) => {
                 info!("endpoint {endpoint}: IOMMU_GET_HW_INFO: {e} (no host IOMMU details)");
@@ -184,7 +231,11 @@ impl IommufdHost {
             .map_err(ioctl_err("IOMMU_IOAS_IOVA_RANGES"))?;
         dev.reserved = ranges::reserved_from_allowed(&allowed, cfg!(target_arch = "x86_64"));
         dev.iova_alignment = align.max(1);
-        dev.no_nesting = self.probe_nesting(dev.dev_id);
+        dev.no_nesting = if dev.dev_id == 0 {
+            Some("the iommufd device ID is unknown".into())
+        } else {
+            self.probe_nesting(dev.dev_id)
+        };
         match &dev.no_nesting {
             None => info!("endpoint {endpoint}: host IOMMU supports nesting (NEST_PARENT)"),
             Some(why) => info!(
@@ -258,12 +309,18 @@ impl IommufdHost {
         self.devices.get(&endpoint).map(|d| d.reserved.as_slice())
     }
 
-    /// Every bound endpoint with its host reserved regions (to merge into the device config).
+    /// Every endpoint with its host reserved regions (to merge into the device config). A
+    /// VMM-bound endpoint not bound yet gets what every host of this architecture reserves.
     #[must_use]
     pub fn all_reserved_regions(&self) -> Vec<(u32, Vec<ReservedRegion>)> {
+        let waiting = self
+            .waiting
+            .keys()
+            .map(|ep| (*ep, vmm_bound::vmm_bound_reserved()));
         self.devices
             .iter()
             .map(|(ep, d)| (*ep, d.reserved.clone()))
+            .chain(waiting)
             .collect()
     }
 
@@ -329,6 +386,7 @@ impl IommufdHost {
     /// Removes `endpoint`'s device: detached and unbound (its fd closed) or, for a mock,
     /// destroyed. Its pending page requests are dropped.
     pub fn remove_endpoint(&mut self, endpoint: u32) {
+        self.waiting.remove(&endpoint);
         if let Some(dev) = self.devices.remove(&endpoint) {
             self.release(endpoint, dev);
         }

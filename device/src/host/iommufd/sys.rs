@@ -43,6 +43,7 @@ const IOMMU_TEST_CMD: c_ulong = io(IOMMUFD_TYPE, b::IOMMUFD_CMD_BASE + 32);
 const VFIO_TYPE: u8 = b';';
 const VFIO_BASE: u32 = 100;
 const VFIO_DEVICE_GET_REGION_INFO: c_ulong = io(VFIO_TYPE, VFIO_BASE + 8);
+const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: c_ulong = io(VFIO_TYPE, VFIO_BASE + 12);
 const VFIO_DEVICE_BIND_IOMMUFD: c_ulong = io(VFIO_TYPE, VFIO_BASE + 18);
 const VFIO_DEVICE_ATTACH_IOMMUFD_PT: c_ulong = io(VFIO_TYPE, VFIO_BASE + 19);
 const VFIO_DEVICE_DETACH_IOMMUFD_PT: c_ulong = io(VFIO_TYPE, VFIO_BASE + 20);
@@ -93,6 +94,19 @@ struct VfioRegionInfo {
     offset: u64,
 }
 
+/// `struct vfio_pci_hot_reset_info` with room for [`MAX_RESET_DEVICES`] entries of
+/// `struct vfio_pci_dependent_device` (8 bytes each: devid/group, segment, bus, devfn).
+#[repr(C)]
+struct VfioHotResetInfo {
+    argsz: u32,
+    flags: u32,
+    count: u32,
+    devices: [[u32; 2]; MAX_RESET_DEVICES],
+}
+
+/// Devices one reset can affect that we look at (a bus rarely holds more).
+const MAX_RESET_DEVICES: usize = 64;
+
 /// `struct iommu_test_cmd` (72 bytes): header, a 48-byte union, `last`.
 #[repr(C)]
 #[derive(Default)]
@@ -111,6 +125,7 @@ const _: () = {
     assert!(size_of::<VfioDetachPt>() == 12);
     assert!(size_of::<VfioRegionInfo>() == 32);
     assert!(size_of::<TestCmd>() == 72);
+    assert!(size_of::<VfioHotResetInfo>() == 12 + 8 * MAX_RESET_DEVICES);
     // The bindings must match the uAPI the backend was written against (7.2 headers).
     assert!(size_of::<b::iommu_ioas_map>() == 40);
     assert!(size_of::<b::iommu_ioas_map_file>() == 40);
@@ -484,6 +499,54 @@ pub fn vfio_detach(dev: &File, pasid: Option<u32>) -> io::Result<()> {
     };
     // SAFETY: `arg` is a valid `vfio_device_detach_iommufd_pt`; the kernel reads it only.
     check(unsafe { ioctl_with_mut_ref(dev, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut arg) })
+}
+
+/// A device a hot reset of a VFIO device would also reset, as
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` reports it for a cdev bound to iommufd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResetDevice {
+    /// PCI segment, bus and devfn.
+    pub segment: u16,
+    /// PCI bus.
+    pub bus: u8,
+    /// PCI device/function.
+    pub devfn: u8,
+    /// Its iommufd device ID when it is bound to the same iommufd; `None` when it is not
+    /// (`VFIO_PCI_DEVID_OWNED` 0 / `VFIO_PCI_DEVID_NOT_OWNED` -1).
+    pub dev_id: Option<u32>,
+}
+
+/// `VFIO_DEVICE_GET_PCI_HOT_RESET_INFO` with device IDs (`VFIO_PCI_HOT_RESET_FLAG_DEV_ID`).
+/// `ENODEV` when the device cannot be reset by slot or bus (e.g. on a root bus).
+pub fn vfio_hot_reset_devices(dev: &File) -> io::Result<Vec<ResetDevice>> {
+    const FLAG_DEV_ID: u32 = 1;
+    let mut arg = VfioHotResetInfo {
+        argsz: size32::<VfioHotResetInfo>(),
+        flags: 0,
+        count: 0,
+        devices: [[0; 2]; MAX_RESET_DEVICES],
+    };
+    // SAFETY: `arg` is a valid `vfio_pci_hot_reset_info` whose `argsz` covers the entry array;
+    // the kernel writes at most `argsz` bytes (ENOSPC when more entries would be needed).
+    check(unsafe { ioctl_with_mut_ref(dev, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, &mut arg) })?;
+    if arg.flags & FLAG_DEV_ID == 0 {
+        // Group-style answer (group IDs, not device IDs): not a bound cdev.
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let n = usize::try_from(arg.count).map_or(MAX_RESET_DEVICES, |c| c.min(MAX_RESET_DEVICES));
+    Ok(arg.devices[..n]
+        .iter()
+        .map(|&[id, loc]| {
+            // The second word is `__u16 segment; __u8 bus; __u8 devfn;` in memory order.
+            let [s0, s1, bus, devfn] = loc.to_ne_bytes();
+            ResetDevice {
+                segment: u16::from_ne_bytes([s0, s1]),
+                bus,
+                devfn,
+                dev_id: (id != 0 && id != u32::MAX).then_some(id),
+            }
+        })
+        .collect())
 }
 
 /// Size, file offset and flags of a VFIO device region.
