@@ -13,6 +13,16 @@
 #   virtio  the same DMA test behind QEMU's virtio-iommu (guest iommufd.allow_unsafe_interrupts=1,
 #         x86 has no interrupt remapping there)
 #   eperm   virtio-iommu without that parameter: the bind must fail with EPERM and the hint
+#   shared  intel-iommu + edu behind a root port; the program plays the VMM (binds edu to its
+#         own iommufd, IOAS, attach) and the backend shares both open files (--iommufd-fd,
+#         --vfio fd:N): waits for the bind, recovers the device ID, takes over, cleans up only
+#         its own objects
+#   qemu    nested: this guest (intel-iommu + edu behind a root port) runs the daemon and QEMU
+#         10.2 the way the README's launcher does (one /dev/iommu and one VFIO cdev file shared:
+#         `-object iommufd,fd=3`, `-device vfio-pci,iommufd=..,fd=4`, `--iommufd-fd 3 --vfio
+#         8=fd:4`); the inner guest runs the `virtio`-style test with our daemon as its
+#         virtio-iommu, so its MAP/UNMAP reach the emulated VT-d only through the daemon
+#         (scripts/iommufd/nested-init.sh). TCG inside TCG: minutes, not seconds.
 #
 # Exit status 0 only if every boot printed PASS lines, no FAIL line, a
 # "RESULT: ...: N passed, 0 failed" line and the guest program exited 0.
@@ -35,9 +45,9 @@ die() { printf '[test-iommufd] ERROR: %s\n' "$*" >&2; exit 1; }
 
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(all)
-if [ "${MODES[*]}" = all ]; then MODES=(mock vfio virtio eperm); fi
+if [ "${MODES[*]}" = all ]; then MODES=(mock vfio virtio eperm shared qemu); fi
 for m in "${MODES[@]}"; do
-  case $m in mock|vfio|virtio|eperm) ;; *) die "unknown mode '$m' (mock|vfio|virtio|eperm|all)";; esac
+  case $m in mock|vfio|virtio|eperm|shared|qemu) ;; *) die "unknown mode '$m' (mock|vfio|virtio|eperm|shared|qemu|all)";; esac
 done
 T0=$(date +%s)
 
@@ -81,7 +91,7 @@ rc=1
 case $mode in
   mock)
     RUST_LOG=info /iommufd-guest-test mock; rc=$? ;;
-  vfio|eperm)
+  vfio|eperm|shared)
     bdf=
     for d in /sys/bus/pci/devices/*; do
       [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && bdf=${d##*/}
@@ -93,6 +103,8 @@ case $mode in
       echo "$bdf" >/sys/bus/pci/drivers_probe
       if [ "$mode" = vfio ]; then
         RUST_LOG=info /iommufd-guest-test vfio "$bdf" "${hwtype:-1}"; rc=$?
+      elif [ "$mode" = shared ]; then
+        RUST_LOG=info /iommufd-guest-test shared "$bdf"; rc=$?
       else
         RUST_LOG=info /iommufd-guest-test eperm "$bdf"; rc=$?
       fi
@@ -107,10 +119,51 @@ EOF
 test_kernel_initramfs "$GEN" "$BB" "$W/init" "$BIN" /iommufd-guest-test "$W"
 log "initramfs: $W/initramfs.cpio ($(stat -c %s "$W/initramfs.cpio") bytes)"
 
+# ---------------------------------------------------------------- nested run (qemu mode) ----
+# The outer guest's initramfs: the daemon (static), QEMU 10.2 with its shared libraries and
+# firmware, and the inner guest (this kernel, the initramfs above, a VIOT naming edu).
+if [[ " ${MODES[*]} " == *" qemu "* ]]; then
+  N=$W/qemu
+  mkdir -p "$N"
+  log "building the static daemon and mkviot for the nested run"
+  (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
+     --target x86_64-unknown-linux-gnu --target-dir "$W/target" \
+     -p vhost-device-iommu --bin vhost-device-iommu --bin mkviot >&2)
+  DAEMON=$W/target/x86_64-unknown-linux-gnu/release/vhost-device-iommu
+  "$W/target/x86_64-unknown-linux-gnu/release/mkviot" --iommu 00:03.0 \
+    --pci-range 00:04.0-00:04.0@8 --body --out "$N/viot.bin"
+  QBIN=$("$HERE/build-qemu.sh" | tail -n1)
+  [ -x "$QBIN" ] || die "build-qemu.sh did not produce QEMU"
+  {
+    echo "file /vhost-device-iommu $DAEMON 0755 0 0"
+    echo "dir /l2 0755 0 0"
+    echo "file /l2/bzImage $K/bzImage 0644 0 0"
+    echo "file /l2/initramfs.cpio $W/initramfs.cpio 0644 0 0"
+    echo "file /l2/viot.bin $N/viot.bin 0644 0 0"
+    echo "file /usr/bin/qemu-system-x86_64 $QBIN 0755 0 0"
+    echo "dir /qemu-firmware 0755 0 0"
+    for f in bios-256k.bin linuxboot_dma.bin; do
+      src=$(find /usr/share/seabios /usr/share/qemu "$(dirname "$QBIN")/../share/qemu" \
+              -name "$f" 2>/dev/null | head -n1)
+      [ -n "$src" ] || die "QEMU firmware $f not found"
+      echo "file /qemu-firmware/$f $(readlink -f "$src") 0644 0 0"
+    done
+    # Shared libraries at the paths the dynamic loader looks them up by.
+    libs=$(ldd "$QBIN" | sed -n 's/.*=> \(\/[^ ]*\).*/\1/p; s/^[[:space:]]*\(\/[^ ]*\) (.*/\1/p' | sort -u)
+    for l in $libs; do dirname "$l"; done | sort -u | while read -r d; do
+      p=
+      for c in ${d//\// }; do p=$p/$c; echo "dir $p 0755 0 0"; done
+    done | awk '!seen[$0]++'
+    for l in $libs; do echo "file $l $(readlink -f "$l") 0755 0 0"; done
+  } >"$N/extra.list"
+  test_kernel_initramfs "$GEN" "$BB" "$HERE/iommufd/nested-init.sh" "$BIN" /iommufd-guest-test "$N" "$N/extra.list"
+  log "nested initramfs: $N/initramfs.cpio ($(stat -c %s "$N/initramfs.cpio") bytes, QEMU $QBIN)"
+fi
+
 # ---------------------------------------------------------------- boots -----------------------
 rc_all=0
 for m in "${MODES[@]}"; do
-  extra=() append="console=ttyS0 panic=-1"
+  extra=() append="console=ttyS0 panic=-1" initrd=$W/initramfs.cpio mem=512 tmo=$TIMEOUT
   # shellcheck disable=SC2054  # the commas belong to QEMU's -device syntax
   case $m in
     mock)   append="$append iommufd_test=mock" ;;
@@ -120,13 +173,20 @@ for m in "${MODES[@]}"; do
             append="$append iommufd_test=vfio iommufd_hwtype=0 iommufd.allow_unsafe_interrupts=1" ;;
     eperm)  extra=(-device virtio-iommu-pci -device edu)
             append="$append iommufd_test=eperm" ;;
+    shared) extra=(-device intel-iommu,intremap=on
+                   -device pcie-root-port,id=rp0,chassis=1 -device edu,bus=rp0)
+            append="$append iommufd_test=shared intel_iommu=on" ;;
+    qemu)   extra=(-device intel-iommu,intremap=on
+                   -device pcie-root-port,id=rp0,chassis=1 -device edu,bus=rp0)
+            append="$append intel_iommu=on" initrd=$W/qemu/initramfs.cpio mem=2048
+            tmo=${IOMMUFD_NESTED_TIMEOUT:-1800} ;;
   esac
   L=$W/serial-$m.log
-  log "booting ($m): $QEMU -accel tcg -M q35 -m 512 ${extra[*]} -append '$append'"
+  log "booting ($m): $QEMU -accel tcg -M q35 -m $mem ${extra[*]} -append '$append'"
   t=$(date +%s)
   set +e
-  timeout "$TIMEOUT" "$QEMU" -accel tcg -M q35 -m 512 -nographic -no-reboot \
-    "${extra[@]}" -kernel "$K/bzImage" -initrd "$W/initramfs.cpio" -append "$append" \
+  timeout "$tmo" "$QEMU" -accel tcg -M q35 -m "$mem" -nographic -no-reboot \
+    "${extra[@]}" -kernel "$K/bzImage" -initrd "$initrd" -append "$append" \
     </dev/null >"$L" 2>&1
   qrc=$?
   set -e
@@ -139,7 +199,7 @@ for m in "${MODES[@]}"; do
   # Every kernel object must have been destroyed cleanly (the backend warns otherwise).
   nleak=$(grep -acE 'WARN.*(destroying|detach on removal)' "$L" || true)
   dmar_ok=1
-  if [ "$m" = vfio ]; then
+  if [ "$m" = vfio ] || [ "$m" = shared ] || [ "$m" = qemu ]; then
     # The blocked DMAs must show up as DMA-remapping faults in the guest kernel's log.
     nfault=$(grep -cE 'DMAR: \[DMA (Read|Write)' "$L" || true)
     log "[$m] DMAR fault lines in the guest kernel log: $nfault"

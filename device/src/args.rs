@@ -262,7 +262,11 @@ impl TryFrom<Args> for DaemonConfig {
             if fd < 0 {
                 return Err(Error::Config(format!("--iommufd-fd {fd} is not an fd")));
             }
-            if let Some(v) = a.vfio.iter().find(|v| !matches!(v.source, VfioSource::Fd(_))) {
+            if let Some(v) = a
+                .vfio
+                .iter()
+                .find(|v| !matches!(v.source, VfioSource::Fd(_)))
+            {
                 return Err(Error::Config(format!(
                     "--vfio for endpoint {}: with --iommufd-fd the VMM binds the device, so name its open device file as fd:N",
                     v.endpoint
@@ -430,8 +434,22 @@ mod tests {
             &["--vfio", "0x18=/dev/vfio/devices/vfio0"],
             &["--iommufd-fd", "3"],
             &["--host", "iommufd", "--iommufd-fd=-1"],
-            &["--host", "iommufd", "--iommufd-fd", "3", "--vfio", "8=/dev/vfio/devices/vfio0"],
-            &["--host", "iommufd", "--iommufd-fd", "3", "--vfio", "8=00:03.0"],
+            &[
+                "--host",
+                "iommufd",
+                "--iommufd-fd",
+                "3",
+                "--vfio",
+                "8=/dev/vfio/devices/vfio0",
+            ],
+            &[
+                "--host",
+                "iommufd",
+                "--iommufd-fd",
+                "3",
+                "--vfio",
+                "8=00:03.0",
+            ],
             &["--page-request-timeout-ms", "0"],
         ] {
             assert!(DaemonConfig::try_from(args(bad)).is_err(), "{bad:?}");

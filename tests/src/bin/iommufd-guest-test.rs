@@ -15,7 +15,7 @@ use std::fmt::Display;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread::sleep;
 use std::time::Duration;
@@ -581,18 +581,18 @@ fn edu_open(r: &mut Report, dev: &File) -> Option<EduBar> {
     }
 }
 
-fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
-    let mut r = Report::new("iommufd-backend-vfio");
-    const EP: u32 = 8;
-    // Guest memory well below edu's 28-bit DMA mask; IOVAs too.
-    let gpa: u64 = 0x100_0000;
+/// The endpoint of the edu device in the VFIO tests.
+const EP: u32 = 8;
+/// Guest memory of the VFIO tests: well below edu's 28-bit DMA mask; IOVAs too.
+const EDU_GPA: u64 = 0x100_0000;
 
-    // PCI address -> cdev through sysfs.
+/// `--vfio EP=BDF` parsed, and the cdev the PCI address resolves to through sysfs.
+fn edu_cdev(r: &mut Report, bdf: &str) -> Option<(VfioEndpoint, PathBuf)> {
     let spec: VfioEndpoint = match format!("{EP}={bdf}").parse() {
         Ok(s) => s,
         Err(e) => {
             r.check(false, format!("parse --vfio {EP}={bdf}: {e}"));
-            return r.finish();
+            return None;
         }
     };
     let VfioSource::Pci(norm) = spec.source.clone() else {
@@ -600,19 +600,28 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
             false,
             format!("{bdf} did not parse as a PCI address: {spec:?}"),
         );
-        return r.finish();
+        return None;
     };
     let cdev = match config::resolve_pci(Path::new(config::SYSFS_PCI), &norm) {
         Ok(p) => p,
         Err(e) => {
             r.check(false, format!("resolve {bdf}: {e}"));
-            return r.finish();
+            return None;
         }
     };
     r.check(
         cdev.to_string_lossy().starts_with("/dev/vfio/devices/vfio"),
         format!("{bdf} resolves to {}", cdev.display()),
     );
+    Some((spec, cdev))
+}
+
+fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
+    let mut r = Report::new("iommufd-backend-vfio");
+    let gpa = EDU_GPA;
+    let Some((spec, cdev)) = edu_cdev(&mut r, bdf) else {
+        return r.finish();
+    };
 
     // Bind through the PCI form; a second bind of the same device must fail clearly.
     {
@@ -809,6 +818,158 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
     r.finish()
 }
 
+/// Beside a VMM that binds the device itself (QEMU's vfio-pci): this program plays the VMM
+/// (its own iommufd, bind, IOAS with its RAM, attach) and hands the backend the same two open
+/// files (`--iommufd-fd`, `--vfio EP=fd:N`). edu sits behind a root port, so a bus reset is
+/// possible and the hot-reset list names it with its device ID.
+fn shared_test(bdf: &str) -> ExitCode {
+    let mut r = Report::new("iommufd-backend-shared");
+    let gpa = EDU_GPA;
+    let Some((_, cdev)) = edu_cdev(&mut r, bdf) else {
+        return r.finish();
+    };
+    let open_rw = |p: &Path| OpenOptions::new().read(true).write(true).open(p);
+    let (vmm_fd, dev) = match (open_rw(Path::new("/dev/iommu")), open_rw(&cdev)) {
+        (Ok(i), Ok(d)) => (i, d),
+        (i, d) => {
+            r.check(
+                false,
+                format!("open /dev/iommu and {}: {i:?} {d:?}", cdev.display()),
+            );
+            return r.finish();
+        }
+    };
+    let dup = |f: &File| f.try_clone().expect("dup").into_raw_fd();
+    let cfg = IommufdConfig {
+        endpoints: vec![VfioEndpoint {
+            endpoint: EP,
+            source: VfioSource::Fd(dup(&dev)),
+        }],
+        page_requests: false,
+        iommufd_fd: Some(dup(&vmm_fd)),
+    };
+    let mut host = match IommufdHost::open(&cfg) {
+        Ok(h) => h,
+        Err(e) => {
+            r.check(
+                false,
+                format!("open the backend on the shared iommufd: {e}"),
+            );
+            return r.finish();
+        }
+    };
+    r.check(
+        host.is_waiting(EP),
+        "before the VMM binds, the endpoint waits (no bind by the daemon)",
+    );
+    let early = host.attach(EP, None, AttachTarget::Bypass);
+    r.check(
+        early == Err(HostError::Failed),
+        format!("a guest ATTACH before the VMM's bind is refused: {early:?}"),
+    );
+
+    // The VMM: bind, an IOAS with all guest RAM at IOVA = GPA, attach (vfio-pci realize).
+    let mem = guest_memory(gpa, None);
+    let va = host_address(&mem, gpa);
+    let (vmm_dev_id, vmm_ioas) = match (st::vmm::bind(&dev, &vmm_fd), st::vmm::ioas_alloc(&vmm_fd))
+    {
+        (Ok(d), Ok(i)) => (d, i),
+        (d, i) => {
+            r.check(false, format!("VMM bind + IOAS: {d:?} {i:?}"));
+            return r.finish();
+        }
+    };
+    let m = st::vmm::ioas_map(&vmm_fd, vmm_ioas, va, MIB, gpa);
+    let a = st::vmm::attach(&dev, vmm_ioas);
+    r.check(
+        m.is_ok() && a.is_ok(),
+        format!(
+            "VMM: bound as device {vmm_dev_id}, RAM in its IOAS {vmm_ioas}, attached: {m:?} {a:?}"
+        ),
+    );
+    let Some(bar) = edu_open(&mut r, &dev) else {
+        return r.finish();
+    };
+    let p0 = pattern(0x44, 4096);
+    write_mem(&mem, gpa, &p0);
+    let done = bar.round_trip(gpa, gpa + 0x1000, 4096);
+    r.check(
+        done && read_mem(&mem, gpa + 0x1000, 4096) == p0,
+        "edu DMA through the VMM's own IOAS works (the rig is sound)",
+    );
+
+    // Guest memory arrives (SET_MEM_TABLE): the backend sees the bind and takes over.
+    host.set_unattached_bypass(false);
+    host.set_guest_memory(mem.clone());
+    r.check(
+        !host.is_waiting(EP),
+        "installed once the VMM had bound the device",
+    );
+    r.check(
+        host.dev_id(EP) == Some(vmm_dev_id),
+        format!(
+            "device ID recovered from the hot-reset list: {:?} (VMM's: {vmm_dev_id})",
+            host.dev_id(EP)
+        ),
+    );
+    let ty = host.hw_info(EP).map(|h| h.data_type);
+    r.check(
+        ty == Some(1),
+        format!("GET_HW_INFO through the VMM's device ID: type {ty:?} (VT-d)"),
+    );
+    let resv = host.reserved_regions(EP).unwrap_or_default().to_vec();
+    r.check(
+        resv.contains(&ReservedRegion::x86_msi()),
+        format!("host reserved regions include the MSI window: {resv:x?}"),
+    );
+    write_mem(&mem, gpa + 0x1000, &[0; 4096]);
+    let done = bar.round_trip(gpa, gpa + 0x1000, 4096);
+    r.check(
+        done && read_mem(&mem, gpa + 0x1000, 4096) == vec![0; 4096],
+        "the VMM's attachment is replaced: unattached and not bypassed, DMA is blocked",
+    );
+
+    // A guest domain through the shared context.
+    let space = host.alloc_space().expect("alloc_space");
+    let (iova, phys) = (0x20_0000, gpa + 0x1_0000);
+    let m = host.map(space, iova, iova + 0xffff, phys, Perm::READ | Perm::WRITE);
+    let at = host.attach(EP, None, AttachTarget::Space(space));
+    let p1 = pattern(0x55, 4096);
+    write_mem(&mem, phys, &p1);
+    let done = bar.round_trip(iova, iova + 0x8000, 4096);
+    r.check(
+        m.is_ok() && at.is_ok() && done && read_mem(&mem, phys + 0x8000, 4096) == p1,
+        format!("edu DMA through the guest MAP in the shared iommufd: {m:?} {at:?}"),
+    );
+    let n = host.unmap(space, iova, iova + 0xffff);
+    write_mem(&mem, phys + 0x8000, &[0; 4096]);
+    let done = bar.dma(EDU_BUF, iova + 0x8000, 4096, true);
+    r.check(
+        n == Ok(0x1_0000) && done && read_mem(&mem, phys + 0x8000, 4096) == vec![0; 4096],
+        format!("after UNMAP the DMA does not reach memory: {n:?}"),
+    );
+
+    // The daemon goes away: its objects go, the VMM's stay and work again.
+    let (master, ours) = (host.master_ioas(), space.0);
+    drop(host);
+    r.check(
+        !st::ioas_exists(&vmm_fd, master) && !st::ioas_exists(&vmm_fd, ours),
+        format!("the daemon's IOASes {master} and {ours} are destroyed on exit"),
+    );
+    r.check(
+        st::ioas_exists(&vmm_fd, vmm_ioas),
+        format!("the VMM's IOAS {vmm_ioas} is left alone"),
+    );
+    let a = st::vmm::attach(&dev, vmm_ioas);
+    write_mem(&mem, gpa + 0x1000, &[0; 4096]);
+    let done = bar.round_trip(gpa, gpa + 0x1000, 4096);
+    r.check(
+        a.is_ok() && done && read_mem(&mem, gpa + 0x1000, 4096) == p0,
+        format!("the device is still the VMM's: re-attached to its IOAS, DMA works: {a:?}"),
+    );
+    r.finish()
+}
+
 /// Without interrupt remapping (virtio-iommu on x86, no `allow_unsafe_interrupts`) the bind is
 /// refused with EPERM, and the error must tell the operator what to do.
 fn eperm_test(bdf: &str) -> ExitCode {
@@ -845,8 +1006,9 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::from(2),
         },
         Some("eperm") if args.len() == 3 => eperm_test(&args[2]),
+        Some("shared") if args.len() == 3 => shared_test(&args[2]),
         _ => {
-            eprintln!("usage: iommufd-guest-test mock | vfio PCI-BDF HW-INFO-TYPE | eperm PCI-BDF");
+            eprintln!("usage: iommufd-guest-test mock | vfio PCI-BDF HW-INFO-TYPE | eperm PCI-BDF | shared PCI-BDF");
             ExitCode::from(2)
         }
     }

@@ -46,8 +46,8 @@ use error::ioctl_err;
 pub use error::IommufdError;
 use fault::FaultQueue;
 use nesting::{Nested, Parent};
-use vmm_bound::WaitingDevice;
 pub use sys::{HwInfo, RegionInfo};
+use vmm_bound::WaitingDevice;
 
 /// Configuration of the iommufd backend.
 #[derive(Debug, Clone, Default)]
@@ -112,7 +112,8 @@ impl IommufdHost {
     /// shared iommufd, a device source other than `fd:N`.
     pub fn open(cfg: &IommufdConfig) -> Result<Self, IommufdError> {
         let fd = match cfg.iommufd_fd {
-            Some(n) => sys::take_inherited_fd(n).map_err(|err| IommufdError::BadIommufdFd { fd: n, err })?,
+            Some(n) => sys::take_inherited_fd(n)
+                .map_err(|err| IommufdError::BadIommufdFd { fd: n, err })?,
             None => OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -162,7 +163,8 @@ impl IommufdHost {
             return Err(IommufdError::SharedNeedsFd(ep.endpoint));
         }
         let (what, file) = ep.open()?;
-        self.waiting.insert(ep.endpoint, WaitingDevice { file, what });
+        self.waiting
+            .insert(ep.endpoint, WaitingDevice { file, what });
         Ok(())
     }
 

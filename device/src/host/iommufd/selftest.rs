@@ -8,6 +8,52 @@ use std::io;
 pub use super::sys::RegionInfo;
 use super::sys::{self, pack32, test_op};
 
+/// What a VMM's vfio-pci does with a device before the daemon takes over (for tests that
+/// play the VMM beside a backend sharing its iommufd): bind, an IOAS of its own with its RAM
+/// mapped at IOVA = GPA, attach.
+pub mod vmm {
+    use std::fs::File;
+    use std::io;
+
+    use iommufd_bindings as b;
+
+    use super::sys;
+
+    /// `VFIO_DEVICE_BIND_IOMMUFD`: returns the device ID.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn bind(dev: &File, iommufd: &File) -> io::Result<u32> {
+        sys::vfio_bind(dev, iommufd)
+    }
+
+    /// `IOMMU_IOAS_ALLOC`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn ioas_alloc(iommufd: &File) -> io::Result<u32> {
+        sys::ioas_alloc(iommufd)
+    }
+
+    /// `IOMMU_IOAS_MAP` (read/write, fixed IOVA) of this process's memory at `va`.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn ioas_map(iommufd: &File, ioas: u32, va: u64, len: u64, iova: u64) -> io::Result<()> {
+        let rw = b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE
+            | b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
+        sys::ioas_map_va(iommufd, ioas, va, len, iova, rw)
+    }
+
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: returns the HWPT in use.
+    ///
+    /// # Errors
+    /// The ioctl's errno.
+    pub fn attach(dev: &File, pt_id: u32) -> io::Result<u32> {
+        sys::vfio_attach(dev, pt_id, None)
+    }
+}
+
 /// `IOMMU_HWPT_DATA_SELFTEST`: nested HWPT data type of the mock driver.
 pub const HWPT_DATA_SELFTEST: u32 = 0xdead;
 /// `IOMMU_TEST_IOTLB_DEFAULT`: initial value of every mock nested IOTLB entry.

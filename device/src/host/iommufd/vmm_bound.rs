@@ -75,7 +75,10 @@ impl IommufdHost {
             let why = if e.raw_os_error() == Some(libc::EINVAL) {
                 NotYet::Unbound
             } else {
-                error!("endpoint {ep}: attaching {} to the shared iommufd: {e}", w.what);
+                error!(
+                    "endpoint {ep}: attaching {} to the shared iommufd: {e}",
+                    w.what
+                );
                 NotYet::Failed
             };
             return Err((w, why));
@@ -108,7 +111,11 @@ impl IommufdHost {
             let missing: Vec<&ReservedRegion> = d
                 .reserved
                 .iter()
-                .filter(|r| !advertised.iter().any(|a| a.start <= r.start && r.end <= a.end))
+                .filter(|r| {
+                    !advertised
+                        .iter()
+                        .any(|a| a.start <= r.start && r.end <= a.end)
+                })
                 .collect();
             if !missing.is_empty() {
                 warn!(
@@ -158,8 +165,12 @@ fn own_pci_address(file: &File) -> Result<(u16, u8, u8), String> {
         .and_then(|n| n.to_str())
         .filter(|n| n.starts_with("vfio"))
         .ok_or_else(|| format!("{} is not a VFIO cdev", link.display()))?;
-    let dev = fs::read_link(PathBuf::from("/sys/class/vfio-dev").join(name).join("device"))
-        .map_err(|e: io::Error| format!("sysfs entry of {name}: {e}"))?;
+    let dev = fs::read_link(
+        PathBuf::from("/sys/class/vfio-dev")
+            .join(name)
+            .join("device"),
+    )
+    .map_err(|e: io::Error| format!("sysfs entry of {name}: {e}"))?;
     let bdf = dev
         .file_name()
         .and_then(|n| n.to_str())
