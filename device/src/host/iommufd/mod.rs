@@ -215,16 +215,15 @@ impl IommufdHost {
     }
 
     /// Probes a freshly bound device (hw info, reserved ranges, nesting) and applies the
-    /// unattached default to it.
-    /// A `dev_id` of 0 (never a valid iommufd ID) means unknown: no HW info and no nesting.
+    /// unattached default to it. A `dev_id` of 0 (never a valid iommufd ID) means unknown: no HW info and no nesting.
     fn install(&mut self, endpoint: u32, mut dev: BoundDevice) -> Result<(), IommufdError> {
-        dev.hw_info = match sys::get_hw_info(&self.fd, dev.dev_id, 256) {
-            _ if dev.dev_id == 0 => None,
-            Ok(h) => Some(h),
-            Err(e) => {
-                info!("endpoint {endpoint}: IOMMU_GET_HW_INFO: {e} (no host IOMMU details)");
-                None
-            }
+        dev.hw_info = match dev.dev_id {
+            0 => None,
+            id => sys::get_hw_info(&self.fd, id, 256)
+                .inspect_err(|e| {
+                    info!("endpoint {endpoint}: IOMMU_GET_HW_INFO: {e} (no host IOMMU details)");
+                })
+                .ok(),
         };
         // The device's reserved ranges show in an IOAS it is attached to; use the empty one.
         dev.attach(&self.fd, self.empty, None)
