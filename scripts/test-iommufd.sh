@@ -31,7 +31,8 @@
 # busy machine, plus a 156 MiB source download; cached afterwards: < 1 s). The static guest
 # binary is built once into $CACHE/iommufd/target (cold: a few minutes; incremental: seconds).
 # Each boot takes a few seconds under TCG. Serial logs: $CACHE/iommufd/serial-<mode>.log.
-# QEMU and busybox come from scripts/smoke-test-kernel.sh's setup (run automatically if missing).
+# QEMU is the cached 10.2.2 build (scripts/qemu.sh); busybox comes from
+# scripts/smoke-test-kernel.sh's setup (run automatically if missing).
 set -euo pipefail
 {
 
@@ -57,11 +58,12 @@ K=$("$HERE/build-test-kernel.sh" | tail -n1)
 GEN=$K/bin/gen_init_cpio
 [ -x "$GEN" ] || die "missing $GEN (rebuild the test kernel: FORCE=1 scripts/build-test-kernel.sh)"
 BB=$CACHE_ROOT/busybox-static/bin/busybox
-if ! command -v qemu-system-x86_64 >/dev/null || [ ! -x "$BB" ]; then
-  log "QEMU or busybox missing: running scripts/smoke-test-kernel.sh mock to set them up"
+if [ ! -x "$BB" ]; then
+  log "busybox missing: running scripts/smoke-test-kernel.sh mock to set it up"
   "$HERE/smoke-test-kernel.sh" mock >&2 || die "smoke-test-kernel.sh failed"
 fi
-QEMU=${QEMU:-qemu-system-x86_64}
+# The cached QEMU 10.2.2 (built on first use) with Debian's firmware paths; $QEMU overrides.
+if [ -z "${QEMU:-}" ]; then QEMU=$HERE/qemu.sh; fi
 command -v "$QEMU" >/dev/null || die "$QEMU not found"
 [ -x "$BB" ] || die "busybox not found at $BB"
 log "kernel $K ($(sed -n 's/^debian-source=//p' "$K/source-version")), $("$QEMU" --version | head -n1)"
