@@ -24,7 +24,9 @@ mod host_impl;
 mod nesting;
 pub mod ranges;
 pub mod selftest;
+pub mod smmuv3;
 mod sys;
+mod viommu;
 mod vtd;
 
 use std::collections::BTreeMap;
@@ -46,6 +48,7 @@ pub use error::IommufdError;
 use fault::FaultQueue;
 use nesting::{Nested, Parent};
 pub use sys::{HwInfo, RegionInfo};
+pub use viommu::SmmuIds;
 
 /// Configuration of the iommufd backend.
 #[derive(Debug, Clone, Default)]
@@ -92,6 +95,8 @@ pub struct IommufdHost {
     tables: BTreeMap<u32, Nested>,
     faults: Option<FaultQueue>,
     page_requests: bool,
+    /// SMMUv3-style nesting: vIOMMUs, vDEVICEs, vEVENTQs.
+    smmu: viommu::Viommus,
 }
 
 impl IommufdHost {
@@ -120,6 +125,7 @@ impl IommufdHost {
             tables: BTreeMap::new(),
             faults: None,
             page_requests: cfg.page_requests,
+            smmu: viommu::Viommus::default(),
         };
         for ep in &cfg.endpoints {
             host.add_vfio_endpoint(ep)?;
@@ -335,6 +341,8 @@ impl IommufdHost {
     }
 
     fn release(&mut self, endpoint: u32, mut dev: BoundDevice) {
+        // A vDEVICE must go before its device is unbound.
+        self.release_vdevices(endpoint);
         if let Some(q) = &mut self.faults {
             q.forget_endpoint(endpoint);
         }
@@ -381,6 +389,7 @@ impl Drop for IommufdHost {
                 warn!("destroying nested HWPT {hwpt}: {e}");
             }
         }
+        self.drop_viommus();
         for p in std::mem::take(&mut self.parents).into_values() {
             if let Err(e) = sys::destroy(&self.fd, p.hwpt) {
                 warn!("destroying parent HWPT {}: {e}", p.hwpt);
