@@ -968,6 +968,17 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
         t == Err(HostError::Unsupported),
         format!("ATTACH_TABLE VT-d without host nesting: {t:?} (flat model stays)"),
     );
+    let arm = TableDesc::ArmSmmuV3 {
+        s1fmt: 0,
+        s1dss: 0,
+        s1contextptr: gpa,
+        s1cdmax: 0,
+    };
+    let t = host.alloc_table(EP, None, &arm);
+    r.check(
+        t == Err(HostError::Unsupported),
+        format!("ATTACH_TABLE Arm on an IOMMU without vIOMMU: {t:?}"),
+    );
 
     let res = host.destroy_space(space);
     r.check(
