@@ -200,15 +200,14 @@ impl HostIommu for IommufdHost {
                     faults,
                 )
             }
-            TableDesc::ArmSmmuV3 { .. } => {
-                // Needs a vIOMMU + vDEVICE per endpoint (IOMMU_VIOMMU_ALLOC); not implemented.
-                debug!("ATTACH_TABLE ArmSmmuV3: the vIOMMU path is not implemented");
-                Err(HostError::Unsupported)
-            }
+            TableDesc::ArmSmmuV3 { .. } => self.alloc_smmu_table(endpoint, parent, desc),
         }
     }
 
     fn destroy_table(&mut self, table: TableId) -> Result<(), HostError> {
+        if self.smmu.owns(table.0) {
+            return self.destroy_smmu_table(table);
+        }
         let Some(t) = self.tables.get(&table.0).copied() else {
             return Err(HostError::Invalid);
         };
@@ -219,6 +218,9 @@ impl HostIommu for IommufdHost {
     }
 
     fn invalidate(&mut self, table: TableId, inval: &Invalidate) -> Result<(), HostError> {
+        if self.smmu.owns(table.0) {
+            return self.invalidate_smmu(table, inval);
+        }
         let t = self
             .tables
             .get(&table.0)
@@ -252,12 +254,15 @@ impl HostIommu for IommufdHost {
 
     fn poll_event(&mut self) -> Option<Event> {
         let devices = &self.devices;
-        self.faults.as_mut()?.next_event(|dev_id| {
-            devices
-                .iter()
-                .find(|(_, d)| d.dev_id == dev_id)
-                .map(|(e, _)| *e)
-        })
+        let fault = self.faults.as_mut().and_then(|q| {
+            q.next_event(|dev_id| {
+                devices
+                    .iter()
+                    .find(|(_, d)| d.dev_id == dev_id)
+                    .map(|(e, _)| *e)
+            })
+        });
+        fault.or_else(|| self.poll_vevent())
     }
 
     fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {

@@ -24,8 +24,10 @@ mod host_impl;
 mod nesting;
 pub mod ranges;
 pub mod selftest;
+pub mod smmuv3;
 mod sys;
 mod vmm_bound;
+mod viommu;
 mod vtd;
 
 use std::collections::BTreeMap;
@@ -48,6 +50,7 @@ use fault::FaultQueue;
 use nesting::{Nested, Parent};
 pub use sys::{HwInfo, RegionInfo};
 use vmm_bound::WaitingDevice;
+pub use viommu::SmmuIds;
 
 /// Configuration of the iommufd backend.
 #[derive(Debug, Clone, Default)]
@@ -100,6 +103,8 @@ pub struct IommufdHost {
     page_requests: bool,
     /// VMM-bound devices whose bind has not been seen yet (shared iommufd only).
     waiting: BTreeMap<u32, WaitingDevice>,
+    /// SMMUv3-style nesting: vIOMMUs, vDEVICEs, vEVENTQs.
+    smmu: viommu::Viommus,
 }
 
 impl IommufdHost {
@@ -136,6 +141,7 @@ impl IommufdHost {
             faults: None,
             page_requests: cfg.page_requests,
             waiting: BTreeMap::new(),
+            smmu: viommu::Viommus::default(),
         };
         for ep in &cfg.endpoints {
             if cfg.iommufd_fd.is_some() {
@@ -394,6 +400,8 @@ impl IommufdHost {
     }
 
     fn release(&mut self, endpoint: u32, mut dev: BoundDevice) {
+        // A vDEVICE must go before its device is unbound.
+        self.release_vdevices(endpoint);
         if let Some(q) = &mut self.faults {
             q.forget_endpoint(endpoint);
         }
@@ -440,6 +448,7 @@ impl Drop for IommufdHost {
                 warn!("destroying nested HWPT {hwpt}: {e}");
             }
         }
+        self.drop_viommus();
         for p in std::mem::take(&mut self.parents).into_values() {
             if let Err(e) = sys::destroy(&self.fd, p.hwpt) {
                 warn!("destroying parent HWPT {}: {e}", p.hwpt);

@@ -37,7 +37,7 @@ impl IommufdHost {
     }
 
     /// The NEST_PARENT HWPT over `ioas` (allocated with `dev_id` on first use).
-    fn parent_for(&mut self, dev_id: u32, ioas: u32) -> Result<u32, HostError> {
+    pub(super) fn parent_for(&mut self, dev_id: u32, ioas: u32) -> Result<u32, HostError> {
         if let Some(p) = self.parents.get_mut(&ioas) {
             p.users += 1;
             return Ok(p.hwpt);

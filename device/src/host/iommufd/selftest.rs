@@ -143,6 +143,45 @@ pub fn hwpt_exists(iommufd: &File, id: u32, data_type: u32) -> bool {
     !matches!(sys::hwpt_invalidate(iommufd, id, data_type, 8, &[]), Err((e, _)) if e.raw_os_error() == Some(libc::ENOENT))
 }
 
+/// `IOMMU_TEST_DEV_CACHE_DEFAULT`: initial value of every mock device cache entry (what a
+/// vIOMMU invalidation clears).
+pub const DEV_CACHE_DEFAULT: u32 = 0x00ba_ddad;
+/// `IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST`: vIOMMU invalidation data type of the mock.
+pub const VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdead_beef;
+
+/// `IOMMU_TEST_OP_DEV_CHECK_CACHE`: whether cache entry `index` of mock device `dev_id`
+/// holds `value`.
+///
+/// # Errors
+/// `EINVAL` on a mismatch.
+pub fn dev_check_cache(iommufd: &File, dev_id: u32, index: u32, value: u32) -> io::Result<()> {
+    let p = [pack32(index, value), 0, 0, 0, 0, 0];
+    sys::test_cmd(iommufd, test_op::DEV_CHECK_CACHE, dev_id, p).map(|_| ())
+}
+
+/// `IOMMU_TEST_OP_TRIGGER_VEVENT`: mock device `dev_id` reports a vEVENT (its vSID) through
+/// the vIOMMU of its nested HWPT.
+///
+/// # Errors
+/// `ENOENT` if the device is not attached to a vIOMMU's table or its vSID is 0.
+pub fn trigger_vevent(iommufd: &File, dev_id: u32) -> io::Result<()> {
+    let p = [pack32(dev_id, 0), 0, 0, 0, 0, 0];
+    sys::test_cmd(iommufd, test_op::TRIGGER_VEVENT, 0, p).map(|_| ())
+}
+
+/// Whether object `id` is gone: `IOMMU_DESTROY` answers `ENOENT`. Destroys it otherwise, so
+/// only call it where the object must already be gone.
+#[must_use]
+pub fn destroyed(iommufd: &File, id: u32) -> bool {
+    matches!(sys::destroy(iommufd, id), Err(e) if e.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// Whether vIOMMU `id` exists: a zero-entry selftest invalidation on it succeeds.
+#[must_use]
+pub fn viommu_exists(iommufd: &File, id: u32) -> bool {
+    sys::hwpt_invalidate(iommufd, id, VIOMMU_INVALIDATE_DATA_SELFTEST, 12, &[]).is_ok()
+}
+
 /// `VFIO_DEVICE_GET_REGION_INFO` on a VFIO device fd.
 ///
 /// # Errors

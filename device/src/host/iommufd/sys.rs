@@ -591,6 +591,10 @@ pub mod test_op {
     pub const MD_CHECK_IOTLB: u32 = 14;
     /// Raise a page request from a mock device.
     pub const TRIGGER_IOPF: u32 = 15;
+    /// Compare one cache entry of a mock device (vIOMMU invalidation target).
+    pub const DEV_CHECK_CACHE: u32 = 16;
+    /// Report a vEVENT for a mock device through its vIOMMU.
+    pub const TRIGGER_VEVENT: u32 = 17;
 }
 
 /// Issues `IOMMU_TEST_CMD` with `op`, `id` and up to six u64 payload words (the union, in the
@@ -629,4 +633,66 @@ pub fn unpack32(w: u64) -> (u32, u32) {
     } else {
         (b, a)
     }
+}
+
+// ---- vIOMMU objects (6.13+; vEVENTQ 6.15+) ------------------------------------------------
+
+const IOMMU_VIOMMU_ALLOC: c_ulong = io(IOMMUFD_TYPE, b::IOMMUFD_CMD_VIOMMU_ALLOC);
+const IOMMU_VDEVICE_ALLOC: c_ulong = io(IOMMUFD_TYPE, b::IOMMUFD_CMD_VDEVICE_ALLOC);
+const IOMMU_VEVENTQ_ALLOC: c_ulong = io(IOMMUFD_TYPE, b::IOMMUFD_CMD_VEVENTQ_ALLOC);
+
+const _: () = {
+    assert!(size_of::<b::iommu_viommu_alloc>() == 40);
+    assert!(size_of::<b::iommu_vdevice_alloc>() == 24);
+    assert!(size_of::<b::iommu_veventq_alloc>() == 32);
+    assert!(size_of::<b::iommufd_vevent_header>() == 8);
+};
+
+/// `IOMMU_VIOMMU_ALLOC` of `ty` on the NEST_PARENT HWPT `parent` (no driver data): the ID.
+pub fn viommu_alloc(fd: &File, ty: u32, dev_id: u32, parent: u32) -> io::Result<u32> {
+    let mut arg = b::iommu_viommu_alloc {
+        size: size32::<b::iommu_viommu_alloc>(),
+        type_: ty,
+        dev_id,
+        hwpt_id: parent,
+        ..Default::default()
+    };
+    // SAFETY: `arg` is a valid `iommu_viommu_alloc` without a data pointer (data_len 0); the
+    // kernel writes only inside it.
+    check(unsafe { ioctl_with_mut_ref(fd, IOMMU_VIOMMU_ALLOC, &mut arg) })?;
+    Ok(arg.out_viommu_id)
+}
+
+/// `IOMMU_VDEVICE_ALLOC`: device `dev_id` is `virt_id` (the vSID) behind vIOMMU `viommu`.
+pub fn vdevice_alloc(fd: &File, viommu: u32, dev_id: u32, virt_id: u64) -> io::Result<u32> {
+    let mut arg = b::iommu_vdevice_alloc {
+        size: size32::<b::iommu_vdevice_alloc>(),
+        viommu_id: viommu,
+        dev_id,
+        virt_id,
+        ..Default::default()
+    };
+    // SAFETY: `arg` is a valid `iommu_vdevice_alloc`; the kernel writes only inside it.
+    check(unsafe { ioctl_with_mut_ref(fd, IOMMU_VDEVICE_ALLOC, &mut arg) })?;
+    Ok(arg.out_vdevice_id)
+}
+
+/// `IOMMU_VEVENTQ_ALLOC` of `ty` on `viommu`: the queue ID and its fd, made non-blocking.
+pub fn veventq_alloc(fd: &File, viommu: u32, ty: u32, depth: u32) -> io::Result<(u32, File)> {
+    let mut arg = b::iommu_veventq_alloc {
+        size: size32::<b::iommu_veventq_alloc>(),
+        viommu_id: viommu,
+        type_: ty,
+        veventq_depth: depth,
+        ..Default::default()
+    };
+    // SAFETY: `arg` is a valid `iommu_veventq_alloc`; the kernel writes only inside it.
+    check(unsafe { ioctl_with_mut_ref(fd, IOMMU_VEVENTQ_ALLOC, &mut arg) })?;
+    let raw = RawFd::try_from(arg.out_veventq_fd)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: on success the kernel installed a new fd for us in `out_veventq_fd`; nothing
+    // else owns it, so taking ownership exactly once is sound.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    set_nonblocking(&file)?;
+    Ok((arg.out_veventq_id, file))
 }
