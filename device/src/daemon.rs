@@ -25,7 +25,7 @@ use crate::viommu::{EndpointConfig, Viommu};
 pub struct Host {
     /// The backend.
     pub iommu: Box<dyn HostIommu>,
-    /// Readable when the host raised events of its own (iommufd fault queue).
+    /// Readable when the host raised events of its own (iommufd fault queue, vEVENTQs).
     pub events: Option<File>,
 }
 
@@ -54,14 +54,14 @@ pub fn make_host(config: &mut DaemonConfig) -> Result<Host> {
                     config.viommu.page_size_mask &= mask;
                 }
             }
-            let events = if config.viommu.offer_page_request {
-                Some(
-                    host.fault_queue_poll_fd()
-                        .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?,
-                )
-            } else {
-                None
-            };
+            if config.viommu.offer_page_request {
+                host.alloc_fault_queue()
+                    .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?;
+            }
+            let events = Some(
+                host.events_fd()
+                    .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?,
+            );
             Ok(Host {
                 iommu: Box::new(host),
                 events,

@@ -54,7 +54,7 @@ timeout 1200 /usr/bin/qemu-system-x86_64 -L /qemu-firmware \
     -object iommufd,id=iommufd0,fd=3 \
     -chardev socket,id=viommu,path=/tmp/viommu.sock \
     -device vhost-user-test-device-pci,chardev=viommu,virtio-id=23,num_vqs=2,config_size=40,vq_size=256,addr=03.0 \
-    -device vfio-pci,iommufd=iommufd0,fd=4,addr=04.0 \
+    -device vfio-pci,id=hostdev0,iommufd=iommufd0,fd=4,addr=04.0 \
     -acpitable sig=VIOT,rev=0,oem_id=VIOMMU,oem_table_id=VIOMMUTB,data=/l2/viot.bin \
     -kernel /l2/bzImage -initrd /l2/initramfs.cpio \
     -append "console=ttyS0 panic=-1 iommufd_test=vfio iommufd_hwtype=0 iommufd.allow_unsafe_interrupts=1" \

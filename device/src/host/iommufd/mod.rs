@@ -26,8 +26,8 @@ pub mod ranges;
 pub mod selftest;
 pub mod smmuv3;
 mod sys;
-mod vmm_bound;
 mod viommu;
+mod vmm_bound;
 mod vtd;
 
 use std::collections::BTreeMap;
@@ -49,8 +49,8 @@ pub use error::IommufdError;
 use fault::FaultQueue;
 use nesting::{Nested, Parent};
 pub use sys::{HwInfo, RegionInfo};
-use vmm_bound::WaitingDevice;
 pub use viommu::SmmuIds;
+use vmm_bound::WaitingDevice;
 
 /// Configuration of the iommufd backend.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +105,8 @@ pub struct IommufdHost {
     waiting: BTreeMap<u32, WaitingDevice>,
     /// SMMUv3-style nesting: vIOMMUs, vDEVICEs, vEVENTQs.
     smmu: viommu::Viommus,
+    /// Epoll set of the host's event fds (fault queue, vEVENTQs), for the daemon to poll.
+    events: File,
 }
 
 impl IommufdHost {
@@ -142,6 +144,7 @@ impl IommufdHost {
             page_requests: cfg.page_requests,
             waiting: BTreeMap::new(),
             smmu: viommu::Viommus::default(),
+            events: sys::epoll_new().map_err(ioctl_err("epoll_create1"))?,
         };
         for ep in &cfg.endpoints {
             if cfg.iommufd_fd.is_some() {
@@ -356,32 +359,41 @@ impl IommufdHost {
         }
     }
 
-    /// The fault queue fd to poll in the event loop (EPOLLIN: call [`HostIommu::poll_event`]).
+    /// The fault queue's own fd (the daemon polls [`IommufdHost::events_fd`], which covers it).
     #[must_use]
     pub fn fault_fd(&self) -> Option<BorrowedFd<'_>> {
         self.faults.as_ref().map(|q| q.file().as_fd())
     }
 
     /// Allocates the fault queue now (it is otherwise created with the first fault-capable
-    /// table) and returns a duplicate of its fd for the daemon's epoll set: on EPOLLIN, call
-    /// [`HostIommu::poll_event`] (e.g. `Viommu::poll_host`) until it returns `None`. Close the
-    /// duplicate before dropping the backend: an open fault fd keeps the object busy.
+    /// table), so that a missing kernel feature shows at start-up.
     ///
     /// # Errors
-    /// `IOMMU_FAULT_QUEUE_ALLOC` failures (`ENOTTY` before Linux 6.11), or the dup failing.
-    pub fn fault_queue_poll_fd(&mut self) -> Result<File, IommufdError> {
-        if self.faults.is_none() {
-            let (id, file) =
-                sys::fault_queue_alloc(&self.fd).map_err(ioctl_err("IOMMU_FAULT_QUEUE_ALLOC"))?;
-            self.faults = Some(FaultQueue::new(id, file));
+    /// `IOMMU_FAULT_QUEUE_ALLOC` failures (`ENOTTY` before Linux 6.11).
+    pub fn alloc_fault_queue(&mut self) -> Result<(), IommufdError> {
+        self.fault_queue()
+            .map(|_| ())
+            .map_err(ioctl_err("IOMMU_FAULT_QUEUE_ALLOC"))
+    }
+
+    /// A duplicate of the fd that is readable while the host has events for the guest (page
+    /// requests on the fault queue, vEVENTQ records; queues created later join it): on
+    /// EPOLLIN, call [`HostIommu::poll_event`] (e.g. `Viommu::poll_host`) until it returns
+    /// `None`.
+    ///
+    /// # Errors
+    /// The dup failing.
+    pub fn events_fd(&self) -> Result<File, IommufdError> {
+        self.events
+            .try_clone()
+            .map_err(ioctl_err("dup(host events epoll fd)"))
+    }
+
+    /// Adds a new event queue's fd to the set [`IommufdHost::events_fd`] stands for.
+    fn watch_events(&self, file: &File, what: &str) {
+        if let Err(e) = sys::epoll_watch(&self.events, file) {
+            error!("watching the {what} fd: {e}; its events reach the guest only with others");
         }
-        let q = self.faults.as_ref().ok_or_else(|| {
-            IommufdError::ioctl(
-                "IOMMU_FAULT_QUEUE_ALLOC",
-                io::Error::from_raw_os_error(libc::ENOENT),
-            )
-        })?;
-        q.file().try_clone().map_err(ioctl_err("dup(fault fd)"))
     }
 
     /// Number of page-request groups waiting for the guest's answer.

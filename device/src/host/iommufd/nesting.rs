@@ -26,12 +26,18 @@ pub(super) struct Parent {
 impl IommufdHost {
     /// The fault queue nested tables are armed with, allocated on first use.
     fn fault_queue_id(&mut self) -> Result<u32, HostError> {
+        self.fault_queue()
+            .map_err(|e| host_err("IOMMU_FAULT_QUEUE_ALLOC", &e))
+    }
+
+    /// The fault queue's ID, allocating it (and watching its fd) on first use.
+    pub(super) fn fault_queue(&mut self) -> std::io::Result<u32> {
         if let Some(q) = &self.faults {
             return Ok(q.id());
         }
-        let (id, file) = sys::fault_queue_alloc(&self.fd)
-            .map_err(|e| host_err("IOMMU_FAULT_QUEUE_ALLOC", &e))?;
+        let (id, file) = sys::fault_queue_alloc(&self.fd)?;
         info!("fault queue {id} allocated: page requests go to the guest");
+        self.watch_events(&file, "fault queue");
         self.faults = Some(FaultQueue::new(id, file));
         Ok(id)
     }

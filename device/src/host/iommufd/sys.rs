@@ -438,6 +438,36 @@ fn set_nonblocking(file: &File) -> io::Result<()> {
     check(unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })
 }
 
+// ---- host event fds --------------------------------------------------------------------------
+
+/// A new epoll instance (close-on-exec). An epoll fd is itself pollable: readable while any
+/// watched fd is, so one fd can stand for a set of queues that changes over time.
+pub fn epoll_new() -> io::Result<File> {
+    // SAFETY: epoll_create1 takes no pointers; a non-negative result is a new fd we own.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    check(fd)?;
+    // SAFETY: `fd` was just created by epoll_create1 and is owned by nobody else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Adds `file` to `epoll` for input (level-triggered). A closed file leaves the set by itself.
+pub fn epoll_watch(epoll: &File, file: &File) -> io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN.unsigned_abs(),
+        u64: 0,
+    };
+    // SAFETY: both fds are open (borrowed `File`s) and `ev` is a valid epoll_event the kernel
+    // only reads.
+    check(unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            file.as_raw_fd(),
+            &raw mut ev,
+        )
+    })
+}
+
 // ---- VFIO cdev ------------------------------------------------------------------------------
 
 /// Takes ownership of an inherited fd number after checking it is open.

@@ -378,11 +378,14 @@ impl IommufdHost {
         };
         let (ty, _) = flavour.veventq();
         let eventq = match sys::veventq_alloc(&self.fd, id, ty, VEVENTQ_DEPTH) {
-            Ok((qid, file)) => Some(EventQueue {
-                id: qid,
-                file,
-                next_seq: None,
-            }),
+            Ok((qid, file)) => {
+                self.watch_events(&file, "vEVENTQ");
+                Some(EventQueue {
+                    id: qid,
+                    file,
+                    next_seq: None,
+                })
+            }
             Err(e) => {
                 warn!(
                     "vIOMMU {id}: no vEVENTQ ({e}): guest faults from this IOMMU are not reported"
@@ -583,17 +586,6 @@ impl IommufdHost {
                 }
             }
         }
-    }
-
-    /// The vEVENTQ fds to poll (EPOLLIN: call [`crate::host::HostIommu::poll_event`]). The set
-    /// changes when vIOMMUs come and go.
-    #[must_use]
-    pub fn veventq_files(&self) -> Vec<&File> {
-        self.smmu
-            .by_ioas
-            .values()
-            .filter_map(|v| v.eventq.as_ref().map(|q| &q.file))
-            .collect()
     }
 
     /// The vIOMMU objects behind `endpoint`'s SMMUv3 tables.
