@@ -120,7 +120,8 @@ impl IommufdHost {
             if !missing.is_empty() {
                 warn!(
                     "endpoint {ep}: host reserved IOVA ranges {missing:x?} were not advertised \
-                     to the guest (the device was bound after start-up); guest MAPs there fail"
+                     to the guest (the device was bound after start-up); guest MAPs there fail \
+                     unless --input-range or --reserved already keep the guest out of them)"
                 );
             }
             if d.iova_alignment > 4096 {
