@@ -42,6 +42,15 @@ impl IommufdHost {
         Ok(id)
     }
 
+    /// The IOAS nested tables of `parent` hang off: the domain's, or the master for `None`.
+    pub(super) fn parent_ioas(&self, parent: Option<SpaceId>) -> Result<u32, HostError> {
+        match parent {
+            None => Ok(self.master),
+            Some(s) if self.spaces.contains_key(&s.0) => Ok(s.0),
+            Some(_) => Err(HostError::Invalid),
+        }
+    }
+
     /// The NEST_PARENT HWPT over `ioas` (allocated with `dev_id` on first use).
     pub(super) fn parent_for(&mut self, dev_id: u32, ioas: u32) -> Result<u32, HostError> {
         if let Some(p) = self.parents.get_mut(&ioas) {
@@ -93,11 +102,7 @@ impl IommufdHost {
             .get(&endpoint)
             .ok_or(HostError::Invalid)?
             .dev_id;
-        let ioas = match parent {
-            None => self.master,
-            Some(s) if self.spaces.contains_key(&s.0) => s.0,
-            Some(_) => return Err(HostError::Invalid),
-        };
+        let ioas = self.parent_ioas(parent)?;
         let fault_id = if faults {
             Some(self.fault_queue_id()?)
         } else {

@@ -321,11 +321,7 @@ impl IommufdHost {
                 return Err(HostError::Unsupported);
             }
         };
-        let ioas = match parent {
-            None => self.master,
-            Some(s) if self.spaces.contains_key(&s.0) => s.0,
-            Some(_) => return Err(HostError::Invalid),
-        };
+        let ioas = self.parent_ioas(parent)?;
         let (data_type, data) = flavour.table_data(desc)?;
         self.viommu_for(dev_id, ioas, flavour)?;
         self.vdevice_for(dev_id, ioas, endpoint)?;
