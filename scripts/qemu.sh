@@ -3,7 +3,8 @@
 # first use) with the firmware search paths of Debian's seabios,
 # qemu-system-data and ipxe-qemu. All arguments are passed through, e.g.
 #   scripts/qemu.sh -device help
-#   scripts/qemu.sh -accel tcg -M q35 -m 512 -nographic -no-reboot -kernel ... -initrd ...
+#   scripts/qemu.sh -accel tcg -M q35 -m 512 -nodefaults -display none -serial stdio \
+#       -no-reboot -kernel ... -initrd ...   (-nodefaults: the default devices cost ~30 s of BIOS)
 # Always use -accel tcg on this host: /dev/kvm is a software (PVM) KVM that
 # cannot run an upstream guest kernel.
 set -euo pipefail

@@ -170,7 +170,7 @@ for m in "${MODES[@]}"; do
   log "booting ($m): ${QEMU_CMD[*]} -accel tcg -M q35 -m 512 ${extra[*]} -append '$append'"
   t=$(date +%s.%N)
   set +e
-  timeout "$TIMEOUT" "${QEMU_CMD[@]}" -accel tcg -M q35 -m 512 -nographic -no-reboot \
+  timeout "$TIMEOUT" "${QEMU_CMD[@]}" -accel tcg -M q35 -m 512 -nodefaults -display none -serial stdio -no-reboot \
     "${extra[@]}" -kernel "$K/bzImage" -initrd "$W/initramfs.cpio" -append "$append" \
     </dev/null >"$L" 2>&1
   qrc=$?

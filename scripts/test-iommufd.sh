@@ -188,7 +188,7 @@ for m in "${MODES[@]}"; do
   log "booting ($m): $QEMU -accel tcg -M q35 -m $mem ${extra[*]} -append '$append'"
   t=$(date +%s)
   set +e
-  timeout "$tmo" "$QEMU" -accel tcg -M q35 -m "$mem" -nographic -no-reboot \
+  timeout "$tmo" "$QEMU" -accel tcg -M q35 -m "$mem" -nodefaults -display none -serial stdio -no-reboot \
     "${extra[@]}" -kernel "$K/bzImage" -initrd "$initrd" -append "$append" \
     </dev/null >"$L" 2>&1
   qrc=$?
