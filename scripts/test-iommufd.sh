@@ -30,7 +30,8 @@
 # Cost: the test kernel is built once (cold: about 4 min on 2 cores, up to ~13 min on a slow or
 # busy machine, plus a 156 MiB source download; cached afterwards: < 1 s). The static guest
 # binary is built once into $CACHE/iommufd/target (cold: a few minutes; incremental: seconds).
-# Each boot takes a few seconds under TCG. Serial logs: $CACHE/iommufd/serial-<mode>.log.
+# Each boot takes 3-5 s under TCG; the nested qemu mode 4-5 min (+ a 50 MiB initramfs with
+# QEMU, its libraries and firmware). Serial logs: $CACHE/iommufd/serial-<mode>.log.
 # QEMU is the cached 10.2.2 build (scripts/qemu.sh); busybox comes from
 # scripts/smoke-test-kernel.sh's setup (run automatically if missing).
 set -euo pipefail
