@@ -71,13 +71,17 @@ log "kernel $K ($(sed -n 's/^debian-source=//p' "$K/source-version")), $("$QEMU"
 
 # ---------------------------------------------------------------- guest program -------------
 mkdir -p "$W"
-log "building the static guest test program (target dir $W/target)"
+log "building the static guest test program and daemon (target dir $W/target)"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
    --target x86_64-unknown-linux-gnu --target-dir "$W/target" \
-   -p virtio-iommu-e2e --bin iommufd-guest-test >&2)
+   -p virtio-iommu-e2e --bin iommufd-guest-test \
+   -p vhost-device-iommu --bin vhost-device-iommu --bin mkviot >&2)
 BIN=$W/target/x86_64-unknown-linux-gnu/release/iommufd-guest-test
-[ -x "$BIN" ] || die "guest program not built: $BIN"
-if ldd "$BIN" 2>&1 | grep -q '=>'; then die "$BIN is not static"; fi
+DAEMON=$W/target/x86_64-unknown-linux-gnu/release/vhost-device-iommu
+for b in "$BIN" "$DAEMON"; do
+  [ -x "$b" ] || die "guest program not built: $b"
+  if ldd "$b" 2>&1 | grep -q '=>'; then die "$b is not static"; fi
+done
 
 # ---------------------------------------------------------------- initramfs ------------------
 cat >"$W/init" <<'EOF'
@@ -107,7 +111,7 @@ case $mode in
       if [ "$mode" = vfio ]; then
         RUST_LOG=info /iommufd-guest-test vfio "$bdf" "${hwtype:-1}"; rc=$?
       elif [ "$mode" = shared ]; then
-        RUST_LOG=info /iommufd-guest-test shared "$bdf"; rc=$?
+        RUST_LOG=info /iommufd-guest-test shared "$bdf" /vhost-device-iommu; rc=$?
       else
         RUST_LOG=info /iommufd-guest-test eperm "$bdf"; rc=$?
       fi
@@ -119,7 +123,8 @@ poweroff -f
 EOF
 # shellcheck source=test-kernel/initramfs.sh
 . "$HERE/test-kernel/initramfs.sh"
-test_kernel_initramfs "$GEN" "$BB" "$W/init" "$BIN" /iommufd-guest-test "$W"
+echo "file /vhost-device-iommu $DAEMON 0755 0 0" >"$W/daemon.list"
+test_kernel_initramfs "$GEN" "$BB" "$W/init" "$BIN" /iommufd-guest-test "$W" "$W/daemon.list"
 log "initramfs: $W/initramfs.cpio ($(stat -c %s "$W/initramfs.cpio") bytes)"
 
 # ---------------------------------------------------------------- nested run (qemu mode) ----
@@ -128,11 +133,6 @@ log "initramfs: $W/initramfs.cpio ($(stat -c %s "$W/initramfs.cpio") bytes)"
 if [[ " ${MODES[*]} " == *" qemu "* ]]; then
   N=$W/qemu
   mkdir -p "$N"
-  log "building the static daemon and mkviot for the nested run"
-  (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
-     --target x86_64-unknown-linux-gnu --target-dir "$W/target" \
-     -p vhost-device-iommu --bin vhost-device-iommu --bin mkviot >&2)
-  DAEMON=$W/target/x86_64-unknown-linux-gnu/release/vhost-device-iommu
   "$W/target/x86_64-unknown-linux-gnu/release/mkviot" --iommu 00:03.0 \
     --pci-range 00:04.0-00:04.0@8 --body --out "$N/viot.bin"
   QBIN=$("$HERE/build-qemu.sh" | tail -n1)

@@ -70,6 +70,33 @@ pub fn make_host(config: &mut DaemonConfig) -> Result<Host> {
     }
 }
 
+/// The signals that stop the daemon.
+const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+fn stop_signal_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame.
+    unsafe { libc::sigemptyset(&raw mut set) };
+    for sig in STOP_SIGNALS {
+        // SAFETY: as above; `sig` is a valid signal number.
+        unsafe { libc::sigaddset(&raw mut set, sig) };
+    }
+    set
+}
+
+/// Blocks SIGINT and SIGTERM in the calling thread, and so in every thread it starts later.
+/// Call it first in `main`; [`Daemon::stop_on_signals`] then takes them in a thread of its own.
+pub fn block_stop_signals() {
+    let set = stop_signal_set();
+    // SAFETY: `set` is initialised; a null old-mask pointer is allowed.
+    let rc =
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut()) };
+    if rc != 0 {
+        warn!("blocking SIGINT/SIGTERM failed ({rc}): they will end the daemon without cleanup");
+    }
+}
+
 /// Gives endpoint `ep` its own configuration with `reserved` (the host's reserved ranges),
 /// splitting it out of the range that contained it and keeping that range's capabilities.
 fn carve_endpoint(endpoints: &mut Vec<EndpointConfig>, ep: u32, reserved: Vec<ReservedRegion>) {
@@ -135,6 +162,31 @@ impl Daemon {
     #[must_use]
     pub fn viommu(&self) -> SharedViommu {
         self.viommu.clone()
+    }
+
+    /// Starts a thread that waits for SIGINT/SIGTERM (blocked by [`block_stop_signals`]) and
+    /// then shuts the daemon down: the device's domains and the host are released (an iommufd
+    /// host destroys every object it allocated and detaches its devices, which matters when the
+    /// iommufd is shared with a VMM that outlives us) and the process exits with status 0.
+    ///
+    /// # Errors
+    /// The thread cannot be started.
+    pub fn stop_on_signals(&self) -> Result<()> {
+        let viommu = self.viommu.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                let set = stop_signal_set();
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+                let rc = unsafe { libc::sigwait(&raw const set, &raw mut sig) };
+                info!("signal {sig} (sigwait rc {rc}): releasing the host and exiting");
+                let host = lock(&viommu).replace_host(Box::new(EmulatedHost::new()));
+                drop(host);
+                std::process::exit(0);
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Device(format!("starting the signal thread: {e}")))
     }
 
     /// A flag that ends [`Daemon::run`] after the current connection closes.

@@ -1,6 +1,6 @@
 //! The daemon across connections and ring restarts: reconnects start from a reset device and
 //! leak no fds; a guest reset drops the domains while a VM pause keeps them; the daemon also
-//! runs in-process through the library.
+//! runs in-process through the library, and SIGTERM ends it cleanly.
 
 mod common;
 
@@ -214,4 +214,26 @@ fn daemon_in_a_thread_through_the_library() {
     let result = run_with_timeout(WAIT, "daemon run() to return", move || runner.join())
         .expect("run() returns after the stop flag");
     assert_eq!(result.expect("no panic"), Ok(()));
+}
+
+#[test]
+fn sigterm_releases_the_host_and_exits_cleanly() {
+    init_log();
+    let mut d = Daemon::spawn::<&str>(&[]).unwrap();
+    let mut ctl = d.control().unwrap();
+    let mut g = Guest::connect(d.socket());
+    assert_eq!(g.send(&attach(7, 1)), Status::Ok);
+    assert_eq!(g.send(&map(7, 0x1000, 0x1fff, 0)), Status::Ok);
+    assert_eq!(dump(&mut ctl)["domains"].as_array().map(Vec::len), Some(1));
+    let pid = libc::pid_t::try_from(d.pid()).unwrap();
+    // SAFETY: kill only sends a signal, to our own child (still running: it answered above).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = d.wait_exit(WAIT).expect("the daemon exits on SIGTERM");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        d.stderr().contains("releasing the host and exiting"),
+        "{}",
+        d.stderr()
+    );
+    drop(g);
 }

@@ -270,6 +270,14 @@ impl Viommu {
         self.refresh_gauges();
     }
 
+    /// Ends the device's use of its host: every domain is destroyed through it (as on reset),
+    /// then it is swapped for `replacement` and returned, for the caller to drop (an iommufd
+    /// host then destroys its remaining objects and detaches its devices).
+    pub fn replace_host(&mut self, replacement: Box<dyn HostIommu>) -> Box<dyn HostIommu> {
+        self.reset();
+        std::mem::replace(&mut self.host, replacement)
+    }
+
     /// System reset: [`Viommu::reset`] and `bypass` back to its boot value.
     pub fn system_reset(&mut self) {
         self.reset();

@@ -1023,7 +1023,7 @@ fn vfio_test(bdf: &str, hw_type: u32) -> ExitCode {
 /// (its own iommufd, bind, IOAS with its RAM, attach) and hands the backend the same two open
 /// files (`--iommufd-fd`, `--vfio EP=fd:N`). edu sits behind a root port, so a bus reset is
 /// possible and the hot-reset list names it with its device ID.
-fn shared_test(bdf: &str) -> ExitCode {
+fn shared_test(bdf: &str, daemon: Option<&Path>) -> ExitCode {
     let mut r = Report::new("iommufd-backend-shared");
     let gpa = EDU_GPA;
     let Some((_, cdev)) = edu_cdev(&mut r, bdf) else {
@@ -1168,7 +1168,111 @@ fn shared_test(bdf: &str) -> ExitCode {
         a.is_ok() && done && read_mem(&mem, gpa + 0x1000, 4096) == p0,
         format!("the device is still the VMM's: re-attached to its IOAS, DMA works: {a:?}"),
     );
+    if let Some(bin) = daemon {
+        daemon_beside_vmm(&mut r, bin, &vmm_fd, &dev, &bar, vmm_ioas, &mem);
+    }
     r.finish()
+}
+
+/// IOAS IDs alive in `iommufd` (IDs are small and allocated from 1).
+fn live_ioases(iommufd: &File) -> Vec<u32> {
+    (1..=64)
+        .filter(|&id| st::ioas_exists(iommufd, id))
+        .collect()
+}
+
+/// The daemon binary with `--iommufd-fd` and `--vfio EP=fd:N` beside the VMM (this program,
+/// which keeps both files open): it takes the already bound device over at start-up, and on
+/// SIGTERM destroys every object it allocated in the shared iommufd and detaches the device.
+fn daemon_beside_vmm(
+    r: &mut Report,
+    bin: &Path,
+    vmm_fd: &File,
+    dev: &File,
+    bar: &EduBar,
+    vmm_ioas: u32,
+    mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+) {
+    use std::os::unix::process::CommandExt;
+    let before = live_ioases(vmm_fd);
+    let (ifd, dfd) = (vmm_fd.as_raw_fd(), dev.as_raw_fd());
+    let sock = Path::new("/tmp/daemon-beside-vmm.sock");
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args([
+        "--socket-path",
+        "/tmp/daemon-beside-vmm.sock",
+        "--host",
+        "iommufd",
+    ])
+    .args([
+        "--iommufd-fd",
+        &ifd.to_string(),
+        "--vfio",
+        &format!("{EP}=fd:{dfd}"),
+    ])
+    .env("RUST_LOG", "info");
+    // SAFETY: the closure only calls fcntl (async-signal-safe) on two fds this process owns, to
+    // let the child inherit them, as a launcher does.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in [ifd, dfd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            r.check(false, format!("start {}: {e}", bin.display()));
+            return;
+        }
+    };
+    let up = (0..200).any(|_| {
+        sleep(Duration::from_millis(50));
+        sock.exists()
+    });
+    let during = live_ioases(vmm_fd);
+    write_mem(mem, gpa_plus(0x1000), &[0; 4096]);
+    let done = bar.round_trip(EDU_GPA, gpa_plus(0x1000), 4096);
+    r.check(
+        up && during.len() > before.len() && done && read_mem(mem, gpa_plus(0x1000), 4096) == vec![0; 4096],
+        format!("daemon binary started beside the VMM: took the bound device over (DMA through the VMM's IOAS blocked), IOASes {before:?} -> {during:?}"),
+    );
+    // SAFETY: kill only sends a signal, to our own running child.
+    let k = unsafe {
+        libc::kill(
+            libc::pid_t::try_from(child.id()).unwrap_or(0),
+            libc::SIGTERM,
+        )
+    };
+    let status = (0..200).find_map(|_| {
+        sleep(Duration::from_millis(50));
+        child.try_wait().ok().flatten()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let after = live_ioases(vmm_fd);
+    r.check(
+        k == 0 && status.is_some_and(|s| s.success()) && after == before && after == vec![vmm_ioas],
+        format!("SIGTERM: the daemon exits 0 ({status:?}) and its IOASes are gone: {after:?}"),
+    );
+    let a = st::vmm::attach(dev, vmm_ioas);
+    let p = pattern(0x66, 4096);
+    write_mem(mem, EDU_GPA, &p);
+    let done = bar.round_trip(EDU_GPA, gpa_plus(0x1000), 4096);
+    r.check(
+        a.is_ok() && done && read_mem(mem, gpa_plus(0x1000), 4096) == p,
+        format!("after the daemon, the VMM attaches its IOAS again and DMA works: {a:?}"),
+    );
+}
+
+fn gpa_plus(off: u64) -> u64 {
+    EDU_GPA + off
 }
 
 /// Without interrupt remapping (virtio-iommu on x86, no `allow_unsafe_interrupts`) the bind is
@@ -1207,9 +1311,11 @@ fn main() -> ExitCode {
             Err(_) => ExitCode::from(2),
         },
         Some("eperm") if args.len() == 3 => eperm_test(&args[2]),
-        Some("shared") if args.len() == 3 => shared_test(&args[2]),
+        Some("shared") if args.len() == 3 || args.len() == 4 => {
+            shared_test(&args[2], args.get(3).map(Path::new))
+        }
         _ => {
-            eprintln!("usage: iommufd-guest-test mock | vfio PCI-BDF HW-INFO-TYPE | eperm PCI-BDF | shared PCI-BDF");
+            eprintln!("usage: iommufd-guest-test mock | vfio PCI-BDF HW-INFO-TYPE | eperm PCI-BDF | shared PCI-BDF [DAEMON]");
             ExitCode::from(2)
         }
     }
