@@ -165,15 +165,21 @@ impl IommufdHost {
     /// A source other than `fd:N` (a fresh open would be a file nobody binds), a bad fd or a
     /// duplicate endpoint.
     pub fn add_vmm_bound_endpoint(&mut self, ep: &VfioEndpoint) -> Result<(), IommufdError> {
-        if self.devices.contains_key(&ep.endpoint) || self.waiting.contains_key(&ep.endpoint) {
-            return Err(IommufdError::DuplicateEndpoint(ep.endpoint));
-        }
+        self.check_new_endpoint(ep.endpoint)?;
         if !matches!(ep.source, VfioSource::Fd(_)) {
             return Err(IommufdError::SharedNeedsFd(ep.endpoint));
         }
         let (what, file) = ep.open()?;
         self.waiting
             .insert(ep.endpoint, WaitingDevice { file, what });
+        Ok(())
+    }
+
+    /// `DuplicateEndpoint` if `endpoint` already has a device (bound or waiting for its bind).
+    fn check_new_endpoint(&self, endpoint: u32) -> Result<(), IommufdError> {
+        if self.devices.contains_key(&endpoint) || self.waiting.contains_key(&endpoint) {
+            return Err(IommufdError::DuplicateEndpoint(endpoint));
+        }
         Ok(())
     }
 
@@ -188,9 +194,7 @@ impl IommufdHost {
     /// # Errors
     /// As [`IommufdHost::open`]; also a duplicate endpoint.
     pub fn add_vfio_endpoint(&mut self, ep: &VfioEndpoint) -> Result<(), IommufdError> {
-        if self.devices.contains_key(&ep.endpoint) || self.waiting.contains_key(&ep.endpoint) {
-            return Err(IommufdError::DuplicateEndpoint(ep.endpoint));
-        }
+        self.check_new_endpoint(ep.endpoint)?;
         let (what, file) = ep.open()?;
         let dev_id = sys::vfio_bind(&file, &self.fd).map_err(|err| IommufdError::Bind {
             endpoint: ep.endpoint,
@@ -210,9 +214,7 @@ impl IommufdHost {
     /// # Errors
     /// `IOMMU_TEST_CMD` failures (`ENOTTY` without the selftest), a duplicate endpoint.
     pub fn add_mock_endpoint(&mut self, endpoint: u32) -> Result<MockIds, IommufdError> {
-        if self.devices.contains_key(&endpoint) {
-            return Err(IommufdError::DuplicateEndpoint(endpoint));
-        }
+        self.check_new_endpoint(endpoint)?;
         let out = sys::test_cmd(&self.fd, sys::test_op::MOCK_DOMAIN, self.empty, [0; 6])
             .map_err(ioctl_err("IOMMU_TEST_CMD(MOCK_DOMAIN)"))?;
         let (stdev_id, hwpt) = sys::unpack32(out[0]);
