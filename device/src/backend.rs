@@ -3,17 +3,19 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
+use parking_lot::MutexGuard;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_iommu_spec::features::{
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
 use virtio_iommu_spec::{Features, EVENT_QUEUE, REQUEST_QUEUE};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -37,12 +39,17 @@ pub const HOST_EVENT: u16 = 5;
 /// Period of the page-request timer.
 const TIMER_PERIOD: Duration = Duration::from_millis(100);
 
-/// The engine shared by the backend (queue thread) and the control socket.
-pub type SharedViommu = Arc<Mutex<Viommu>>;
+/// Request chains served per hold of the engine lock.
+pub const CHAINS_PER_LOCK: u16 = 32;
+/// Request chains served per queue-thread wake-up before the other event sources get a turn.
+pub const CHAINS_PER_WAKE: u16 = 256;
 
-/// Locks the engine; a poisoned lock (a panic elsewhere) still yields the state.
+/// The engine shared by the backend (queue thread) and the control socket.
+pub type SharedViommu = Arc<parking_lot::Mutex<Viommu>>;
+
+/// Locks the engine.
 pub fn lock(v: &SharedViommu) -> MutexGuard<'_, Viommu> {
-    v.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    v.lock()
 }
 
 /// One vhost-user connection's backend. The engine outlives it: the serve loop creates a
@@ -69,6 +76,10 @@ pub struct IommuBackend {
     /// Ring addresses (descriptor table, avail, used) at the last start.
     ring_addrs: Option<[[u64; 3]; NUM_QUEUES]>,
     scratch: Scratch,
+    /// Queues whose driver broke the ring's invariants: not served until the device restarts.
+    broken: [bool; NUM_QUEUES],
+    /// The last request drain stopped at its budget; the wake-up it queued resumes it.
+    requests_deferred: bool,
 }
 
 impl IommuBackend {
@@ -96,6 +107,8 @@ impl IommuBackend {
             last_avail: [0; NUM_QUEUES],
             ring_addrs: None,
             scratch: Scratch::default(),
+            broken: [false; NUM_QUEUES],
+            requests_deferred: false,
         })
     }
 
@@ -130,6 +143,8 @@ impl IommuBackend {
         if !std::mem::replace(&mut self.restart_pending, false) {
             return;
         }
+        // A device start re-initialises every ring: broken ones are served again.
+        self.broken = [false; NUM_QUEUES];
         let mut now = [0u16; NUM_QUEUES];
         let mut addrs = [[0u64; 3]; NUM_QUEUES];
         for (i, v) in vrings.iter().take(NUM_QUEUES).enumerate() {
@@ -156,62 +171,137 @@ impl IommuBackend {
         self.ring_addrs = Some(addrs);
     }
 
+    /// Serves the request queue: at most [`CHAINS_PER_LOCK`] chains per hold of the engine
+    /// lock (handed fairly to a waiting control client in between) and [`CHAINS_PER_WAKE`] per
+    /// call. Past that the queue thread wakes itself, so the page-request timer and host events
+    /// on the same thread are served in between however fast the guest refills the ring.
     fn process_requests(&mut self, vring: &VringRwLock) {
+        self.requests_deferred = false;
+        let q = usize::from(REQUEST_QUEUE);
+        if self.broken[q] {
+            return;
+        }
         let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
             return;
         };
-        let mut viommu = lock(&self.viommu);
-        let mut state = vring.get_mut();
+        let mut budget = CHAINS_PER_WAKE;
         loop {
-            if self.event_idx {
-                // A not-ready ring (stopped by GET_VRING_BASE) has nothing to do.
-                if state.disable_notification().is_err() {
-                    return;
-                }
+            let mut viommu = lock(&self.viommu);
+            let mut state = vring.get_mut();
+            if !state.get_queue().ready() {
+                return; // Stopped by GET_VRING_BASE: nothing to do.
             }
-            let mut any = false;
-            while let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) {
-                any = true;
-                let head = chain.head_index();
-                let used = queue::process_request(&*mem, chain, &mut viommu, &mut self.scratch);
-                if let Err(e) = state.add_used(head, used) {
-                    warn!("requestq: add_used failed: {e}");
+            if self.event_idx && state.disable_notification().is_err() {
+                return;
+            }
+            let mut ready = match available(state.get_queue(), &mem) {
+                Ok(n) => n,
+                Err(why) => return break_queue(&mut self.broken, q, why),
+            };
+            if ready == 0 && self.event_idx {
+                // Re-arm, then look once more for chains published meanwhile.
+                if !matches!(state.enable_notification(), Ok(true)) {
                     break;
                 }
+                ready = match available(state.get_queue(), &mem) {
+                    Ok(n) => n,
+                    Err(why) => return break_queue(&mut self.broken, q, why),
+                };
             }
-            if any {
-                Self::notify(&mut state, "requestq");
-            }
-            if !self.event_idx || !matches!(state.enable_notification(), Ok(true)) {
+            if ready == 0 {
                 break;
             }
+            let batch = ready.min(CHAINS_PER_LOCK).min(budget);
+            for _ in 0..batch {
+                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                    return break_queue(&mut self.broken, q, "an avail ring entry cannot be read");
+                };
+                let head = chain.head_index();
+                if head >= state.get_queue().size() {
+                    return break_queue(
+                        &mut self.broken,
+                        q,
+                        "a chain head is outside the descriptor table",
+                    );
+                }
+                let used = queue::process_request(&*mem, chain, &mut viommu, &mut self.scratch);
+                if let Err(e) = state.add_used(head, used) {
+                    return break_queue(
+                        &mut self.broken,
+                        q,
+                        &format!("the used ring cannot be written ({e})"),
+                    );
+                }
+            }
+            Self::notify(&mut state, "requestq");
+            self.last_avail[q] = state.get_queue().next_avail();
+            budget -= batch;
+            drop(state);
+            MutexGuard::unlock_fair(viommu);
+            if budget == 0 {
+                // More may be waiting: come back after the other event sources had a turn.
+                self.requests_deferred = true;
+                if let Err(e) = self.wake.write(1) {
+                    warn!("requestq: cannot re-arm the queue thread: {e}");
+                }
+                return;
+            }
         }
-        self.last_avail[usize::from(REQUEST_QUEUE)] = state.get_queue().next_avail();
+        self.last_avail[q] = vring.get_ref().get_queue().next_avail();
     }
 
     fn deliver_events(&mut self, vring: &VringRwLock) {
+        let q = usize::from(EVENT_QUEUE);
+        if self.broken[q] {
+            return;
+        }
         let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
             return;
         };
         let mut viommu = lock(&self.viommu);
+        if !viommu.has_events() {
+            return;
+        }
         let mut state = vring.get_mut();
+        if !state.get_queue().ready() {
+            return;
+        }
+        let ready = match available(state.get_queue(), &mem) {
+            Ok(n) => n,
+            Err(why) => return break_queue(&mut self.broken, q, why),
+        };
         let mut any = false;
-        while viommu.has_events() {
+        // Each buffer takes one event; without buffers the events wait in the engine's
+        // bounded queue.
+        for _ in 0..ready {
+            if !viommu.has_events() {
+                break;
+            }
             let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
-                break; // No buffer: the event waits in the engine's bounded queue.
+                return break_queue(&mut self.broken, q, "an avail ring entry cannot be read");
             };
-            any = true;
             let head = chain.head_index();
+            if head >= state.get_queue().size() {
+                return break_queue(
+                    &mut self.broken,
+                    q,
+                    "a chain head is outside the descriptor table",
+                );
+            }
+            any = true;
             let used = queue::deliver_event(&*mem, chain, &mut viommu, &mut self.scratch);
             if let Err(e) = state.add_used(head, used) {
-                warn!("eventq: add_used failed: {e}");
-                break;
+                return break_queue(
+                    &mut self.broken,
+                    q,
+                    &format!("the used ring cannot be written ({e})"),
+                );
             }
         }
         if any {
             Self::notify(&mut state, "eventq");
         }
-        self.last_avail[usize::from(EVENT_QUEUE)] = state.get_queue().next_avail();
+        self.last_avail[q] = state.get_queue().next_avail();
     }
 
     fn notify(
@@ -225,6 +315,30 @@ impl IommuBackend {
             warn!("{q}: call eventfd: {e}");
         }
     }
+}
+
+/// Stops serving queue `q` until the device is restarted: the driver broke the ring's
+/// invariants, and going on would mean guessing what it meant. vhost-user gives a backend no
+/// way to set NEEDS_RESET (the frontend owns the status byte), so the ring just stops; the
+/// next device start (a guest reset or a new connection) serves it again. Logged once per
+/// breakage, as serving stops with it.
+fn break_queue(broken: &mut [bool; NUM_QUEUES], q: usize, why: &str) {
+    warn!("queue {q}: {why}; the queue is stopped until the device is reset");
+    broken[q] = true;
+}
+
+/// Chains the driver has published and the device not yet taken. More than the ring holds is
+/// impossible for a correct driver: the ring is broken (virtio-queue would refuse every pop
+/// and report work forever, a busy loop).
+fn available(q: &Queue, mem: &GuestMemoryMmap) -> Result<u16, &'static str> {
+    let avail = q
+        .avail_idx(mem, Ordering::Acquire)
+        .map_err(|_| "the avail index cannot be read")?;
+    let ready = avail.0.wrapping_sub(q.next_avail());
+    if ready > q.size() {
+        return Err("the driver published more chains than the ring holds");
+    }
+    Ok(ready)
 }
 
 impl VhostUserBackendMut for IommuBackend {
@@ -337,6 +451,11 @@ impl VhostUserBackendMut for IommuBackend {
             WAKE_EVENT => {
                 // Non-blocking read; EAGAIN only means another wake-up already drained it.
                 let _ = self.wake.read();
+                if self.requests_deferred {
+                    if let Some(v) = vrings.get(usize::from(REQUEST_QUEUE)) {
+                        self.process_requests(v);
+                    }
+                }
             }
             TIMER_EVENT => {
                 let _ = self.timer.wait();

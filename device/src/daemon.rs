@@ -144,7 +144,7 @@ impl Daemon {
         let host = make_host(&mut config)?;
         let viommu = Viommu::new(config.viommu.clone(), host.iommu)
             .map_err(|e| Error::Device(format!("{e:?}")))?;
-        let viommu = Arc::new(Mutex::new(viommu));
+        let viommu = Arc::new(parking_lot::Mutex::new(viommu));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
         if let Some(path) = &config.control_socket {
             control::spawn(path, viommu.clone(), wake.clone())?;

@@ -13,4 +13,5 @@ pub mod daemon;
 pub mod error;
 pub mod host;
 pub mod queue;
+pub mod ratelimit;
 pub mod viommu;

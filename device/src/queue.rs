@@ -2,7 +2,7 @@
 //! descriptor split (indirect tables included), hands them to the engine with a zeroed buffer
 //! as large as the device-writable part, and scatters the reply back.
 
-use log::warn;
+use crate::limited;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
@@ -151,7 +151,10 @@ pub fn process_request<M: GuestMemoryBackend>(
     let writable = match scratch.gather(mem, chain) {
         Ok(n) => n,
         Err(e) => {
-            warn!("requestq: malformed descriptor chain ({e:?}), returned unanswered");
+            limited!(
+                Warn,
+                "requestq: malformed descriptor chain ({e:?}), returned unanswered"
+            );
             return 0;
         }
     };
@@ -167,7 +170,7 @@ pub fn process_request<M: GuestMemoryBackend>(
         // `used` is at most MAX_WRITABLE, far below u32::MAX.
         Ok(()) => u32::try_from(used).unwrap_or(0),
         Err(e) => {
-            warn!("requestq: reply could not be written ({e:?})");
+            limited!(Warn, "requestq: reply could not be written ({e:?})");
             0
         }
     }
@@ -184,22 +187,28 @@ pub fn deliver_event<M: GuestMemoryBackend>(
     let capacity = match scratch.gather(mem, chain) {
         Ok(n) if scratch.readable.is_empty() => n,
         Ok(_) => {
-            warn!("eventq: buffer has device-readable descriptors, returned empty");
+            limited!(
+                Warn,
+                "eventq: buffer has device-readable descriptors, returned empty"
+            );
             return 0;
         }
         Err(e) => {
-            warn!("eventq: malformed buffer ({e:?}), returned empty");
+            limited!(Warn, "eventq: malformed buffer ({e:?}), returned empty");
             return 0;
         }
     };
     let Some(ev) = viommu.pop_event(capacity) else {
-        warn!("eventq: {capacity}-byte buffer is too small for any event, returned empty");
+        limited!(
+            Warn,
+            "eventq: {capacity}-byte buffer is too small for any event, returned empty"
+        );
         return 0;
     };
     match scratch.scatter(mem, ev.as_bytes()) {
         Ok(()) => u32::try_from(ev.as_bytes().len()).unwrap_or(0),
         Err(e) => {
-            warn!("eventq: event could not be written ({e:?}), dropped");
+            limited!(Warn, "eventq: event could not be written ({e:?}), dropped");
             0
         }
     }

@@ -32,7 +32,7 @@ fn blocking_dma_waits_for_the_guest() {
         let leaf = pt.leaf(&mut s.g, va);
         let bits = fmt.page_bits(true);
         let mem = s.g.mem.clone();
-        let shared = Arc::new(Mutex::new(s.v));
+        let shared = Arc::new(parking_lot::Mutex::new(s.v));
         let (wake, fd) = wake_slot();
 
         let guest = {
@@ -41,7 +41,7 @@ fn blocking_dma_waits_for_the_guest() {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while Instant::now() < deadline {
                     {
-                        let mut v = shared.lock().unwrap();
+                        let mut v = shared.lock();
                         if let Some(ev) = v.pop_event(48) {
                             let Event::PageRequest(pr) = Event::parse(ev.as_bytes()).unwrap()
                             else {
@@ -81,7 +81,7 @@ fn blocking_dma_waits_for_the_guest() {
             handle(&read, &shared, &wake),
             json!({"ok": true, "data": "c0ffee"})
         );
-        assert_eq!(shared.lock().unwrap().stats().page_requests.success, 1);
+        assert_eq!(shared.lock().stats().page_requests.success, 1);
     }
 }
 
@@ -94,7 +94,7 @@ fn blocking_dma_times_out_without_a_guest() {
     };
     let mut s = Sva::with_config(Fmt::Vtd(48), 0, cfg);
     s.bind(1);
-    let shared = Arc::new(Mutex::new(s.v));
+    let shared = Arc::new(parking_lot::Mutex::new(s.v));
     let (wake, _fd) = wake_slot();
     let t0 = Instant::now();
     let req = json!({"cmd": "dma-read", "endpoint": 0, "pasid": 1, "iova": "0x5000", "len": 4, "privileged": false});
@@ -104,7 +104,7 @@ fn blocking_dma_times_out_without_a_guest() {
     assert_eq!(reply["fault"]["reason"], "mapping");
     assert_eq!(reply["fault"]["pasid"], 1);
     assert_eq!(reply["fault"]["address"], 0x5000);
-    let v = shared.lock().unwrap();
+    let v = shared.lock();
     assert_eq!(v.stats().page_requests.timed_out, 1);
     assert_eq!(v.outstanding_page_requests(0), 0);
     drop(v);

@@ -214,6 +214,12 @@ impl RawQueue {
         self.avail_idx
     }
 
+    /// Publishes `idx` as the avail index verbatim, as a hostile driver may (e.g. more chains
+    /// than the ring holds). The queue's own bookkeeping is unchanged.
+    pub fn publish_avail_idx(&self, idx: u16) -> Result<()> {
+        self.memory.store_u16(self.config.avail + 2, idx)
+    }
+
     /// The number of used entries consumed so far (mod 2^16).
     #[must_use]
     pub fn last_used_idx(&self) -> u16 {

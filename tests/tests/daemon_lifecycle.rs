@@ -188,7 +188,7 @@ fn daemon_in_a_thread_through_the_library() {
     assert_eq!(g.send(&attach(3, 4)), Status::Ok);
     assert_eq!(g.send(&map(3, 0x4000, 0x4fff, 0x8000)), Status::Ok);
     {
-        let v = viommu.lock().unwrap();
+        let v = viommu.lock();
         assert_eq!(v.domain_of(4), Some(3));
         assert_eq!(v.stats().map.ok, 1);
     }

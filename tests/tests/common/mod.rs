@@ -279,3 +279,13 @@ pub fn fd_count(pid: u32) -> usize {
 pub fn memory() -> Arc<GuestMemory> {
     GuestMemory::global()
 }
+
+/// CPU time (user + system, in clock ticks) process `pid` has used so far.
+#[must_use]
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
