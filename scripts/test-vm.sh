@@ -67,7 +67,7 @@ groups_of() {
 }
 # Request types (MAP/UNMAP left out) from our daemon's trace log, boots separated by RESET.
 our_sequence() {
-    sed -n -e 's/.*TRACE vhost_device_iommu::viommu\] \([A-Z_]*\) -> .*/\1/p' \
+    sed -n -e 's/.*TRACE vhost_device_iommu::engine\] \([A-Z_]*\) -> .*/\1/p' \
         -e 's/.*guest reset, resetting the device.*/RESET/p' "$1" \
         | grep -vE '^(MAP|UNMAP)$' | tr '\n' ' ' | sed 's/ $//'
 }
@@ -77,7 +77,7 @@ qemu_sequence() {
         -e 's/^virtio_iommu_attach .*/ATTACH/p' -e 's/^virtio_iommu_detach .*/DETACH/p' "$1" \
         | tr '\n' ' ' | sed 's/ $//'
 }
-our_count() { grep -c "TRACE vhost_device_iommu::viommu\] $2 -> " "$1" || true; }
+our_count() { grep -c "TRACE vhost_device_iommu::engine\] $2 -> " "$1" || true; }
 qemu_count() { grep -c "^virtio_iommu_$2 " "$1" || true; }
 # Sum of every non-OK counter (all request types) plus unknown types.
 errors_of() {

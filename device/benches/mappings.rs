@@ -1,5 +1,5 @@
 //! MAP / UNMAP / translate cost with N live 4 KiB mappings in one domain, through the whole
-//! request path (`Viommu::handle_request`: parse, checks, interval store, emulated host mirror).
+//! request path (`Engine::handle_request`: parse, checks, interval store, emulated host mirror).
 //!
 //! Compare with `/work/shared/reference/perf-anchor-cloud-hypervisor.md`: cloud-hypervisor's
 //! UNMAP is O(n) (4 µs at 1k, 20–50 ms at 1M); here every operation is O(log n).
@@ -13,8 +13,8 @@ use std::hint::black_box;
 
 use common::{map_req, send, unmap_req, PAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use vhost_device_iommu::engine::{EndpointConfig, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::{Access, EmulatedHost};
-use vhost_device_iommu::viommu::{EndpointConfig, Limits, Viommu, ViommuConfig};
 use virtio_iommu_spec::request::{Attach, AttachFlags};
 use virtio_iommu_spec::Request;
 
@@ -42,8 +42,8 @@ impl Rng {
 }
 
 /// A device with `n` live mappings in domain 1 (endpoint 0); returns their IOVAs.
-fn device(n: u64, random: bool) -> (Viommu, Vec<u64>) {
-    let cfg = ViommuConfig {
+fn device(n: u64, random: bool) -> (Engine, Vec<u64>) {
+    let cfg = EngineConfig {
         endpoints: vec![EndpointConfig {
             ids: 0..=0,
             reserved: Vec::new(),
@@ -53,9 +53,9 @@ fn device(n: u64, random: bool) -> (Viommu, Vec<u64>) {
             max_mappings_per_domain: 1 << 21,
             ..Limits::default()
         },
-        ..ViommuConfig::default()
+        ..EngineConfig::default()
     };
-    let mut v = Viommu::new(cfg, Box::new(EmulatedHost::new())).unwrap();
+    let mut v = Engine::new(cfg, Box::new(EmulatedHost::new())).unwrap();
     v.negotiate(v.offered_features());
     let attach = Request::Attach(Attach {
         domain: 1,

@@ -1,5 +1,5 @@
 //! Cost per request through the requestq path the daemon runs (`IommuBackend::process_requests`):
-//! `pop_descriptor_chain` → `queue::process_request` (gather, `Viommu::handle_request`,
+//! `pop_descriptor_chain` → `queue::process_request` (gather, `Engine::handle_request`,
 //! scatter) → `add_used`, on a 256-entry split queue in an anonymous `GuestMemoryMmap`, 128
 //! requests (2-descriptor chains) per batch.
 //!
@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::{map_req, send, unmap_req, PAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::queue::{process_request, Scratch};
-use vhost_device_iommu::viommu::{Viommu, ViommuConfig};
 use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Probe};
 use virtio_iommu_spec::Request;
 use virtio_queue::{Queue, QueueT};
@@ -33,7 +33,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 const QSIZE: u16 = 256;
 /// Chains per batch: two descriptors each fill the 256-entry table.
 const BATCH: usize = 128;
-/// `ViommuConfig::default().probe_size`.
+/// `EngineConfig::default().probe_size`.
 const PROBE_SIZE: u32 = 512;
 
 // Guest memory layout. The rings are laid out by hand, each at its own page (virtio-queue
@@ -122,12 +122,12 @@ struct Rig {
     avail: u16,
     /// Driver's last seen used index.
     used: u16,
-    viommu: Viommu,
+    engine: Engine,
     scratch: Scratch,
 }
 
 impl Rig {
-    fn new(viommu: Viommu) -> Self {
+    fn new(engine: Engine) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let mut q = Queue::new(QSIZE).unwrap();
         q.set_size(QSIZE);
@@ -150,7 +150,7 @@ impl Rig {
             q,
             avail: 0,
             used: 0,
-            viommu,
+            engine,
             scratch: Scratch::default(),
         }
     }
@@ -198,7 +198,7 @@ impl Rig {
         let start = Instant::now();
         while let Some(chain) = self.q.pop_descriptor_chain(mem) {
             let head = chain.head_index();
-            let used = process_request(mem, chain, &mut self.viommu, &mut self.scratch);
+            let used = process_request(mem, chain, &mut self.engine, &mut self.scratch);
             self.q.add_used(mem, head, used).unwrap();
         }
         start.elapsed()
@@ -231,7 +231,7 @@ impl Rig {
 /// The engine: default config, every offered feature negotiated, endpoint 0 in domain 1, and
 /// `live` mappings in domain 1.
 fn rig(live: &[u64]) -> Rig {
-    let mut v = Viommu::new(ViommuConfig::default(), Box::new(EmulatedHost::new())).unwrap();
+    let mut v = Engine::new(EngineConfig::default(), Box::new(EmulatedHost::new())).unwrap();
     v.negotiate(v.offered_features());
     let attach = Request::Attach(Attach {
         domain: 1,
@@ -285,7 +285,7 @@ fn timed(
         total += rig.run();
         rig.check(&reqs);
         for r in &cleanup {
-            assert_eq!(send(&mut rig.viommu, r), 0);
+            assert_eq!(send(&mut rig.engine, r), 0);
         }
         done += n;
     }

@@ -7,9 +7,9 @@ use clap::{Parser, ValueEnum};
 use virtio_iommu_spec::ext::TableFormat;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 
+use crate::engine::{EndpointConfig, EngineConfig, Limits, ReservedRegion};
 use crate::error::{Error, Result};
 use crate::host::iommufd::{VfioEndpoint, VfioSource};
-use crate::viommu::{EndpointConfig, Limits, ReservedRegion, ViommuConfig};
 
 /// Which host IOMMU the daemon programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -141,7 +141,7 @@ pub struct DaemonConfig {
     /// Virtqueue size.
     pub queue_size: u16,
     /// The device model's configuration.
-    pub viommu: ViommuConfig,
+    pub engine: EngineConfig,
     /// VFIO devices of endpoints (`--host iommufd`).
     pub vfio: Vec<VfioEndpoint>,
     /// The VMM's iommufd, shared (`--iommufd-fd`).
@@ -281,7 +281,7 @@ impl TryFrom<Args> for DaemonConfig {
         if a.pasid_bits > 20 {
             return Err(Error::Config("--pasid-bits is at most 20".into()));
         }
-        let viommu = ViommuConfig {
+        let engine = EngineConfig {
             page_size_mask: a.page_size_mask,
             input_range: (*input.start(), *input.end()),
             domain_range: (*domains.start(), *domains.end()),
@@ -304,7 +304,7 @@ impl TryFrom<Args> for DaemonConfig {
             control_socket: a.control_socket,
             host: a.host,
             queue_size: a.queue_size,
-            viommu,
+            engine,
             vfio: a.vfio,
             iommufd_fd: a.iommufd_fd,
         })
@@ -324,21 +324,21 @@ mod tests {
     #[test]
     fn defaults() {
         let c = DaemonConfig::try_from(args(&[])).unwrap();
-        assert_eq!(c.viommu.page_size_mask, 0xffff_ffff_ffff_f000);
-        assert_eq!(c.viommu.input_range, (0, u64::MAX));
-        assert_eq!(c.viommu.domain_range, (0, u32::MAX));
-        assert!(c.viommu.boot_bypass);
-        assert_eq!(c.viommu.endpoints.len(), 1);
-        assert_eq!(c.viommu.endpoints[0].ids, 0..=u32::MAX);
+        assert_eq!(c.engine.page_size_mask, 0xffff_ffff_ffff_f000);
+        assert_eq!(c.engine.input_range, (0, u64::MAX));
+        assert_eq!(c.engine.domain_range, (0, u32::MAX));
+        assert!(c.engine.boot_bypass);
+        assert_eq!(c.engine.endpoints.len(), 1);
+        assert_eq!(c.engine.endpoints[0].ids, 0..=u32::MAX);
         assert_eq!(
-            c.viommu.endpoints[0].reserved,
+            c.engine.endpoints[0].reserved,
             vec![ReservedRegion::x86_msi()]
         );
-        assert_eq!(c.viommu.limits.max_mappings_per_domain, 1 << 20);
-        assert_eq!(c.viommu.limits.max_domains, 1 << 16);
+        assert_eq!(c.engine.limits.max_mappings_per_domain, 1 << 20);
+        assert_eq!(c.engine.limits.max_domains, 1 << 16);
         assert_eq!(c.queue_size, 256);
         assert_eq!(c.host, HostKind::Emulated);
-        assert!(!c.viommu.offer_attach_table);
+        assert!(!c.engine.offer_attach_table);
     }
 
     #[test]
@@ -362,10 +362,10 @@ mod tests {
             "16",
         ]))
         .unwrap();
-        let ids: Vec<_> = c.viommu.endpoints.iter().map(|e| e.ids.clone()).collect();
+        let ids: Vec<_> = c.engine.endpoints.iter().map(|e| e.ids.clone()).collect();
         assert_eq!(ids, vec![8..=15, 0x20..=0x20]);
         assert_eq!(
-            c.viommu.endpoints[0].reserved,
+            c.engine.endpoints[0].reserved,
             vec![
                 ReservedRegion {
                     start: 0x1000,
@@ -379,17 +379,17 @@ mod tests {
                 },
             ]
         );
-        assert!(!c.viommu.boot_bypass);
-        assert_eq!(c.viommu.input_range, (0x1000, 0xff_ffff_ffff));
-        assert_eq!(c.viommu.domain_range, (1, 100));
-        assert_eq!(c.viommu.limits.max_mappings_per_domain, 10);
-        assert!(c.viommu.offer_attach_table && c.viommu.offer_page_request);
-        assert_eq!(c.viommu.endpoints[1].pasid_bits, 16);
+        assert!(!c.engine.boot_bypass);
+        assert_eq!(c.engine.input_range, (0x1000, 0xff_ffff_ffff));
+        assert_eq!(c.engine.domain_range, (1, 100));
+        assert_eq!(c.engine.limits.max_mappings_per_domain, 10);
+        assert!(c.engine.offer_attach_table && c.engine.offer_page_request);
+        assert_eq!(c.engine.endpoints[1].pasid_bits, 16);
         assert_eq!(
-            c.viommu.limits.page_request_timeout,
+            c.engine.limits.page_request_timeout,
             std::time::Duration::from_secs(1)
         );
-        assert_eq!(c.viommu.limits.max_page_request_groups, 32);
+        assert_eq!(c.engine.limits.max_page_request_groups, 32);
         let c = DaemonConfig::try_from(args(&[
             "--host",
             "iommufd",
@@ -414,7 +414,7 @@ mod tests {
         assert_eq!(shared.iommufd_fd, Some(3));
         assert_eq!(shared.vfio[0].source, VfioSource::Fd(4));
         assert_eq!(
-            c.viommu.limits.page_request_timeout,
+            c.engine.limits.page_request_timeout,
             std::time::Duration::from_millis(250)
         );
     }

@@ -24,8 +24,8 @@ use vmm_sys_util::event::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::engine::Engine;
 use crate::queue::{self, Scratch};
-use crate::viommu::Viommu;
 
 /// Number of virtqueues: requestq and eventq.
 pub const NUM_QUEUES: usize = 2;
@@ -45,18 +45,18 @@ pub const CHAINS_PER_LOCK: u16 = 32;
 pub const CHAINS_PER_WAKE: u16 = 256;
 
 /// The engine shared by the backend (queue thread) and the control socket.
-pub type SharedViommu = Arc<parking_lot::Mutex<Viommu>>;
+pub type SharedEngine = Arc<parking_lot::Mutex<Engine>>;
 
 /// Locks the engine.
-pub fn lock(v: &SharedViommu) -> MutexGuard<'_, Viommu> {
+pub fn lock(v: &SharedEngine) -> MutexGuard<'_, Engine> {
     v.lock()
 }
 
 /// One vhost-user connection's backend. The engine outlives it: the serve loop creates a
-/// backend per connection around the same [`SharedViommu`].
+/// backend per connection around the same [`SharedEngine`].
 #[derive(Debug)]
 pub struct IommuBackend {
-    viommu: SharedViommu,
+    engine: SharedEngine,
     queue_size: u16,
     event_idx: bool,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
@@ -87,9 +87,9 @@ impl IommuBackend {
     ///
     /// # Errors
     /// The wake eventfd cannot be created.
-    pub fn new(viommu: SharedViommu, queue_size: u16) -> io::Result<Self> {
+    pub fn new(engine: SharedEngine, queue_size: u16) -> io::Result<Self> {
         let mut timer = TimerFd::new()?;
-        if lock(&viommu)
+        if lock(&engine)
             .offered_features()
             .contains(Features::PAGE_REQUEST)
         {
@@ -97,7 +97,7 @@ impl IommuBackend {
         }
         Ok(IommuBackend {
             timer,
-            viommu,
+            engine,
             queue_size,
             event_idx: false,
             mem: None,
@@ -160,7 +160,7 @@ impl IommuBackend {
                 "rings restarted at 0 (were at {:?}): guest reset, resetting the device",
                 self.last_avail
             );
-            lock(&self.viommu).reset();
+            lock(&self.engine).reset();
         } else {
             debug!(
                 "rings resumed at {now:?} (were {:?}): state kept",
@@ -186,7 +186,7 @@ impl IommuBackend {
         };
         let mut budget = CHAINS_PER_WAKE;
         loop {
-            let mut viommu = lock(&self.viommu);
+            let mut engine = lock(&self.engine);
             let mut state = vring.get_mut();
             if !state.get_queue().ready() {
                 return; // Stopped by GET_VRING_BASE: nothing to do.
@@ -224,7 +224,7 @@ impl IommuBackend {
                         "a chain head is outside the descriptor table",
                     );
                 }
-                let used = queue::process_request(&*mem, chain, &mut viommu, &mut self.scratch);
+                let used = queue::process_request(&*mem, chain, &mut engine, &mut self.scratch);
                 if let Err(e) = state.add_used(head, used) {
                     return break_queue(
                         &mut self.broken,
@@ -237,7 +237,7 @@ impl IommuBackend {
             self.last_avail[q] = state.get_queue().next_avail();
             budget -= batch;
             drop(state);
-            MutexGuard::unlock_fair(viommu);
+            MutexGuard::unlock_fair(engine);
             if budget == 0 {
                 // More may be waiting: come back after the other event sources had a turn.
                 self.requests_deferred = true;
@@ -258,8 +258,8 @@ impl IommuBackend {
         let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
             return;
         };
-        let mut viommu = lock(&self.viommu);
-        if !viommu.has_events() {
+        let mut engine = lock(&self.engine);
+        if !engine.has_events() {
             return;
         }
         let mut state = vring.get_mut();
@@ -274,7 +274,7 @@ impl IommuBackend {
         // Each buffer takes one event; without buffers the events wait in the engine's
         // bounded queue.
         for _ in 0..ready {
-            if !viommu.has_events() {
+            if !engine.has_events() {
                 break;
             }
             let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
@@ -289,7 +289,7 @@ impl IommuBackend {
                 );
             }
             any = true;
-            let used = queue::deliver_event(&*mem, chain, &mut viommu, &mut self.scratch);
+            let used = queue::deliver_event(&*mem, chain, &mut engine, &mut self.scratch);
             if let Err(e) = state.add_used(head, used) {
                 return break_queue(
                     &mut self.broken,
@@ -358,13 +358,13 @@ impl VhostUserBackendMut for IommuBackend {
             | VIRTIO_F_RING_EVENT_IDX
             | VIRTIO_F_RING_INDIRECT_DESC
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
-            | lock(&self.viommu).offered_features().bits()
+            | lock(&self.engine).offered_features().bits()
     }
 
     fn acked_features(&mut self, features: u64) {
         let device = Features::from_bits_truncate(features);
         info!("driver features {features:#x} (device: {device:?})");
-        lock(&self.viommu).negotiate(device);
+        lock(&self.engine).negotiate(device);
         self.restart_pending = true;
     }
 
@@ -386,7 +386,7 @@ impl VhostUserBackendMut for IommuBackend {
             warn!("GET_CONFIG offset {offset} size {size} is outside any config space");
             return Vec::new();
         }
-        let cfg = lock(&self.viommu).config_space();
+        let cfg = lock(&self.engine).config_space();
         let bytes = zerocopy::IntoBytes::as_bytes(&cfg);
         let (start, len) = (offset as usize, size as usize);
         let mut out = vec![0u8; len];
@@ -400,14 +400,14 @@ impl VhostUserBackendMut for IommuBackend {
     fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // Never fail: an error here makes the library drop the whole connection, and the value
         // comes from the guest.
-        if let Err(e) = lock(&self.viommu).write_config(offset, buf) {
+        if let Err(e) = lock(&self.engine).write_config(offset, buf) {
             warn!("ignored config write at offset {offset} ({buf:02x?}): {e}");
         }
         Ok(())
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        lock(&self.viommu).set_guest_memory(mem.clone());
+        lock(&self.engine).set_guest_memory(mem.clone());
         self.mem = Some(mem);
         Ok(())
     }
@@ -459,13 +459,13 @@ impl VhostUserBackendMut for IommuBackend {
             }
             TIMER_EVENT => {
                 let _ = self.timer.wait();
-                let n = lock(&self.viommu).expire_page_requests(Instant::now());
+                let n = lock(&self.engine).expire_page_requests(Instant::now());
                 if n > 0 {
                     info!("{n} page-request group(s) timed out, completed with FAILURE");
                 }
             }
             HOST_EVENT => {
-                lock(&self.viommu).poll_host();
+                lock(&self.engine).poll_host();
             }
             other => warn!("unknown device event {other}"),
         }

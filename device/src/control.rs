@@ -26,9 +26,9 @@ use virtio_iommu_spec::event::FaultFlags;
 use virtio_iommu_spec::{FaultEvent, FaultReason};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::backend::{lock, SharedViommu};
+use crate::backend::{lock, SharedEngine};
+use crate::engine::{Access, DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
 use crate::error::{Error, Result};
-use crate::viommu::{Access, DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
 
 /// Largest DMA a control command may ask for.
 const MAX_DMA: u64 = 1 << 20;
@@ -44,7 +44,7 @@ pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
 ///
 /// # Errors
 /// The socket cannot be bound.
-pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
+pub fn spawn(path: &Path, engine: SharedEngine, wake: WakeSlot) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|err| Error::ControlSocket {
         path: path.to_owned(),
@@ -57,7 +57,7 @@ pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
-                        let (v, w) = (viommu.clone(), wake.clone());
+                        let (v, w) = (engine.clone(), wake.clone());
                         let _ = thread::Builder::new()
                             .name("control-client".into())
                             .spawn(move || serve_client(stream, &v, &w));
@@ -69,7 +69,7 @@ pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
     Ok(())
 }
 
-fn serve_client(stream: UnixStream, viommu: &SharedViommu, wake: &WakeSlot) {
+fn serve_client(stream: UnixStream, engine: &SharedEngine, wake: &WakeSlot) {
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
@@ -83,7 +83,7 @@ fn serve_client(stream: UnixStream, viommu: &SharedViommu, wake: &WakeSlot) {
             Ok(_) => {}
         }
         let reply = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => handle(&req, viommu, wake),
+            Ok(req) => handle(&req, engine, wake),
             Err(e) => json!({"ok": false, "error": format!("bad JSON: {e}")}),
         };
         let mut text = reply.to_string();
@@ -151,8 +151,8 @@ fn unhex(s: &str) -> std::result::Result<Vec<u8>, String> {
 
 /// Answers one request.
 #[must_use]
-pub fn handle(req: &Value, viommu: &SharedViommu, wake: &WakeSlot) -> Value {
-    match dispatch(req, viommu, wake) {
+pub fn handle(req: &Value, engine: &SharedEngine, wake: &WakeSlot) -> Value {
+    match dispatch(req, engine, wake) {
         Ok(reply) => {
             if reply.get("fault").is_some() {
                 // A fault record was queued: let the queue thread deliver it.
@@ -178,8 +178,8 @@ fn wake_queue(wake: &WakeSlot) {
 /// Runs a DMA to completion: parks it on page requests and waits without the engine lock.
 /// Terminates: each wait ends by the engine's page-request deadline at the latest, and the
 /// engine bounds the page requests per page and the DMA length is bounded.
-pub fn blocking_dma(viommu: &SharedViommu, wake: &WakeSlot, req: DmaRequest) -> DmaOutcome {
-    let mut out = lock(viommu).start_dma(req, Instant::now());
+pub fn blocking_dma(engine: &SharedEngine, wake: &WakeSlot, req: DmaRequest) -> DmaOutcome {
+    let mut out = lock(engine).start_dma(req, Instant::now());
     let mut woken_for = None;
     loop {
         let DmaOutcome::Pending(ticket) = out else {
@@ -191,7 +191,7 @@ pub fn blocking_dma(viommu: &SharedViommu, wake: &WakeSlot, req: DmaRequest) -> 
             woken_for = Some(ticket);
         }
         thread::sleep(DMA_POLL);
-        let next = lock(viommu).resume_dma(ticket, Instant::now());
+        let next = lock(engine).resume_dma(ticket, Instant::now());
         // `None` cannot happen (only this thread resumes or cancels its ticket); treat it as
         // an unknown fault rather than waiting forever.
         out = next.unwrap_or_else(|| {
@@ -239,7 +239,7 @@ fn access(req: &Value) -> std::result::Result<Access, String> {
 
 fn dispatch(
     req: &Value,
-    viommu: &SharedViommu,
+    engine: &SharedEngine,
     wake: &WakeSlot,
 ) -> std::result::Result<Value, String> {
     let cmd = req
@@ -248,13 +248,13 @@ fn dispatch(
         .ok_or("missing `cmd`")?;
     match cmd {
         "stats" => {
-            let v = lock(viommu);
+            let v = lock(engine);
             Ok(
                 json!({"ok": true, "stats": serde_json::to_value(v.stats()).map_err(|e| e.to_string())?}),
             )
         }
         "dump" => {
-            let v = lock(viommu);
+            let v = lock(engine);
             Ok(
                 json!({"ok": true, "dump": serde_json::to_value(v.dump()).map_err(|e| e.to_string())?}),
             )
@@ -264,7 +264,7 @@ fn dispatch(
             let pasid = u32_field(req, "pasid")?;
             let iova = need(req, "iova")?;
             let len = num(req, "len")?.unwrap_or(1);
-            let r = lock(viommu).translate(endpoint, pasid, iova, len, access(req)?);
+            let r = lock(engine).translate(endpoint, pasid, iova, len, access(req)?);
             Ok(match r {
                 Ok(t) => {
                     json!({"ok": true, "translation": serde_json::to_value(t).map_err(|e| e.to_string())?})
@@ -288,7 +288,7 @@ fn dispatch(
                 op: DmaOp::Read(len),
                 attrs: attrs(req)?,
             };
-            Ok(dma_reply(blocking_dma(viommu, wake, req), true))
+            Ok(dma_reply(blocking_dma(engine, wake, req), true))
         }
         "dma-write" => {
             let endpoint = u32_field(req, "endpoint")?.ok_or("missing `endpoint`")?;
@@ -309,7 +309,7 @@ fn dispatch(
                 op: DmaOp::Write(data),
                 attrs: attrs(req)?,
             };
-            Ok(dma_reply(blocking_dma(viommu, wake, req), false))
+            Ok(dma_reply(blocking_dma(engine, wake, req), false))
         }
         other => Err(format!("unknown command `{other}`")),
     }

@@ -12,13 +12,13 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::args::{DaemonConfig, HostKind};
-use crate::backend::{lock, IommuBackend, SharedViommu, HOST_EVENT, TIMER_EVENT, WAKE_EVENT};
+use crate::backend::{lock, IommuBackend, SharedEngine, HOST_EVENT, TIMER_EVENT, WAKE_EVENT};
 use crate::control::{self, WakeSlot};
+use crate::engine::{EndpointConfig, Engine};
 use crate::error::{Error, Result};
 use crate::host::emulated::EmulatedHost;
 use crate::host::iommufd::{IommufdConfig, IommufdHost};
 use crate::host::{HostIommu, ReservedRegion};
-use crate::viommu::{EndpointConfig, Viommu};
 
 /// The host backend with what the serve loop must poll for it.
 #[derive(Debug)]
@@ -43,18 +43,18 @@ pub fn make_host(config: &mut DaemonConfig) -> Result<Host> {
         HostKind::Iommufd => {
             let cfg = IommufdConfig {
                 endpoints: config.vfio.clone(),
-                page_requests: config.viommu.offer_page_request,
+                page_requests: config.engine.offer_page_request,
                 iommufd_fd: config.iommufd_fd,
             };
             let mut host = IommufdHost::open(&cfg)
                 .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?;
             for (ep, regions) in host.all_reserved_regions() {
-                carve_endpoint(&mut config.viommu.endpoints, ep, regions);
+                carve_endpoint(&mut config.engine.endpoints, ep, regions);
                 if let Some(mask) = host.page_size_mask(ep) {
-                    config.viommu.page_size_mask &= mask;
+                    config.engine.page_size_mask &= mask;
                 }
             }
-            if config.viommu.offer_page_request {
+            if config.engine.offer_page_request {
                 host.alloc_fault_queue()
                     .map_err(|e| Error::HostUnavailable("iommufd", e.to_string()))?;
             }
@@ -129,7 +129,7 @@ fn carve_endpoint(endpoints: &mut Vec<EndpointConfig>, ep: u32, reserved: Vec<Re
 #[derive(Debug)]
 pub struct Daemon {
     config: DaemonConfig,
-    viommu: SharedViommu,
+    engine: SharedEngine,
     wake: WakeSlot,
     stop: Arc<AtomicBool>,
     host_events: Option<File>,
@@ -142,16 +142,16 @@ impl Daemon {
     /// Host or device configuration errors, or the control socket cannot be bound.
     pub fn new(mut config: DaemonConfig) -> Result<Self> {
         let host = make_host(&mut config)?;
-        let viommu = Viommu::new(config.viommu.clone(), host.iommu)
+        let engine = Engine::new(config.engine.clone(), host.iommu)
             .map_err(|e| Error::Device(format!("{e:?}")))?;
-        let viommu = Arc::new(parking_lot::Mutex::new(viommu));
+        let engine = Arc::new(parking_lot::Mutex::new(engine));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
         if let Some(path) = &config.control_socket {
-            control::spawn(path, viommu.clone(), wake.clone())?;
+            control::spawn(path, engine.clone(), wake.clone())?;
         }
         Ok(Daemon {
             config,
-            viommu,
+            engine,
             wake,
             stop: Arc::new(AtomicBool::new(false)),
             host_events: host.events,
@@ -160,8 +160,8 @@ impl Daemon {
 
     /// The engine, e.g. for in-process inspection.
     #[must_use]
-    pub fn viommu(&self) -> SharedViommu {
-        self.viommu.clone()
+    pub fn engine(&self) -> SharedEngine {
+        self.engine.clone()
     }
 
     /// Starts a thread that waits for SIGINT/SIGTERM (blocked by [`block_stop_signals`]) and
@@ -172,7 +172,7 @@ impl Daemon {
     /// # Errors
     /// The thread cannot be started.
     pub fn stop_on_signals(&self) -> Result<()> {
-        let viommu = self.viommu.clone();
+        let engine = self.engine.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -181,7 +181,7 @@ impl Daemon {
                 // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
                 let rc = unsafe { libc::sigwait(&raw const set, &raw mut sig) };
                 info!("signal {sig} (sigwait rc {rc}): releasing the host and exiting");
-                let host = lock(&viommu).replace_host(Box::new(EmulatedHost::new()));
+                let host = lock(&engine).replace_host(Box::new(EmulatedHost::new()));
                 drop(host);
                 std::process::exit(0);
             })
@@ -209,8 +209,8 @@ impl Daemon {
 
     fn serve_one(&self) -> Result<()> {
         // Each connection starts from a freshly reset device (bypass back to its boot value).
-        lock(&self.viommu).system_reset();
-        let backend = IommuBackend::new(self.viommu.clone(), self.config.queue_size)?;
+        lock(&self.engine).system_reset();
+        let backend = IommuBackend::new(self.engine.clone(), self.config.queue_size)?;
         let wake = backend.wake_fd();
         let timer = backend.timer_fd();
         let backend = Arc::new(RwLock::new(backend));

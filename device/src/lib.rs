@@ -2,7 +2,7 @@
 //!
 //! The data path reads top to bottom: [`daemon`] accepts a frontend, [`backend`] owns the
 //! virtqueues, [`queue`] turns a descriptor chain into bytes, the `virtio-iommu-spec` crate
-//! decodes them, [`viommu`] applies the virtio-iommu rules (pure, no I/O), and a [`host`]
+//! decodes them, [`engine`] applies the virtio-iommu rules (pure, no I/O), and a [`host`]
 //! backend mirrors the result into a real or emulated IOMMU. [`control`] is the operator's
 //! window into a running daemon.
 
@@ -10,8 +10,8 @@ pub mod args;
 pub mod backend;
 pub mod control;
 pub mod daemon;
+pub mod engine;
 pub mod error;
 pub mod host;
 pub mod queue;
 pub mod ratelimit;
-pub mod viommu;

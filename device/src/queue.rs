@@ -8,7 +8,7 @@ use vm_memory::{
     Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
 };
 
-use crate::viommu::Viommu;
+use crate::engine::Engine;
 
 /// Readable bytes gathered per request: more than the largest request (76 bytes), so an
 /// over-long readable part is still seen as such and rejected by the decoder.
@@ -145,7 +145,7 @@ fn write_at<M: GuestMemoryBackend>(
 pub fn process_request<M: GuestMemoryBackend>(
     mem: &M,
     chain: impl Iterator<Item = Descriptor>,
-    viommu: &mut Viommu,
+    engine: &mut Engine,
     scratch: &mut Scratch,
 ) -> u32 {
     let writable = match scratch.gather(mem, chain) {
@@ -161,7 +161,7 @@ pub fn process_request<M: GuestMemoryBackend>(
     let mut out = std::mem::take(&mut scratch.writable);
     out.clear();
     out.resize(writable, 0);
-    let used = viommu
+    let used = engine
         .handle_request(&scratch.readable, &mut out)
         .min(out.len());
     let result = scratch.scatter(mem, &out[..used]);
@@ -181,7 +181,7 @@ pub fn process_request<M: GuestMemoryBackend>(
 pub fn deliver_event<M: GuestMemoryBackend>(
     mem: &M,
     chain: impl Iterator<Item = Descriptor>,
-    viommu: &mut Viommu,
+    engine: &mut Engine,
     scratch: &mut Scratch,
 ) -> u32 {
     let capacity = match scratch.gather(mem, chain) {
@@ -198,7 +198,7 @@ pub fn deliver_event<M: GuestMemoryBackend>(
             return 0;
         }
     };
-    let Some(ev) = viommu.pop_event(capacity) else {
+    let Some(ev) = engine.pop_event(capacity) else {
         limited!(
             Warn,
             "eventq: {capacity}-byte buffer is too small for any event, returned empty"

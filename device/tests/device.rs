@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
+use vhost_device_iommu::engine::{ConfigError, ConfigWriteError, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::{Access, EmulatedHost, HostError};
-use vhost_device_iommu::viommu::{ConfigError, ConfigWriteError, Limits, Viommu, ViommuConfig};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode, TableFormat, VtdFlags};
 use virtio_iommu_spec::request::{AttachTable, Invalidate, MapFlags, PageResp, TableDesc};
@@ -81,7 +81,7 @@ fn wrong_lengths_are_inval() {
 
 #[test]
 fn offered_features() {
-    let v = Viommu::new(ViommuConfig::default(), Box::new(EmulatedHost::new())).unwrap();
+    let v = Engine::new(EngineConfig::default(), Box::new(EmulatedHost::new())).unwrap();
     let f = v.offered_features();
     assert_eq!(
         f,
@@ -92,12 +92,12 @@ fn offered_features() {
             | Features::BYPASS_CONFIG
     );
     assert!(!f.contains(Features::BYPASS));
-    let mut v = Viommu::new(
-        ViommuConfig {
+    let mut v = Engine::new(
+        EngineConfig {
             offer_mmio: true,
             offer_attach_table: true,
             offer_page_request: true,
-            ..ViommuConfig::default()
+            ..EngineConfig::default()
         },
         Box::new(EmulatedHost::new()),
     )
@@ -166,7 +166,7 @@ fn ext_requests(endpoint: u32) -> [Request; 3] {
 
 #[test]
 fn extension_requests_are_gated_then_checked() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         offer_attach_table: true,
         offer_page_request: true,
         ..small_config()
@@ -197,7 +197,7 @@ fn extension_requests_are_gated_then_checked() {
 
 #[test]
 fn probe_reports_extension_properties_when_offered() {
-    let mut cfg = ViommuConfig {
+    let mut cfg = EngineConfig {
         offer_attach_table: true,
         offer_page_request: true,
         ..small_config()
@@ -225,7 +225,7 @@ fn probe_reports_extension_properties_when_offered() {
 
 #[test]
 fn config_space_bytes() {
-    let v = dev(ViommuConfig {
+    let v = dev(EngineConfig {
         input_range: (0x1000, 0xffff_ffff_ffff),
         domain_range: (1, 0xffff),
         ..small_config()
@@ -243,7 +243,7 @@ fn config_space_bytes() {
 
 #[test]
 fn bypass_writes_reset_and_system_reset() {
-    let mut v = dev(ViommuConfig::default());
+    let mut v = dev(EngineConfig::default());
     assert_eq!(v.config_space().bypass, 1);
     // Boot bypass: unattached endpoints translate 1:1.
     assert_eq!(
@@ -310,7 +310,7 @@ fn bypass_writes_reset_and_system_reset() {
 #[test]
 fn bypass_config_semantics_apply_when_offered_but_not_acked() {
     let mut v = dev_with(
-        ViommuConfig::default(),
+        EngineConfig::default(),
         Features::MAP_UNMAP | Features::PROBE,
     );
     assert_eq!(
@@ -363,7 +363,7 @@ fn reset_tears_everything_down() {
 
 #[test]
 fn limits_fail_with_nomem_and_change_nothing() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         limits: Limits {
             max_mappings_per_domain: 2,
             max_domains: 2,
@@ -454,9 +454,9 @@ fn host_failures_roll_back() {
 
 #[test]
 fn bad_configurations_are_refused() {
-    let new = |cfg| Viommu::new(cfg, Box::new(EmulatedHost::new())).unwrap_err();
+    let new = |cfg| Engine::new(cfg, Box::new(EmulatedHost::new())).unwrap_err();
     assert_eq!(
-        new(ViommuConfig {
+        new(EngineConfig {
             probe_size: 8,
             ..small_config()
         }),
@@ -466,14 +466,14 @@ fn bad_configurations_are_refused() {
         }
     );
     assert_eq!(
-        new(ViommuConfig {
+        new(EngineConfig {
             endpoints: vec![eps(0..=4, vec![]), eps(4..=8, vec![])],
             ..small_config()
         }),
         ConfigError::OverlappingEndpoints(0..=4, 4..=8)
     );
     assert_eq!(
-        new(ViommuConfig {
+        new(EngineConfig {
             page_size_mask: 0,
             ..small_config()
         }),
@@ -485,7 +485,7 @@ fn bad_configurations_are_refused() {
 
 #[test]
 fn fault_records_and_the_bounded_queue() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         limits: Limits {
             max_pending_events: 2,
             ..Limits::default()
@@ -548,7 +548,7 @@ fn page_request(last: bool) -> PageRequest {
 
 #[test]
 fn page_requests_are_delivered_or_failed() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         offer_page_request: true,
         ..small_config()
     };
@@ -574,7 +574,7 @@ fn page_requests_are_delivered_or_failed() {
 
     // Driver without PAGE_REQUEST: the device fails the group itself and moves on.
     let (h, knobs, _) = TestHost::new();
-    let mut v = Viommu::new(cfg, Box::new(h)).unwrap();
+    let mut v = Engine::new(cfg, Box::new(h)).unwrap();
     v.negotiate(Features::MAP_UNMAP | Features::PROBE | Features::BYPASS_CONFIG);
     {
         let mut k = knobs.lock().unwrap();

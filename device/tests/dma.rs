@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
+use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::{Access, ReservedRegion};
-use vhost_device_iommu::viommu::{Viommu, ViommuConfig};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::{FaultEvent, Status};
@@ -16,8 +16,8 @@ const RAM: u64 = 0x10_0000;
 const RAM_SIZE: usize = 0x10_0000;
 const RAM_END: u64 = RAM + 0x10_0000;
 
-fn setup() -> (Viommu, GuestMemoryAtomic<GuestMemoryMmap>) {
-    let cfg = ViommuConfig {
+fn setup() -> (Engine, GuestMemoryAtomic<GuestMemoryMmap>) {
+    let cfg = EngineConfig {
         endpoints: vec![eps(
             0..=7,
             vec![resv(0x7000_0000, 0x7000_ffff), ReservedRegion::x86_msi()],

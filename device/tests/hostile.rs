@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
+use vhost_device_iommu::engine::EngineConfig;
 use vhost_device_iommu::host::Access;
-use vhost_device_iommu::viommu::ViommuConfig;
 use virtio_iommu_spec::Status;
 
 fn readable() -> impl Strategy<Value = Vec<u8>> {
@@ -32,7 +32,7 @@ proptest! {
 
     #[test]
     fn arbitrary_requests(reqs in prop::collection::vec((readable(), 0usize..600), 1..20)) {
-        let mut v = dev(ViommuConfig {
+        let mut v = dev(EngineConfig {
             page_size_mask: !0,
             ..small_config()
         });
@@ -53,7 +53,7 @@ proptest! {
 
     #[test]
     fn arbitrary_config_writes(offset in any::<u32>(), data in prop::collection::vec(any::<u8>(), 0..48)) {
-        let mut v = dev(ViommuConfig::default());
+        let mut v = dev(EngineConfig::default());
         let before = v.config_space();
         if v.write_config(offset, &data).is_err() {
             prop_assert_eq!(v.config_space(), before);
@@ -69,7 +69,7 @@ proptest! {
         bypass in any::<bool>(),
         map_top in any::<bool>(),
     ) {
-        let mut v = dev(ViommuConfig {
+        let mut v = dev(EngineConfig {
             endpoints: vec![eps(0..=15, vec![])],
             boot_bypass: bypass,
             ..small_config()

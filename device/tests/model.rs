@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use proptest::prelude::*;
+use vhost_device_iommu::engine::{DomainDump, Dump, Engine, EngineConfig, Limits, MappingDump};
 use vhost_device_iommu::host::Access;
-use vhost_device_iommu::viommu::{DomainDump, Dump, Limits, MappingDump, Viommu, ViommuConfig};
 use virtio_iommu_spec::event::FaultReason;
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::{Features, Status};
@@ -32,8 +32,8 @@ fn resv_of(ep: u32) -> Option<Vec<(u64, u64)>> {
     }
 }
 
-fn config() -> ViommuConfig {
-    ViommuConfig {
+fn config() -> EngineConfig {
+    EngineConfig {
         input_range: (0, INPUT_END),
         domain_range: DOMAINS,
         endpoints: vec![eps(0..=2, vec![resv(RESV.0, RESV.1)]), eps(3..=3, vec![])],
@@ -45,7 +45,7 @@ fn config() -> ViommuConfig {
         },
         offer_mmio: true,
         boot_bypass: false,
-        ..ViommuConfig::default()
+        ..EngineConfig::default()
     }
 }
 
@@ -315,7 +315,7 @@ impl Model {
 fn run(ops: &[Op], mmio: bool) -> Result<(), TestCaseError> {
     let mut features = Features::all();
     features.set(Features::MMIO, mmio);
-    let mut v: Viommu = dev_with(config(), features);
+    let mut v: Engine = dev_with(config(), features);
     let mut m = Model {
         mmio,
         ..Model::default()

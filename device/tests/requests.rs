@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
+use vhost_device_iommu::engine::{DomainDump, Dump, EngineConfig};
 use vhost_device_iommu::host::{Access, ReservedRegion};
-use vhost_device_iommu::viommu::{DomainDump, Dump, ViommuConfig};
 use virtio_iommu_spec::event::FaultReason;
 use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, MapFlags, Unmap};
 use virtio_iommu_spec::{Features, ProbeProperties, Property, Request, Status};
@@ -119,7 +119,7 @@ fn attach_moves_the_endpoint_and_the_old_domain_vanishes() {
 
 #[test]
 fn attach_with_incompatible_reserved_regions_is_unsupp() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         endpoints: vec![
             eps(0..=3, vec![resv(0x10_0000, 0x10_ffff)]),
             eps(4..=7, vec![]),
@@ -139,7 +139,7 @@ fn attach_with_incompatible_reserved_regions_is_unsupp() {
 
 #[test]
 fn attach_domain_outside_domain_range_is_range() {
-    let mut v = dev(ViommuConfig {
+    let mut v = dev(EngineConfig {
         domain_range: (1, 10),
         ..small_config()
     });
@@ -228,7 +228,7 @@ fn detach_of_the_last_endpoint_drops_domain_and_mappings() {
 
 #[test]
 fn detach_domain_outside_domain_range_is_range() {
-    let mut v = dev(ViommuConfig {
+    let mut v = dev(EngineConfig {
         domain_range: (1, 10),
         ..small_config()
     });
@@ -247,7 +247,7 @@ fn map_misaligned_is_range() {
     assert_eq!(map(&mut v, 1, 0x1000, 0x2000, 0, RW), Status::Range);
     assert_eq!(mappings(&v, 1), vec![]);
     // A 64 KiB granule.
-    let mut v = dev(ViommuConfig {
+    let mut v = dev(EngineConfig {
         page_size_mask: !0xffff,
         ..small_config()
     });
@@ -308,7 +308,7 @@ fn map_on_bypass_domain_is_inval() {
 
 #[test]
 fn map_over_a_reserved_region_is_inval() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         endpoints: vec![eps(
             0..=3,
             vec![resv(0x10_0000, 0x10_ffff), ReservedRegion::x86_msi()],
@@ -358,7 +358,7 @@ fn write_through_a_read_only_mapping_is_refused() {
 
 #[test]
 fn map_inverted_range_is_inval_and_input_range_is_enforced() {
-    let mut v = dev(ViommuConfig {
+    let mut v = dev(EngineConfig {
         input_range: (0x1_0000, 0xffff_ffff),
         ..small_config()
     });
@@ -377,7 +377,7 @@ fn map_inverted_range_is_inval_and_input_range_is_enforced() {
 
 #[test]
 fn map_domain_outside_domain_range_is_range() {
-    let mut v = dev(ViommuConfig {
+    let mut v = dev(EngineConfig {
         domain_range: (1, 10),
         ..small_config()
     });
@@ -392,7 +392,7 @@ fn map_mmio_needs_the_mmio_feature() {
     assert!(!v.offered_features().contains(Features::MMIO));
     assert_eq!(attach(&mut v, 1, 0), Status::Ok);
     assert_eq!(map(&mut v, 1, 0x1000, 0x1fff, 0, mmio), Status::Inval);
-    let mut v = dev(ViommuConfig {
+    let mut v = dev(EngineConfig {
         offer_mmio: true,
         ..small_config()
     });
@@ -403,7 +403,7 @@ fn map_mmio_needs_the_mmio_feature() {
 
 #[test]
 fn map_arithmetic_at_the_top_of_the_address_space() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         endpoints: vec![eps(0..=1, vec![])],
         ..small_config()
     };
@@ -419,7 +419,7 @@ fn map_arithmetic_at_the_top_of_the_address_space() {
     assert_eq!(map(&mut v, 1, 0, u64::MAX, 0, RW), Status::Ok);
     assert_eq!(
         v.translate(0, None, u64::MAX, 16, Access::Write).unwrap(),
-        vhost_device_iommu::viommu::Translation {
+        vhost_device_iommu::engine::Translation {
             gpa: u64::MAX,
             len: 1
         }
@@ -494,7 +494,7 @@ fn unmap_over_partly_unmapped_space_removes_whole_mappings() {
 /// (1-byte granule, so that (0, 4) is a legal mapping).
 #[test]
 fn unmap_examples_of_the_specification() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         page_size_mask: !0,
         ..small_config()
     };
@@ -534,7 +534,7 @@ fn unmap_examples_of_the_specification() {
 
 #[test]
 fn probe_writes_resv_mem_and_zero_fills() {
-    let cfg = ViommuConfig {
+    let cfg = EngineConfig {
         endpoints: vec![eps(
             0..=3,
             vec![resv(0x1000, 0x1fff), ReservedRegion::x86_msi()],

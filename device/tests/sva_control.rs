@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sva_common::*;
 use vhost_device_iommu::control::{handle, WakeSlot};
-use vhost_device_iommu::viommu::Limits;
+use vhost_device_iommu::engine::Limits;
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode};
 use virtio_iommu_spec::{Event, Status};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};

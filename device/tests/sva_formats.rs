@@ -7,7 +7,7 @@ mod sva_common;
 use std::time::Instant;
 
 use sva_common::*;
-use vhost_device_iommu::viommu::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest, Viommu};
+use vhost_device_iommu::engine::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest, Engine};
 use virtio_iommu_spec::event::FaultReason;
 use virtio_iommu_spec::ext::{
     InvalCaches, InvalScope, VtdFlags, S1DSS_BYPASS, S1DSS_SSID0, S1DSS_TERM, S1FMT_4KL2,
@@ -16,7 +16,7 @@ use virtio_iommu_spec::ext::{
 use virtio_iommu_spec::request::{Invalidate, Map, MapFlags};
 use virtio_iommu_spec::{Request, Status};
 
-fn run(v: &mut Viommu, pasid: Option<u32>, iova: u64, op: DmaOp, attrs: DmaAttrs) -> DmaOutcome {
+fn run(v: &mut Engine, pasid: Option<u32>, iova: u64, op: DmaOp, attrs: DmaAttrs) -> DmaOutcome {
     let req = DmaRequest {
         endpoint: 4, // no page requests: stage-1 faults come back at once
         pasid,
@@ -27,11 +27,11 @@ fn run(v: &mut Viommu, pasid: Option<u32>, iova: u64, op: DmaOp, attrs: DmaAttrs
     v.start_dma(req, Instant::now())
 }
 
-fn wr(v: &mut Viommu, pasid: Option<u32>, iova: u64, b: u8) -> DmaOutcome {
+fn wr(v: &mut Engine, pasid: Option<u32>, iova: u64, b: u8) -> DmaOutcome {
     run(v, pasid, iova, DmaOp::Write(vec![b]), DmaAttrs::default())
 }
 
-fn rd(v: &mut Viommu, pasid: Option<u32>, iova: u64, attrs: DmaAttrs) -> DmaOutcome {
+fn rd(v: &mut Engine, pasid: Option<u32>, iova: u64, attrs: DmaAttrs) -> DmaOutcome {
     run(v, pasid, iova, DmaOp::Read(1), attrs)
 }
 
@@ -49,7 +49,7 @@ const PRIV: DmaAttrs = DmaAttrs {
 };
 
 /// Endpoint 4 in domain 1 with MAP 0x1000 → 0x50_0000 and an Arm CD table bound.
-fn arm(s1fmt: u8, s1dss: u8) -> (Viommu, Guest, u64, PageTable) {
+fn arm(s1fmt: u8, s1dss: u8) -> (Engine, Guest, u64, PageTable) {
     let (mut v, mut g) = device(config());
     assert_eq!(attach(&mut v, 1, 4), Status::Ok);
     let m = Request::Map(Map {
@@ -232,7 +232,7 @@ fn arm_descriptor_bits() {
 }
 
 /// Endpoint 4 in domain 1 with a VT-d table for PASID 1.
-fn vtd(width: u32, flags: VtdFlags) -> (Viommu, Guest, PageTable) {
+fn vtd(width: u32, flags: VtdFlags) -> (Engine, Guest, PageTable) {
     let (mut v, mut g) = device(config());
     assert_eq!(attach(&mut v, 1, 4), Status::Ok);
     let pt = PageTable::new(&mut g, Fmt::Vtd(width));

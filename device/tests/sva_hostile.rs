@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use sva_common::*;
-use vhost_device_iommu::viommu::{
-    DmaAttrs, DmaOp, DmaOutcome, DmaRequest, Limits, Viommu, PAGE_REQUESTS_PER_PAGE,
+use vhost_device_iommu::engine::{
+    DmaAttrs, DmaOp, DmaOutcome, DmaRequest, Engine, Limits, PAGE_REQUESTS_PER_PAGE,
 };
 use virtio_iommu_spec::event::FaultReason;
 use virtio_iommu_spec::ext::{PageRespCode, VtdFlags, S1DSS_SSID0, S1FMT_4KL2, S1FMT_LINEAR};
 use virtio_iommu_spec::Status;
 
-fn start(v: &mut Viommu, ep: u32, pasid: u32, iova: u64, now: Instant) -> DmaOutcome {
+fn start(v: &mut Engine, ep: u32, pasid: u32, iova: u64, now: Instant) -> DmaOutcome {
     let req = DmaRequest {
         endpoint: ep,
         pasid: Some(pasid),

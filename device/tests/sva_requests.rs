@@ -6,7 +6,7 @@ mod sva_common;
 use std::time::Instant;
 
 use sva_common::*;
-use vhost_device_iommu::viommu::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
+use vhost_device_iommu::engine::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
 use virtio_iommu_spec::ext::{
     InvalCaches, InvalScope, PageRequestCaps, PageRespCode, VtdFlags, S1DSS_SSID0, S1FMT_4KL2,
     S1FMT_64KL2, S1FMT_LINEAR,

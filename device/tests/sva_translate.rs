@@ -8,12 +8,12 @@ mod sva_common;
 use std::time::Instant;
 
 use sva_common::*;
-use vhost_device_iommu::viommu::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest, DmaTicket, Viommu};
+use vhost_device_iommu::engine::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest, DmaTicket, Engine};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode, S1DSS_SSID0, S1FMT_LINEAR};
 use virtio_iommu_spec::{FaultEvent, Status};
 
-fn dma(v: &mut Viommu, ep: u32, pasid: Option<u32>, iova: u64, op: DmaOp) -> DmaOutcome {
+fn dma(v: &mut Engine, ep: u32, pasid: Option<u32>, iova: u64, op: DmaOp) -> DmaOutcome {
     v.start_dma(
         DmaRequest {
             endpoint: ep,
@@ -26,7 +26,7 @@ fn dma(v: &mut Viommu, ep: u32, pasid: Option<u32>, iova: u64, op: DmaOp) -> Dma
     )
 }
 
-fn write(v: &mut Viommu, ep: u32, pasid: u32, iova: u64, data: &[u8]) -> DmaOutcome {
+fn write(v: &mut Engine, ep: u32, pasid: u32, iova: u64, data: &[u8]) -> DmaOutcome {
     dma(v, ep, Some(pasid), iova, DmaOp::Write(data.to_vec()))
 }
 

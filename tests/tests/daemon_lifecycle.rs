@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use common::*;
 use serde_json::{json, Value};
 use vhost_device_iommu::args::{DaemonConfig, HostKind};
-use vhost_device_iommu::viommu::ViommuConfig;
+use vhost_device_iommu::engine::EngineConfig;
 use virtio_iommu_e2e::watchdog::run_with_timeout;
 use virtio_iommu_e2e::{ControlClient, Daemon, Frontend, RawQueue};
 use virtio_iommu_spec::{Request, Status};
@@ -171,16 +171,16 @@ fn daemon_in_a_thread_through_the_library() {
         control_socket: Some(control.clone()),
         host: HostKind::Emulated,
         queue_size: 32,
-        viommu: ViommuConfig {
+        engine: EngineConfig {
             boot_bypass: false,
-            ..ViommuConfig::default()
+            ..EngineConfig::default()
         },
         vfio: Vec::new(),
         iommufd_fd: None,
     };
     let daemon = vhost_device_iommu::daemon::Daemon::new(config).unwrap();
     let stop = daemon.stop_flag();
-    let viommu = daemon.viommu();
+    let engine = daemon.engine();
     let runner = std::thread::spawn(move || daemon.run().map_err(|e| e.to_string()));
 
     let mut g = Guest::connect(&socket);
@@ -188,7 +188,7 @@ fn daemon_in_a_thread_through_the_library() {
     assert_eq!(g.send(&attach(3, 4)), Status::Ok);
     assert_eq!(g.send(&map(3, 0x4000, 0x4fff, 0x8000)), Status::Ok);
     {
-        let v = viommu.lock();
+        let v = engine.lock();
         assert_eq!(v.domain_of(4), Some(3));
         assert_eq!(v.stats().map.ok, 1);
     }

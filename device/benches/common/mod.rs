@@ -1,6 +1,6 @@
 //! Requests shared by the benchmarks: 4 KiB MAP/UNMAP in domain 1, and a direct engine call.
 
-use vhost_device_iommu::viommu::Viommu;
+use vhost_device_iommu::engine::Engine;
 use virtio_iommu_spec::request::{Map, MapFlags, Unmap};
 use virtio_iommu_spec::Request;
 
@@ -28,7 +28,7 @@ pub fn unmap_req(iova: u64) -> Request {
 }
 
 /// Sends a request straight to the engine (setup and untimed cleanup); returns the status.
-pub fn send(v: &mut Viommu, r: &Request) -> u8 {
+pub fn send(v: &mut Engine, r: &Request) -> u8 {
     let mut w = [0xffu8; 4];
     assert_eq!(v.handle_request(r.encode().as_bytes(), &mut w), 4);
     w[0]

@@ -8,7 +8,7 @@
 //! software; a host that cannot may answer them with [`HostError::Unsupported`].
 //!
 //! The engine always calls the host *before* committing a change to its own state, so that a
-//! host failure leaves both sides as they were (see `viommu`).
+//! host failure leaves both sides as they were (see `engine`).
 
 pub mod emulated;
 #[cfg(target_os = "linux")]

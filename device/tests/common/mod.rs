@@ -7,11 +7,11 @@ use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 
+use vhost_device_iommu::engine::{EndpointConfig, Engine, EngineConfig};
 use vhost_device_iommu::host::{
     Access, AttachTarget, EmulatedHost, Fault, GuestRange, HostError, HostIommu, Perm,
     ReservedRegion, SpaceId,
 };
-use vhost_device_iommu::viommu::{EndpointConfig, Viommu, ViommuConfig};
 use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Map, MapFlags, Probe, Unmap};
@@ -38,37 +38,37 @@ pub fn resv(start: u64, end: u64) -> ReservedRegion {
 }
 
 /// Endpoints 0..=15 with the x86 MSI window, boot bypass off.
-pub fn small_config() -> ViommuConfig {
-    ViommuConfig {
+pub fn small_config() -> EngineConfig {
+    EngineConfig {
         endpoints: vec![eps(0..=15, vec![ReservedRegion::x86_msi()])],
         boot_bypass: false,
-        ..ViommuConfig::default()
+        ..EngineConfig::default()
     }
 }
 
 /// A device on the emulated host with every offered feature negotiated.
-pub fn dev(cfg: ViommuConfig) -> Viommu {
-    let mut v = Viommu::new(cfg, Box::new(EmulatedHost::new())).unwrap();
+pub fn dev(cfg: EngineConfig) -> Engine {
+    let mut v = Engine::new(cfg, Box::new(EmulatedHost::new())).unwrap();
     v.negotiate(v.offered_features());
     v
 }
 
 /// A device negotiated with `features` only.
-pub fn dev_with(cfg: ViommuConfig, features: Features) -> Viommu {
-    let mut v = Viommu::new(cfg, Box::new(EmulatedHost::new())).unwrap();
+pub fn dev_with(cfg: EngineConfig, features: Features) -> Engine {
+    let mut v = Engine::new(cfg, Box::new(EmulatedHost::new())).unwrap();
     v.negotiate(features);
     v
 }
 
 /// Sends raw readable bytes with a writable part of `wlen` bytes; returns (used, writable).
-pub fn raw(v: &mut Viommu, readable: &[u8], wlen: usize) -> (usize, Vec<u8>) {
+pub fn raw(v: &mut Engine, readable: &[u8], wlen: usize) -> (usize, Vec<u8>) {
     let mut w = vec![0u8; wlen];
     let n = v.handle_request(readable, &mut w);
     (n, w)
 }
 
 /// Sends raw bytes with a 4-byte writable part and returns the status (asserting a full reply).
-pub fn raw_status(v: &mut Viommu, readable: &[u8]) -> Status {
+pub fn raw_status(v: &mut Engine, readable: &[u8]) -> Status {
     let (n, w) = raw(v, readable, 4);
     assert_eq!(n, 4, "expected a reply");
     assert_eq!(&w[1..], &[0, 0, 0], "tail reserved bytes");
@@ -76,7 +76,7 @@ pub fn raw_status(v: &mut Viommu, readable: &[u8]) -> Status {
 }
 
 /// Sends a request with the writable size the driver would use.
-pub fn send(v: &mut Viommu, r: Request) -> Status {
+pub fn send(v: &mut Engine, r: Request) -> Status {
     let probe_size = v.config_space().probe_size.get();
     let enc = r.encode();
     let (n, w) = raw(v, enc.as_bytes(), r.writable_len(probe_size));
@@ -84,7 +84,7 @@ pub fn send(v: &mut Viommu, r: Request) -> Status {
     Status::try_from(w[n - 4]).unwrap()
 }
 
-pub fn attach(v: &mut Viommu, domain: u32, endpoint: u32) -> Status {
+pub fn attach(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
     send(
         v,
         Request::Attach(Attach {
@@ -95,7 +95,7 @@ pub fn attach(v: &mut Viommu, domain: u32, endpoint: u32) -> Status {
     )
 }
 
-pub fn attach_bypass(v: &mut Viommu, domain: u32, endpoint: u32) -> Status {
+pub fn attach_bypass(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
     send(
         v,
         Request::Attach(Attach {
@@ -106,12 +106,12 @@ pub fn attach_bypass(v: &mut Viommu, domain: u32, endpoint: u32) -> Status {
     )
 }
 
-pub fn detach(v: &mut Viommu, domain: u32, endpoint: u32) -> Status {
+pub fn detach(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
     send(v, Request::Detach(Detach { domain, endpoint }))
 }
 
 pub fn map(
-    v: &mut Viommu,
+    v: &mut Engine,
     domain: u32,
     start: u64,
     end: u64,
@@ -130,7 +130,7 @@ pub fn map(
     )
 }
 
-pub fn unmap(v: &mut Viommu, domain: u32, start: u64, end: u64) -> Status {
+pub fn unmap(v: &mut Engine, domain: u32, start: u64, end: u64) -> Status {
     send(
         v,
         Request::Unmap(Unmap {
@@ -142,13 +142,13 @@ pub fn unmap(v: &mut Viommu, domain: u32, start: u64, end: u64) -> Status {
 }
 
 /// PROBE with a properties area of `area` bytes; returns (used, writable).
-pub fn probe(v: &mut Viommu, endpoint: u32, area: usize) -> (usize, Vec<u8>) {
+pub fn probe(v: &mut Engine, endpoint: u32, area: usize) -> (usize, Vec<u8>) {
     let enc = Request::Probe(Probe { endpoint }).encode();
     raw(v, enc.as_bytes(), area + 4)
 }
 
 /// The (start, end, phys, flags) of every mapping of `domain` in the dump.
-pub fn mappings(v: &Viommu, domain: u32) -> Vec<(u64, u64, u64, u32)> {
+pub fn mappings(v: &Engine, domain: u32) -> Vec<(u64, u64, u64, u32)> {
     v.dump()
         .domains
         .iter()
@@ -295,9 +295,9 @@ impl HostIommu for TestHost {
 }
 
 /// A device on a [`TestHost`], everything negotiated.
-pub fn test_dev(cfg: ViommuConfig) -> (Viommu, Arc<Mutex<Knobs>>, Arc<Mutex<usize>>) {
+pub fn test_dev(cfg: EngineConfig) -> (Engine, Arc<Mutex<Knobs>>, Arc<Mutex<usize>>) {
     let (h, knobs, spaces) = TestHost::new();
-    let mut v = Viommu::new(cfg, Box::new(h)).unwrap();
+    let mut v = Engine::new(cfg, Box::new(h)).unwrap();
     v.negotiate(v.offered_features());
     (v, knobs, spaces)
 }

@@ -4,8 +4,8 @@
 // Each test binary uses a different subset of the helpers.
 #![allow(dead_code)]
 
+use vhost_device_iommu::engine::{EndpointConfig, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::EmulatedHost;
-use vhost_device_iommu::viommu::{EndpointConfig, Limits, Viommu, ViommuConfig};
 use virtio_iommu_spec::ext::{
     InvalCaches, InvalScope, PageRespCode, TableFormat, VtdFlags, S1DSS_SSID0, S1FMT_LINEAR,
 };
@@ -22,7 +22,7 @@ pub const TABLES: u64 = 8 << 20;
 
 /// Endpoints 0..=3: PASIDs (8 bits), page requests, both formats. 4..=5: same without page
 /// requests. 6: no table format.
-pub fn config() -> ViommuConfig {
+pub fn config() -> EngineConfig {
     let ep = |ids, page_requests, table_formats| EndpointConfig {
         ids,
         reserved: Vec::new(),
@@ -31,7 +31,7 @@ pub fn config() -> ViommuConfig {
         table_formats,
     };
     let both = vec![TableFormat::ArmSmmuV3, TableFormat::Vtd];
-    ViommuConfig {
+    EngineConfig {
         endpoints: vec![
             ep(0..=3, true, both.clone()),
             ep(4..=5, false, both),
@@ -44,7 +44,7 @@ pub fn config() -> ViommuConfig {
             max_page_request_groups: 4,
             ..Limits::default()
         },
-        ..ViommuConfig::default()
+        ..EngineConfig::default()
     }
 }
 
@@ -238,7 +238,7 @@ impl PageTable {
 // ---- requests ----------------------------------------------------------------------------
 
 /// Sends a request and returns its status (asserting a full reply).
-pub fn send(v: &mut Viommu, r: Request) -> Status {
+pub fn send(v: &mut Engine, r: Request) -> Status {
     let enc = r.encode();
     let mut w = vec![0u8; r.writable_len(v.config_space().probe_size.get())];
     let n = v.handle_request(enc.as_bytes(), &mut w);
@@ -246,7 +246,7 @@ pub fn send(v: &mut Viommu, r: Request) -> Status {
     Status::try_from(w[n - 4]).unwrap()
 }
 
-pub fn attach(v: &mut Viommu, domain: u32, endpoint: u32) -> Status {
+pub fn attach(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
     send(
         v,
         Request::Attach(Attach {
@@ -257,7 +257,7 @@ pub fn attach(v: &mut Viommu, domain: u32, endpoint: u32) -> Status {
     )
 }
 
-pub fn attach_table(v: &mut Viommu, domain: u32, endpoint: u32, table: TableDesc) -> Status {
+pub fn attach_table(v: &mut Engine, domain: u32, endpoint: u32, table: TableDesc) -> Status {
     send(
         v,
         Request::AttachTable(AttachTable {
@@ -286,7 +286,7 @@ pub fn vtd_desc(pasid: u32, addr_width: u32, pgd: u64, flags: VtdFlags) -> Table
     }
 }
 
-pub fn invalidate(v: &mut Viommu, domain: u32, caches: InvalCaches, scope: InvalScope) -> Status {
+pub fn invalidate(v: &mut Engine, domain: u32, caches: InvalCaches, scope: InvalScope) -> Status {
     send(
         v,
         Request::Invalidate(Invalidate {
@@ -300,7 +300,7 @@ pub fn invalidate(v: &mut Viommu, domain: u32, caches: InvalCaches, scope: Inval
 }
 
 pub fn page_resp(
-    v: &mut Viommu,
+    v: &mut Engine,
     endpoint: u32,
     pasid: Option<u32>,
     group_id: u16,
@@ -321,8 +321,8 @@ pub fn page_resp(
 pub const ALL_CACHES: InvalCaches = InvalCaches::all();
 
 /// A device on the emulated host, every offered feature negotiated, with guest memory.
-pub fn device(cfg: ViommuConfig) -> (Viommu, Guest) {
-    let mut v = Viommu::new(cfg, Box::new(EmulatedHost::new())).unwrap();
+pub fn device(cfg: EngineConfig) -> (Engine, Guest) {
+    let mut v = Engine::new(cfg, Box::new(EmulatedHost::new())).unwrap();
     v.negotiate(v.offered_features());
     let g = Guest::new();
     v.set_guest_memory(g.mem.clone());
@@ -334,7 +334,7 @@ pub fn device(cfg: ViommuConfig) -> (Viommu, Guest) {
 /// (one table per PASID, see [`Sva::bind`]).
 #[derive(Debug)]
 pub struct Sva {
-    pub v: Viommu,
+    pub v: Engine,
     pub g: Guest,
     pub fmt: Fmt,
     pub ep: u32,
@@ -347,7 +347,7 @@ impl Sva {
         Self::with_config(fmt, ep, config())
     }
 
-    pub fn with_config(fmt: Fmt, ep: u32, cfg: ViommuConfig) -> Self {
+    pub fn with_config(fmt: Fmt, ep: u32, cfg: EngineConfig) -> Self {
         let (mut v, mut g) = device(cfg);
         assert_eq!(attach(&mut v, 1, ep), Status::Ok);
         let mut cds = 0;

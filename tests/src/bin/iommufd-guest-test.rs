@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use vhost_device_iommu::host::iommufd::selftest::{self as st, RegionInfo};
 use vhost_device_iommu::host::iommufd::{
-    config, IommufdConfig, IommufdHost, VfioEndpoint, VfioSource,
+    vfio_endpoint, IommufdConfig, IommufdHost, VfioEndpoint, VfioSource,
 };
 use vhost_device_iommu::host::{AttachTarget, HostError, HostIommu, Perm, ReservedRegion, SpaceId};
 use virtio_iommu_spec::event::{FaultEvent, FaultFlags, FaultReason, PageRequest};
@@ -792,7 +792,7 @@ fn edu_cdev(r: &mut Report, bdf: &str) -> Option<(VfioEndpoint, PathBuf)> {
         );
         return None;
     };
-    let cdev = match config::resolve_pci(Path::new(config::SYSFS_PCI), &norm) {
+    let cdev = match vfio_endpoint::resolve_pci(Path::new(vfio_endpoint::SYSFS_PCI), &norm) {
         Ok(p) => p,
         Err(e) => {
             r.check(false, format!("resolve {bdf}: {e}"));

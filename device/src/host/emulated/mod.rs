@@ -7,7 +7,7 @@
 //! IOMMU translated it fine, there is just nothing behind it (a bus error, not an IOMMU fault).
 //!
 //! Guest tables bound with ATTACH_TABLE (vSVA) are walked in software ([`nested`]): stage 1
-//! from the guest's SMMUv3 CD table + AArch64 tables ([`smmuv3`], [`aarch64`]) or x86-64
+//! from the guest's SMMUv3 CD table + AArch64 tables ([`smmuv3_cd`], [`aarch64`]) or x86-64
 //! first-stage table ([`x86`]), stage 2 the identity over guest RAM.
 
 pub mod aarch64;
@@ -16,7 +16,7 @@ mod host_impl;
 mod iotlb;
 pub mod nested;
 pub mod s1tlb;
-pub mod smmuv3;
+pub mod smmuv3_cd;
 mod space;
 #[cfg(test)]
 mod test_support;

@@ -12,7 +12,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::s1tlb::{S1Caches, S1Stats, Selector, Tag};
 use super::walk::{AccessReq, Leaf, WalkError};
-use super::{aarch64, smmuv3, x86};
+use super::{aarch64, smmuv3_cd, x86};
 use crate::host::{HostError, SpaceId, TableId};
 
 /// Default cap on nested tables.
@@ -192,7 +192,7 @@ impl Nested {
                 let cd = match self.caches.cd(id, ssid) {
                     Some(cd) => cd,
                     None => {
-                        let cd = smmuv3::fetch_cd(mem, s1fmt, s1contextptr, s1cdmax, ssid)?;
+                        let cd = smmuv3_cd::fetch_cd(mem, s1fmt, s1contextptr, s1cdmax, ssid)?;
                         self.caches.insert_cd(id, ssid, cd);
                         cd
                     }

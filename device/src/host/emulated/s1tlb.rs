@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::smmuv3::ContextDesc;
+use super::smmuv3_cd::ContextDesc;
 use super::walk::{Leaf, PAGE_SHIFT};
 use crate::host::TableId;
 

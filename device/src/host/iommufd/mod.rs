@@ -15,8 +15,7 @@
 //! Every kernel object is destroyed by the operation that ends its use and, at the latest, on
 //! drop. All `unsafe` lives in [`sys`].
 
-pub mod config;
-pub mod device;
+pub mod bound_device;
 pub mod error;
 pub mod fault;
 mod guest_memory;
@@ -24,10 +23,11 @@ mod host_impl;
 mod nesting;
 pub mod ranges;
 pub mod selftest;
-pub mod smmuv3;
+pub mod smmuv3_encode;
 mod sys;
-mod viommu;
+pub mod vfio_endpoint;
 mod vmm_bound;
+mod vsmmu;
 mod vtd;
 
 use std::collections::BTreeMap;
@@ -42,15 +42,15 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 #[cfg(doc)] // Only named in doc links.
 use super::HostIommu;
 use super::ReservedRegion;
-pub use config::{VfioEndpoint, VfioSource};
-use device::{BoundDevice, DeviceKind};
+use bound_device::{BoundDevice, DeviceKind};
 use error::ioctl_err;
 pub use error::IommufdError;
 use fault::FaultQueue;
 use nesting::{Nested, Parent};
 pub use sys::{HwInfo, RegionInfo};
-pub use viommu::SmmuIds;
+pub use vfio_endpoint::{VfioEndpoint, VfioSource};
 use vmm_bound::WaitingDevice;
+pub use vsmmu::SmmuIds;
 
 /// Configuration of the iommufd backend.
 #[derive(Debug, Clone, Default)]
@@ -104,7 +104,7 @@ pub struct IommufdHost {
     /// VMM-bound devices whose bind has not been seen yet (shared iommufd only).
     waiting: BTreeMap<u32, WaitingDevice>,
     /// SMMUv3-style nesting: vIOMMUs, vDEVICEs, vEVENTQs.
-    smmu: viommu::Viommus,
+    smmu: vsmmu::VsmmuObjects,
     /// Epoll set of the host's event fds (fault queue, vEVENTQs), for the daemon to poll.
     events: File,
 }
@@ -143,7 +143,7 @@ impl IommufdHost {
             faults: None,
             page_requests: cfg.page_requests,
             waiting: BTreeMap::new(),
-            smmu: viommu::Viommus::default(),
+            smmu: vsmmu::VsmmuObjects::default(),
             events: sys::epoll_new().map_err(ioctl_err("epoll_create1"))?,
         };
         for ep in &cfg.endpoints {
@@ -380,7 +380,7 @@ impl IommufdHost {
 
     /// A duplicate of the fd that is readable while the host has events for the guest (page
     /// requests on the fault queue, vEVENTQ records; queues created later join it): on
-    /// EPOLLIN, call [`HostIommu::poll_event`] (e.g. `Viommu::poll_host`) until it returns
+    /// EPOLLIN, call [`HostIommu::poll_event`] (e.g. `Engine::poll_host`) until it returns
     /// `None`.
     ///
     /// # Errors

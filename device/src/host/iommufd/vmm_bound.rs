@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use log::{error, info, warn};
 
-use super::device::{BoundDevice, DeviceKind};
+use super::bound_device::{BoundDevice, DeviceKind};
 use super::{sys, IommufdHost};
 use crate::host::ReservedRegion;
 

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use virtio_iommu_spec::{RequestType, Status};
 
-use super::events::EventCounters;
+use super::event_queue::EventCounters;
 use super::prq::PageRequestCounters;
 
 /// Completions of one request type, by status.
@@ -70,7 +70,7 @@ impl RequestCounters {
     }
 }
 
-/// Everything [`super::Viommu::stats`] reports.
+/// Everything [`super::Engine::stats`] reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
     /// ATTACH.

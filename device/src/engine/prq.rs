@@ -1,5 +1,5 @@
 //! Outstanding page-request groups: who raised them, when they time out, and the per-endpoint
-//! and global bounds. No I/O; [`super::Viommu`] acts on what this decides.
+//! and global bounds. No I/O; [`super::Engine`] acts on what this decides.
 //!
 //! A group is identified by `(endpoint, group_id)`. Groups the emulated DMA raises get an ID
 //! from a device-wide counter, skipping IDs the endpoint still has outstanding; groups a host
@@ -13,7 +13,7 @@ use serde::Serialize;
 /// Who waits for a group's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Origin {
-    /// An emulated DMA (a ticket of [`super::dma`]).
+    /// An emulated DMA (a ticket of [`super::device_dma`]).
     Dma(u64),
     /// The host backend (its fault queue gets the response).
     Host,

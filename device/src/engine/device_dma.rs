@@ -1,11 +1,11 @@
 //! DMA of a simulated endpoint that can wait for page requests, and the engine's side of
 //! PAGE_RESP.
 //!
-//! [`Viommu::start_dma`] copies piece by piece through the host's translation. A recoverable
+//! [`Engine::start_dma`] copies piece by piece through the host's translation. A recoverable
 //! stage-1 fault (entry not present, permission, access flag) of an endpoint with page-request
 //! capability, with `F_PAGE_REQUEST` negotiated, queues a page request (one group, LAST set)
 //! and parks the DMA behind a [`DmaTicket`]. The caller drops the engine lock, lets the queue
-//! thread deliver the event and process PAGE_RESP, and calls [`Viommu::resume_dma`]:
+//! thread deliver the event and process PAGE_RESP, and calls [`Engine::resume_dma`]:
 //! SUCCESS retries the walk from where it stopped, INVALID / FAILURE / timeout fail the DMA with
 //! an unrecoverable fault (queued as an event like any other).
 
@@ -20,7 +20,7 @@ use virtio_iommu_spec::{Event, FaultEvent, Features, PageRequest, Status};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
 
 use super::prq::Origin;
-use super::Viommu;
+use super::Engine;
 use crate::host::{Access, DmaAttrs, Fault};
 
 /// Page requests one page of a DMA may raise (the first and the retries after SUCCESS) before
@@ -64,7 +64,7 @@ pub enum DmaOutcome {
     Done(Vec<u8>),
     /// Failed with this fault (already queued as an event, unless the endpoint is unknown).
     Fault(FaultEvent),
-    /// Waiting for a page response: call [`Viommu::resume_dma`] later.
+    /// Waiting for a page response: call [`Engine::resume_dma`] later.
     Pending(DmaTicket),
 }
 
@@ -134,7 +134,7 @@ impl Dmas {
     }
 }
 
-impl Viommu {
+impl Engine {
     /// Starts a DMA. Returns `Done` or `Fault` at once, or `Pending` when it waits for a page
     /// response; nothing is parked unless it returns `Pending`.
     pub fn start_dma(&mut self, req: DmaRequest, now: Instant) -> DmaOutcome {

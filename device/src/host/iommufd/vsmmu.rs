@@ -24,7 +24,7 @@ use virtio_iommu_spec::Event;
 
 use super::error::host_err;
 use super::nesting::Nested;
-use super::smmuv3::{self, SteCfg};
+use super::smmuv3_encode::{self, SteCfg};
 use super::sys::{self, HwInfo};
 use super::IommufdHost;
 use crate::host::{HostError, SpaceId, TableId};
@@ -97,7 +97,7 @@ impl Flavour {
         match self {
             Flavour::ArmSmmuV3 { .. } => (
                 b::iommu_veventq_type_IOMMU_VEVENTQ_TYPE_ARM_SMMUV3,
-                smmuv3::EVENT_SIZE,
+                smmuv3_encode::EVENT_SIZE,
             ),
             Flavour::Selftest => (VEVENTQ_TYPE_SELFTEST, 4),
         }
@@ -116,7 +116,7 @@ impl Flavour {
         };
         match self {
             Flavour::ArmSmmuV3 { stall_disable, .. } => {
-                let ste = smmuv3::vste(
+                let ste = smmuv3_encode::vste(
                     SteCfg::S1Translate,
                     s1fmt,
                     s1dss,
@@ -126,7 +126,7 @@ impl Flavour {
                 )?;
                 Ok((
                     b::iommu_hwpt_data_type_IOMMU_HWPT_DATA_ARM_SMMUV3,
-                    smmuv3::le_bytes(&ste),
+                    smmuv3_encode::le_bytes(&ste),
                 ))
             }
             // struct iommu_hwpt_selftest {iotlb, pagetable_type}: the mock walks no table.
@@ -142,12 +142,12 @@ impl Flavour {
     pub(super) fn inval_entries(self, inval: &Invalidate, vsid: u32) -> (u32, u32, Vec<u8>) {
         match self {
             Flavour::ArmSmmuV3 { range_inv, .. } => {
-                let cmds = smmuv3::commands(inval, vsid, range_inv);
+                let cmds = smmuv3_encode::commands(inval, vsid, range_inv);
                 let words: Vec<u64> = cmds.iter().flatten().copied().collect();
                 (
                     b::iommu_hwpt_invalidate_data_type_IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3,
                     16,
-                    smmuv3::le_bytes(&words),
+                    smmuv3_encode::le_bytes(&words),
                 )
             }
             // iommu_viommu_invalidate_selftest {flags, vdev_id, cache_id}: the mock device's
@@ -186,9 +186,9 @@ impl Flavour {
     fn decode(self, rec: &[u8]) -> Option<(u32, FaultEvent)> {
         match self {
             Flavour::ArmSmmuV3 { .. } => {
-                let r: &[u8; smmuv3::EVENT_SIZE] = rec.try_into().ok()?;
-                let vsid = smmuv3::event_sid(r);
-                Some((vsid, smmuv3::event_to_fault(r, vsid)))
+                let r: &[u8; smmuv3_encode::EVENT_SIZE] = rec.try_into().ok()?;
+                let vsid = smmuv3_encode::event_sid(r);
+                Some((vsid, smmuv3_encode::event_to_fault(r, vsid)))
             }
             // iommu_viommu_event_selftest {virt_id}: no reason or address.
             Flavour::Selftest => {
@@ -289,14 +289,14 @@ pub struct SmmuIds {
 
 /// All vIOMMU state of the backend.
 #[derive(Debug, Default)]
-pub(super) struct Viommus {
+pub(super) struct VsmmuObjects {
     by_ioas: BTreeMap<u32, VIommu>,
     /// Nested HWPT → (parent IOAS, endpoint).
     tables: BTreeMap<u32, (u32, u32)>,
     ready: VecDeque<Event>,
 }
 
-impl Viommus {
+impl VsmmuObjects {
     /// Whether `hwpt` is a table of this path.
     pub(super) fn owns(&self, hwpt: u32) -> bool {
         self.tables.contains_key(&hwpt)
@@ -549,7 +549,7 @@ impl IommufdHost {
     }
 
     fn fill_vevents(&mut self) {
-        let Viommus { by_ioas, ready, .. } = &mut self.smmu;
+        let VsmmuObjects { by_ioas, ready, .. } = &mut self.smmu;
         for v in by_ioas.values_mut() {
             let flavour = v.flavour;
             let (_, rec_len) = flavour.veventq();

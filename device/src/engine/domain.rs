@@ -13,15 +13,15 @@ use virtio_iommu_spec::request::{
 };
 use virtio_iommu_spec::{Features, Status};
 
-use super::config::{EndpointTable, ViommuConfig};
 use super::dump::{DomainDump, MappingDump};
-use super::mappings::{Mapping, MappingStore, WouldSplit};
+use super::engine_config::{EndpointTable, EngineConfig};
+use super::mapping_store::{Mapping, MappingStore, WouldSplit};
 use super::tables::{range_last, Tables};
 use crate::host::{AttachTarget, HostError, HostIommu, Perm, SpaceId};
 
 /// What a request handler may use besides the domain state.
 pub(super) struct Ctx<'a> {
-    pub(super) cfg: &'a ViommuConfig,
+    pub(super) cfg: &'a EngineConfig,
     pub(super) endpoints: &'a EndpointTable,
     pub(super) negotiated: Features,
     pub(super) host: &'a mut dyn HostIommu,

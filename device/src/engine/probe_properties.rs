@@ -5,7 +5,7 @@ use virtio_iommu_spec::ext::PageRequestCaps;
 use virtio_iommu_spec::probe::NoSpace;
 use virtio_iommu_spec::{Features, ProbeWriter, Property};
 
-use super::config::EndpointConfig;
+use super::engine_config::EndpointConfig;
 
 /// The properties of `ep`, in the order they are written.
 pub(super) fn properties(

@@ -1,6 +1,6 @@
 //! The virtio-iommu semantics engine: pure state, no sockets, threads or files.
 //!
-//! [`Viommu`] owns the device state (config space, negotiated features, domains, mappings,
+//! [`Engine`] owns the device state (config space, negotiated features, domains, mappings,
 //! pending events) and answers requests byte-for-byte as the virtio specification and the
 //! project's fact sheet (`virtio-iommu-protocol.md` §1.4–1.10, §4) require. It drives a
 //! [`HostIommu`] so that the host always mirrors what the guest asked for.
@@ -10,13 +10,13 @@
 //! S_INVAL, unknown endpoint or domain → S_NOENT, limits → S_NOMEM with nothing changed,
 //! host errors → S_NOMEM (host out of room), S_UNSUPP (host cannot) or S_DEVERR.
 
-pub mod config;
-mod dma;
+mod device_dma;
 mod domain;
 pub mod dump;
-pub mod events;
-pub mod mappings;
-mod probe;
+pub mod engine_config;
+pub mod event_queue;
+pub mod mapping_store;
+mod probe_properties;
 mod prq;
 pub mod stats;
 mod tables;
@@ -31,20 +31,20 @@ use virtio_iommu_spec::{Config, Event, FaultEvent, Features, Request, RequestTyp
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use zerocopy::IntoBytes;
 
-pub use self::config::{
-    ConfigError, EndpointConfig, Limits, ViommuConfig, DEFAULT_PAGE_REQUEST_GROUPS,
-};
-pub use self::dma::{DmaOp, DmaOutcome, DmaRequest, DmaTicket, PAGE_REQUESTS_PER_PAGE};
+pub use self::device_dma::{DmaOp, DmaOutcome, DmaRequest, DmaTicket, PAGE_REQUESTS_PER_PAGE};
 pub use self::dump::{DomainDump, Dump, MappingDump};
-pub use self::events::{EventBytes, EventCounters};
+pub use self::engine_config::{
+    ConfigError, EndpointConfig, EngineConfig, Limits, DEFAULT_PAGE_REQUEST_GROUPS,
+};
+pub use self::event_queue::{EventBytes, EventCounters};
 pub use self::prq::PageRequestCounters;
 pub use self::stats::{RequestCounters, Stats};
 pub use crate::host::{Access, DmaAttrs, GuestRange as Translation, ReservedRegion};
 
-use self::config::EndpointTable;
-use self::dma::Dmas;
+use self::device_dma::Dmas;
 use self::domain::{Ctx, Domains};
-use self::events::{Delivery, EventQueue};
+use self::engine_config::EndpointTable;
+use self::event_queue::{Delivery, EventQueue};
 use self::prq::PageRequests;
 use crate::host::{Fault, HostIommu};
 
@@ -107,8 +107,8 @@ impl std::error::Error for ConfigWriteError {}
 
 /// The device model.
 #[derive(Debug)]
-pub struct Viommu {
-    cfg: ViommuConfig,
+pub struct Engine {
+    cfg: EngineConfig,
     endpoints: EndpointTable,
     host: Box<dyn HostIommu>,
     offered: Features,
@@ -117,20 +117,20 @@ pub struct Viommu {
     domains: Domains,
     events: EventQueue,
     stats: Stats,
-    /// Guest memory, for the DMA the engine copies itself ([`Viommu::start_dma`]).
+    /// Guest memory, for the DMA the engine copies itself ([`Engine::start_dma`]).
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     prq: PageRequests,
     dmas: Dmas,
 }
 
-impl Viommu {
+impl Engine {
     /// Validates `cfg` and builds the device in its power-on state, telling `host` the
     /// unattached default and every endpoint's reserved regions.
     ///
     /// # Errors
     /// A [`ConfigError`] naming the first problem found.
-    pub fn new(mut cfg: ViommuConfig, mut host: Box<dyn HostIommu>) -> Result<Self, ConfigError> {
-        config::validate(&cfg)?;
+    pub fn new(mut cfg: EngineConfig, mut host: Box<dyn HostIommu>) -> Result<Self, ConfigError> {
+        engine_config::validate(&cfg)?;
         let endpoints = EndpointTable::new(std::mem::take(&mut cfg.endpoints))?;
         let mut offered = Features::MAP_UNMAP
             | Features::INPUT_RANGE
@@ -142,7 +142,7 @@ impl Viommu {
         offered.set(Features::PAGE_REQUEST, cfg.offer_page_request);
         let probe_size = usize::try_from(cfg.probe_size).unwrap_or(usize::MAX);
         for ep in endpoints.iter() {
-            let need = probe::encoded_len(ep, offered);
+            let need = probe_properties::encoded_len(ep, offered);
             if need > probe_size {
                 return Err(ConfigError::ProbeSizeTooSmall {
                     need,
@@ -158,7 +158,7 @@ impl Viommu {
             l.max_page_request_groups_total,
             l.page_request_timeout,
         );
-        Ok(Viommu {
+        Ok(Engine {
             bypass: cfg.boot_bypass,
             events: EventQueue::new(cfg.limits.max_pending_events),
             mem: None,
@@ -278,7 +278,7 @@ impl Viommu {
         std::mem::replace(&mut self.host, replacement)
     }
 
-    /// System reset: [`Viommu::reset`] and `bypass` back to its boot value.
+    /// System reset: [`Engine::reset`] and `bypass` back to its boot value.
     pub fn system_reset(&mut self) {
         self.reset();
         self.bypass = self.cfg.boot_bypass;
@@ -397,7 +397,7 @@ impl Viommu {
         let Some((_, ep)) = self.endpoints.find(endpoint) else {
             return Status::NoEnt;
         };
-        if probe::write(ep, self.offered, self.prq.max_per_endpoint(), area).is_err() {
+        if probe_properties::write(ep, self.offered, self.prq.max_per_endpoint(), area).is_err() {
             // Cannot happen: `new` checked that every endpoint's properties fit probe_size.
             area.fill(0);
             return Status::DevErr;
@@ -567,7 +567,7 @@ impl Viommu {
     /// DMA read through the IOMMU into `buf`.
     ///
     /// # Errors
-    /// As [`Viommu::translate`], for the first byte that failed; a translated address outside
+    /// As [`Engine::translate`], for the first byte that failed; a translated address outside
     /// guest RAM faults with reason UNKNOWN. The fault is queued as an event.
     pub fn dma_read(
         &mut self,
@@ -585,7 +585,7 @@ impl Viommu {
     /// DMA write of `data` through the IOMMU.
     ///
     /// # Errors
-    /// As [`Viommu::dma_read`].
+    /// As [`Engine::dma_read`].
     pub fn dma_write(
         &mut self,
         endpoint: u32,

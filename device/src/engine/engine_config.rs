@@ -81,9 +81,9 @@ impl Default for EndpointConfig {
     }
 }
 
-/// Configuration of a [`super::Viommu`].
+/// Configuration of a [`super::Engine`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ViommuConfig {
+pub struct EngineConfig {
     /// Supported page sizes; the lowest set bit is the granule.
     pub page_size_mask: u64,
     /// Valid input addresses, inclusive.
@@ -106,11 +106,11 @@ pub struct ViommuConfig {
     pub offer_page_request: bool,
 }
 
-impl Default for ViommuConfig {
+impl Default for EngineConfig {
     /// QEMU's defaults: 4 KiB granule, full 64-bit input and 32-bit domain ranges,
     /// 512-byte probe area, boot bypass on.
     fn default() -> Self {
-        ViommuConfig {
+        EngineConfig {
             page_size_mask: 0xffff_ffff_ffff_f000,
             input_range: (0, u64::MAX),
             domain_range: (0, u32::MAX),
@@ -185,7 +185,7 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Checks the parts of a configuration that do not depend on PROBE encoding.
-pub(super) fn validate(cfg: &ViommuConfig) -> Result<(), ConfigError> {
+pub(super) fn validate(cfg: &EngineConfig) -> Result<(), ConfigError> {
     if cfg.page_size_mask == 0 {
         return Err(ConfigError::NoPageSize);
     }
@@ -277,9 +277,9 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert_eq!(validate(&ViommuConfig::default()), Ok(()));
-        let bad = |f: &dyn Fn(&mut ViommuConfig)| {
-            let mut c = ViommuConfig::default();
+        assert_eq!(validate(&EngineConfig::default()), Ok(()));
+        let bad = |f: &dyn Fn(&mut EngineConfig)| {
+            let mut c = EngineConfig::default();
             f(&mut c);
             validate(&c).unwrap_err()
         };
