@@ -11,34 +11,42 @@
 //! first-stage table ([`x86`]), stage 2 the identity over guest RAM.
 
 pub mod aarch64;
-mod dma;
-mod host_impl;
+mod attachments;
 mod iotlb;
 pub mod nested;
 pub mod s1tlb;
 pub mod smmuv3_cd;
 mod space;
 #[cfg(test)]
-mod test_support;
-mod translate;
+mod tests;
 pub mod walk;
 pub mod x86;
 
-use std::collections::{HashMap, VecDeque};
 use std::ops::RangeInclusive;
 
-use virtio_iommu_spec::Event;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use log::{debug, warn};
+use virtio_iommu_spec::event::FaultReason;
+use virtio_iommu_spec::probe::ResvMemSubtype;
+use virtio_iommu_spec::request::{Invalidate, TableDesc};
+use vm_memory::{
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion,
+};
 
 pub use iotlb::{IotlbStats, IOTLB_ENTRIES};
-pub use space::{AddressSpace, HostMapping};
-
 pub use nested::{NestedTable, DEFAULT_MAX_TABLES};
 pub use s1tlb::S1Stats;
+pub use space::{AddressSpace, AddressSpaces, HostMapping};
 
-use super::{AttachTarget, ReservedRegion, SpaceId, TableId};
+use super::{
+    Access, AttachTarget, DmaAttrs, Fault, GuestRange, HostError, HostIommu, Perm, ReservedRegion,
+    SpaceId, TableId, TranslateFault,
+};
+use attachments::Attachments;
 use iotlb::Iotlb;
-use nested::Nested;
+use nested::{Nested, Route};
+use s1tlb::Tag;
+use walk::{AccessReq, WalkError};
 
 /// Default cap on address spaces (one per mapped domain).
 pub const DEFAULT_MAX_SPACES: usize = 1 << 16;
@@ -46,17 +54,11 @@ pub const DEFAULT_MAX_SPACES: usize = 1 << 16;
 /// The software IOMMU.
 #[derive(Debug)]
 pub struct EmulatedHost {
-    spaces: HashMap<SpaceId, AddressSpace>,
-    next_space: u32,
-    max_spaces: usize,
-    attachments: HashMap<(u32, Option<u32>), AttachTarget>,
-    unattached_bypass: bool,
-    /// Sorted, disjoint endpoint ranges with their regions.
-    reserved: Vec<(RangeInclusive<u32>, Vec<ReservedRegion>)>,
+    spaces: AddressSpaces,
+    attachments: Attachments,
     iotlb: Iotlb,
     nested: Nested,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
-    events: VecDeque<Event>,
 }
 
 impl Default for EmulatedHost {
@@ -76,16 +78,11 @@ impl EmulatedHost {
     #[must_use]
     pub fn with_max_spaces(max_spaces: usize) -> Self {
         EmulatedHost {
-            spaces: HashMap::new(),
-            next_space: 1,
-            max_spaces,
-            attachments: HashMap::new(),
-            unattached_bypass: false,
-            reserved: Vec::new(),
+            spaces: AddressSpaces::new(max_spaces),
+            attachments: Attachments::default(),
             iotlb: Iotlb::default(),
             nested: Nested::default(),
             mem: None,
-            events: VecDeque::new(),
         }
     }
 
@@ -116,7 +113,7 @@ impl EmulatedHost {
     /// The address space behind a handle.
     #[must_use]
     pub fn space(&self, id: SpaceId) -> Option<&AddressSpace> {
-        self.spaces.get(&id)
+        self.spaces.get(id)
     }
 
     /// Number of live address spaces.
@@ -128,24 +125,362 @@ impl EmulatedHost {
     /// The explicit attachment of `(endpoint, pasid)`, if any.
     #[must_use]
     pub fn attachment(&self, endpoint: u32, pasid: Option<u32>) -> Option<AttachTarget> {
-        self.attachments.get(&(endpoint, pasid)).copied()
-    }
-
-    /// Queues an event as if the hardware had raised it (tests, fault injection).
-    pub fn inject_event(&mut self, event: Event) {
-        self.events.push_back(event);
+        self.attachments.get(endpoint, pasid)
     }
 
     /// Drops one user of a replaced or removed attachment's space or table.
     fn release(&mut self, target: AttachTarget) {
         match target {
-            AttachTarget::Space(id) => {
-                if let Some(s) = self.spaces.get_mut(&id) {
-                    s.users = s.users.saturating_sub(1);
-                }
-            }
+            AttachTarget::Space(id) => self.spaces.release(id),
             AttachTarget::Table(id) => self.nested.release(id),
             AttachTarget::Bypass | AttachTarget::Blocked => {}
         }
     }
+
+    /// Where DMA of `(endpoint, pasid)` goes.
+    fn target_of(&self, endpoint: u32, pasid: Option<u32>) -> AttachTarget {
+        self.attachments.target_of(endpoint, pasid, |id| {
+            self.nested
+                .get(id)
+                .is_some_and(|t| matches!(t.desc, TableDesc::ArmSmmuV3 { .. }))
+        })
+    }
+
+    /// Translation through an address space: reserved regions, then the IOTLB and the space.
+    fn translate_space(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        space: SpaceId,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<GuestRange, Fault> {
+        let fault = |reason| Fault {
+            reason,
+            address: iova,
+        };
+        if let Some(r) = self
+            .attachments
+            .regions_of(endpoint)
+            .iter()
+            .find(|r| r.start <= iova && iova <= r.end)
+        {
+            return match r.kind {
+                ResvMemSubtype::Msi => Ok(GuestRange {
+                    gpa: iova,
+                    len: cut(iova, r.end, len),
+                }),
+                ResvMemSubtype::Reserved => Err(fault(FaultReason::Mapping)),
+            };
+        }
+        let m = match self.iotlb.lookup(endpoint, pasid, space, iova) {
+            Some(m) => m,
+            None => {
+                let Some(s) = self.spaces.get(space) else {
+                    warn!("endpoint {endpoint} attached to missing space {space:?}");
+                    return Err(fault(FaultReason::Unknown));
+                };
+                let m = s.lookup(iova).ok_or(fault(FaultReason::Mapping))?;
+                self.iotlb.insert(endpoint, pasid, space, iova, m);
+                m
+            }
+        };
+        if !m.perm.contains(access.perm()) {
+            return Err(fault(FaultReason::Mapping));
+        }
+        Ok(GuestRange {
+            // Cannot overflow: `map` refused mappings whose output end passes 2^64.
+            gpa: m.phys + (iova - m.iova),
+            len: cut(iova, m.last, len),
+        })
+    }
+
+    /// Nested translation through a guest table: stage 1 by walking it, stage 2 the identity
+    /// over guest RAM (the range is cut at the end of the leaf page and of the RAM region).
+    #[allow(clippy::too_many_arguments)] // the DMA's full description
+    fn translate_table(
+        &mut self,
+        id: TableId,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+        attrs: DmaAttrs,
+    ) -> Result<GuestRange, TranslateFault> {
+        let walk_fault = |e: WalkError| TranslateFault {
+            fault: Fault {
+                reason: e.reason(),
+                address: iova,
+            },
+            recoverable: e.recoverable(),
+        };
+        let ssid = match self.nested.route(id, pasid).map_err(walk_fault)? {
+            Route::Stage1(ssid) => ssid,
+            Route::Parent(Some(space)) => {
+                return self
+                    .translate_space(endpoint, pasid, space, iova, len, access)
+                    .map_err(|fault| TranslateFault {
+                        fault,
+                        recoverable: false,
+                    })
+            }
+            Route::Parent(None) => return Err(walk_fault(WalkError::NoContext)),
+        };
+        let Some(mem) = self.mem.clone() else {
+            return Err(walk_fault(WalkError::Malformed));
+        };
+        let guard = mem.memory();
+        let req = AccessReq::new(access, attrs);
+        let tag = Tag {
+            table: id,
+            endpoint,
+            pasid,
+            ssid,
+            asid: None,
+        };
+        let leaf = self
+            .nested
+            .translate(&guard, tag, iova, req)
+            .map_err(walk_fault)?;
+        let gpa = leaf.gpa | (iova - leaf.va);
+        let outside = TranslateFault {
+            fault: Fault {
+                reason: FaultReason::Unknown,
+                address: iova,
+            },
+            recoverable: false,
+        };
+        let region = guard.find_region(GuestAddress(gpa)).ok_or(outside)?;
+        let region_last = region
+            .start_addr()
+            .0
+            .saturating_add(region.len().saturating_sub(1));
+        Ok(GuestRange {
+            gpa,
+            len: cut(iova, leaf.last(), len).min(cut(gpa, region_last, len)),
+        })
+    }
+
+    /// Copies between a DMA buffer and guest memory, one translated piece at a time.
+    fn dma(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: usize,
+        access: Access,
+        mut copy: impl FnMut(&GuestMemoryMmap, usize, usize, GuestAddress) -> usize,
+    ) -> Result<(), Fault> {
+        let mem = self.mem.clone();
+        let guard = mem.as_ref().map(GuestMemoryAtomic::memory);
+        let mut done = 0usize;
+        let mut cur = iova;
+        while done < len {
+            let want = u64::try_from(len - done).unwrap_or(u64::MAX);
+            let piece = self.translate(endpoint, pasid, cur, want, access)?;
+            // `piece.len` ≤ `want`, which came from a usize.
+            let n = usize::try_from(piece.len).unwrap_or(len - done);
+            let copied = match &guard {
+                Some(m) => copy(m, done, n, GuestAddress(piece.gpa)),
+                None => 0,
+            };
+            if copied < n {
+                let at = cur.wrapping_add(u64::try_from(copied).unwrap_or(0));
+                debug!("dma: endpoint {endpoint} iova {at:#x}: translated outside guest RAM");
+                return Err(Fault {
+                    reason: FaultReason::Unknown,
+                    address: at,
+                });
+            }
+            done += n;
+            if done < len {
+                // Past the top of the input space there is nothing to translate.
+                cur = cur.checked_add(piece.len).ok_or(Fault {
+                    reason: FaultReason::Mapping,
+                    address: u64::MAX,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl HostIommu for EmulatedHost {
+    fn alloc_space(&mut self) -> Result<SpaceId, HostError> {
+        self.spaces.alloc()
+    }
+
+    fn destroy_space(&mut self, space: SpaceId) -> Result<(), HostError> {
+        self.spaces.destroy(space)?;
+        self.iotlb.invalidate_space(space);
+        Ok(())
+    }
+
+    fn map(
+        &mut self,
+        space: SpaceId,
+        iova: u64,
+        last: u64,
+        phys: u64,
+        perm: Perm,
+    ) -> Result<(), HostError> {
+        self.spaces.get_mut(space)?.map(iova, last, phys, perm)
+    }
+
+    fn unmap(&mut self, space: SpaceId, iova: u64, last: u64) -> Result<u64, HostError> {
+        let bytes = self.spaces.get_mut(space)?.unmap(iova, last);
+        self.iotlb.invalidate_range(space, iova, last);
+        Ok(bytes)
+    }
+
+    fn attach(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        target: AttachTarget,
+    ) -> Result<(), HostError> {
+        match target {
+            AttachTarget::Space(id) => {
+                self.spaces.hold(id)?;
+            }
+            AttachTarget::Table(id) => self.nested.hold(id)?,
+            AttachTarget::Bypass | AttachTarget::Blocked => {}
+        }
+        if let Some(old) = self.attachments.set(endpoint, pasid, target) {
+            self.release(old);
+        }
+        self.iotlb.invalidate_endpoint(endpoint, pasid);
+        Ok(())
+    }
+
+    fn detach(&mut self, endpoint: u32, pasid: Option<u32>) -> Result<(), HostError> {
+        if let Some(old) = self.attachments.remove(endpoint, pasid) {
+            self.release(old);
+        }
+        self.iotlb.invalidate_endpoint(endpoint, pasid);
+        Ok(())
+    }
+
+    fn set_unattached_bypass(&mut self, bypass: bool) {
+        self.attachments.set_unattached_bypass(bypass);
+    }
+
+    fn set_reserved_regions(&mut self, endpoints: RangeInclusive<u32>, regions: &[ReservedRegion]) {
+        self.attachments.set_reserved_regions(endpoints, regions);
+    }
+
+    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        self.mem = Some(mem);
+    }
+
+    fn translate(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<GuestRange, Fault> {
+        self.translate_ext(endpoint, pasid, iova, len, access, DmaAttrs::default())
+            .map_err(|f| f.fault)
+    }
+
+    fn translate_ext(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+        attrs: DmaAttrs,
+    ) -> Result<GuestRange, TranslateFault> {
+        let fault = |reason| TranslateFault {
+            fault: Fault {
+                reason,
+                address: iova,
+            },
+            recoverable: false,
+        };
+        match self.target_of(endpoint, pasid) {
+            AttachTarget::Bypass => Ok(GuestRange {
+                gpa: iova,
+                len: cut(iova, u64::MAX, len),
+            }),
+            AttachTarget::Blocked => Err(fault(FaultReason::Domain)),
+            AttachTarget::Table(id) => {
+                self.translate_table(id, endpoint, pasid, iova, len, access, attrs)
+            }
+            AttachTarget::Space(space) => self
+                .translate_space(endpoint, pasid, space, iova, len, access)
+                .map_err(|f| fault(f.reason)),
+        }
+    }
+
+    fn alloc_table(
+        &mut self,
+        endpoint: u32,
+        parent: Option<SpaceId>,
+        desc: &TableDesc,
+    ) -> Result<TableId, HostError> {
+        if let Some(p) = parent {
+            self.spaces.hold(p)?;
+        }
+        let r = self.nested.alloc(endpoint, parent, *desc);
+        if r.is_err() {
+            self.release(parent.map_or(AttachTarget::Blocked, AttachTarget::Space));
+        }
+        r
+    }
+
+    fn destroy_table(&mut self, table: TableId) -> Result<(), HostError> {
+        let t = self.nested.destroy(table)?;
+        self.release(t.parent.map_or(AttachTarget::Blocked, AttachTarget::Space));
+        Ok(())
+    }
+
+    fn invalidate(&mut self, table: TableId, inval: &Invalidate) -> Result<(), HostError> {
+        self.nested.invalidate(table, inval)
+    }
+
+    fn dma_read(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        buf: &mut [u8],
+    ) -> Result<(), Fault> {
+        let len = buf.len();
+        self.dma(
+            endpoint,
+            pasid,
+            iova,
+            len,
+            Access::Read,
+            |m, off, n, gpa| m.read(&mut buf[off..off + n], gpa).unwrap_or(0),
+        )
+    }
+
+    fn dma_write(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        data: &[u8],
+    ) -> Result<(), Fault> {
+        self.dma(
+            endpoint,
+            pasid,
+            iova,
+            data.len(),
+            Access::Write,
+            |m, off, n, gpa| m.write(&data[off..off + n], gpa).unwrap_or(0),
+        )
+    }
+}
+
+/// Bytes from `iova` to the end of `[.., last]`, capped at `len`.
+fn cut(iova: u64, last: u64, len: u64) -> u64 {
+    len.min((last - iova).saturating_add(1))
 }

@@ -3,9 +3,9 @@
 //! Independent of the engine's own mapping store on purpose: the host is a mirror, and tests
 //! that translate through it check that the mirror matches what the guest asked for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use crate::host::{HostError, Perm};
+use crate::host::{HostError, Perm, SpaceId};
 
 /// A mapping of the space, keyed in the tree by its first IOVA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,8 +39,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct AddressSpace {
     map: BTreeMap<u64, Entry>,
-    /// Attachments pointing at this space (iommufd refuses to destroy a busy IOAS).
-    pub(super) users: u32,
+    /// Attachments and nested tables pointing at this space (iommufd refuses to destroy a
+    /// busy IOAS).
+    users: u32,
 }
 
 impl AddressSpace {
@@ -115,6 +116,101 @@ impl AddressSpace {
             phys: e.phys,
             perm: e.perm,
         })
+    }
+}
+
+/// Every address space of the host, with their handles and the cap on their number.
+#[derive(Debug)]
+pub struct AddressSpaces {
+    spaces: HashMap<SpaceId, AddressSpace>,
+    next: u32,
+    max: usize,
+}
+
+impl AddressSpaces {
+    /// No space yet; at most `max` at a time.
+    #[must_use]
+    pub fn new(max: usize) -> Self {
+        AddressSpaces {
+            spaces: HashMap::new(),
+            next: 1,
+            max,
+        }
+    }
+
+    /// Allocates an empty space.
+    ///
+    /// # Errors
+    /// `NoMem` at the cap.
+    pub fn alloc(&mut self) -> Result<SpaceId, HostError> {
+        if self.spaces.len() >= self.max {
+            return Err(HostError::NoMem);
+        }
+        // Terminates: fewer than 2^32 spaces can be live, so some ID is free.
+        loop {
+            let id = SpaceId(self.next);
+            self.next = self.next.wrapping_add(1);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.spaces.entry(id) {
+                v.insert(AddressSpace::default());
+                return Ok(id);
+            }
+        }
+    }
+
+    /// Destroys an unused space.
+    ///
+    /// # Errors
+    /// `Invalid` for an unknown space or one still in use.
+    pub fn destroy(&mut self, id: SpaceId) -> Result<(), HostError> {
+        match self.spaces.get(&id) {
+            Some(s) if s.users == 0 => {
+                self.spaces.remove(&id);
+                Ok(())
+            }
+            _ => Err(HostError::Invalid),
+        }
+    }
+
+    /// The space behind a handle.
+    #[must_use]
+    pub fn get(&self, id: SpaceId) -> Option<&AddressSpace> {
+        self.spaces.get(&id)
+    }
+
+    /// The space behind a handle, to edit its mappings.
+    ///
+    /// # Errors
+    /// `Invalid` for an unknown space.
+    pub fn get_mut(&mut self, id: SpaceId) -> Result<&mut AddressSpace, HostError> {
+        self.spaces.get_mut(&id).ok_or(HostError::Invalid)
+    }
+
+    /// Counts one more user of `id` (an attachment or a nested table on it).
+    ///
+    /// # Errors
+    /// `Invalid` for an unknown space.
+    pub fn hold(&mut self, id: SpaceId) -> Result<(), HostError> {
+        self.get_mut(id)?.users += 1;
+        Ok(())
+    }
+
+    /// Ends one use of `id`.
+    pub fn release(&mut self, id: SpaceId) {
+        if let Some(s) = self.spaces.get_mut(&id) {
+            s.users = s.users.saturating_sub(1);
+        }
+    }
+
+    /// Number of live spaces.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.spaces.len()
+    }
+
+    /// Whether no space is live.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.spaces.is_empty()
     }
 }
 
