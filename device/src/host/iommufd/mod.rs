@@ -18,8 +18,7 @@
 pub mod bound_device;
 pub mod error;
 pub mod fault;
-mod guest_memory;
-mod host_impl;
+mod master_ioas;
 mod nesting;
 pub mod ranges;
 pub mod selftest;
@@ -28,29 +27,35 @@ mod sys;
 pub mod vfio_endpoint;
 mod vmm_bound;
 mod vsmmu;
+mod vsmmu_flavour;
 mod vtd;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use iommufd_bindings as b;
 use log::{debug, error, info, warn};
+use virtio_iommu_spec::ext::PageRespCode;
+use virtio_iommu_spec::request::{Invalidate, TableDesc};
+use virtio_iommu_spec::Event;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-#[cfg(doc)] // Only named in doc links.
-use super::HostIommu;
-use super::ReservedRegion;
+use super::{AttachTarget, HostError, HostIommu, Perm, ReservedRegion, SpaceId, TableId};
 use bound_device::{BoundDevice, DeviceKind};
-use error::ioctl_err;
 pub use error::IommufdError;
+use error::{host_err, ioctl_err};
 use fault::FaultQueue;
-use nesting::{Nested, Parent};
+pub use master_ioas::GuestMapping;
+use master_ioas::MasterIoas;
+use nesting::Nesting;
 pub use sys::{HwInfo, RegionInfo};
 pub use vfio_endpoint::{VfioEndpoint, VfioSource};
-use vmm_bound::WaitingDevice;
+use vmm_bound::{WaitingDevice, WaitingDevices};
 pub use vsmmu::SmmuIds;
+use vsmmu::VsmmuObjects;
+use vtd::{vtd_entries, vtd_s1_data};
 
 /// Configuration of the iommufd backend.
 #[derive(Debug, Clone, Default)]
@@ -63,17 +68,6 @@ pub struct IommufdConfig {
     /// uses (QEMU `-object iommufd,fd=`). The VMM then binds every device (`fd:N` sources
     /// only; each device is installed once its bind is seen, in the `vmm_bound` module).
     pub iommufd_fd: Option<i32>,
-}
-
-/// A guest memory region mapped into the master IOAS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GuestMapping {
-    /// Guest-physical (= master IOVA) start.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-    /// Mapped from the region's memfd with `IOMMU_IOAS_MAP_FILE` (else from the daemon's VA).
-    pub by_file: bool,
 }
 
 /// A selftest mock device's object IDs.
@@ -89,24 +83,49 @@ pub struct MockIds {
 #[derive(Debug)]
 pub struct IommufdHost {
     fd: File,
-    master: u32,
+    /// Guest memory at IOVA = GPA.
+    master: MasterIoas,
     /// An IOAS that never holds mappings: where mock devices go when "detached".
     empty: u32,
-    guest: Vec<GuestMapping>,
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
-    spaces: BTreeMap<u32, ()>,
+    /// The domains' IOASes.
+    spaces: BTreeSet<u32>,
     devices: BTreeMap<u32, BoundDevice>,
     unattached_bypass: bool,
-    parents: BTreeMap<u32, Parent>,
-    tables: BTreeMap<u32, Nested>,
-    faults: Option<FaultQueue>,
+    /// Parent HWPTs, nested tables, the fault queue.
+    nesting: Nesting,
+    /// Arm nested tables with the fault queue.
     page_requests: bool,
     /// VMM-bound devices whose bind has not been seen yet (shared iommufd only).
-    waiting: BTreeMap<u32, WaitingDevice>,
+    waiting: WaitingDevices,
     /// SMMUv3-style nesting: vIOMMUs, vDEVICEs, vEVENTQs.
-    smmu: vsmmu::VsmmuObjects,
+    vsmmu: VsmmuObjects,
     /// Epoll set of the host's event fds (fault queue, vEVENTQs), for the daemon to poll.
     events: File,
+}
+
+/// Adds an event queue's fd to the host's epoll set (what [`IommufdHost::events_fd`] stands
+/// for).
+fn watch_events(epoll: &File, file: &File, what: &str) {
+    if let Err(e) = sys::epoll_watch(epoll, file) {
+        error!("watching the {what} fd: {e}; its events reach the guest only with others");
+    }
+}
+
+/// `last - first + 1`, or `None` for an empty or 2^64-byte range.
+fn range_len(first: u64, last: u64) -> Option<u64> {
+    last.checked_sub(first)?.checked_add(1)
+}
+
+/// The IOAS map flags for `perm`'s R/W bits.
+fn map_flags(perm: Perm) -> u32 {
+    let mut f = 0;
+    if perm.contains(Perm::READ) {
+        f |= b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE;
+    }
+    if perm.contains(Perm::WRITE) {
+        f |= b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;
+    }
+    f
 }
 
 impl IommufdHost {
@@ -131,19 +150,15 @@ impl IommufdHost {
         let empty = sys::ioas_alloc(&fd).map_err(ioctl_err("IOMMU_IOAS_ALLOC"))?;
         let mut host = IommufdHost {
             fd,
-            master,
+            master: MasterIoas::new(master),
             empty,
-            guest: Vec::new(),
-            mem: None,
-            spaces: BTreeMap::new(),
+            spaces: BTreeSet::new(),
             devices: BTreeMap::new(),
             unattached_bypass: false,
-            parents: BTreeMap::new(),
-            tables: BTreeMap::new(),
-            faults: None,
+            nesting: Nesting::default(),
             page_requests: cfg.page_requests,
-            waiting: BTreeMap::new(),
-            smmu: vsmmu::VsmmuObjects::default(),
+            waiting: WaitingDevices::default(),
+            vsmmu: VsmmuObjects::default(),
             events: sys::epoll_new().map_err(ioctl_err("epoll_create1"))?,
         };
         for ep in &cfg.endpoints {
@@ -177,7 +192,7 @@ impl IommufdHost {
 
     /// `DuplicateEndpoint` if `endpoint` already has a device (bound or waiting for its bind).
     fn check_new_endpoint(&self, endpoint: u32) -> Result<(), IommufdError> {
-        if self.devices.contains_key(&endpoint) || self.waiting.contains_key(&endpoint) {
+        if self.devices.contains_key(&endpoint) || self.waiting.contains(endpoint) {
             return Err(IommufdError::DuplicateEndpoint(endpoint));
         }
         Ok(())
@@ -186,7 +201,7 @@ impl IommufdHost {
     /// Whether `endpoint` is a VMM-bound device whose bind has not been seen yet.
     #[must_use]
     pub fn is_waiting(&self, endpoint: u32) -> bool {
-        self.waiting.contains_key(&endpoint)
+        self.waiting.contains(endpoint)
     }
 
     /// Opens and binds one more VFIO device.
@@ -226,65 +241,17 @@ impl IommufdHost {
     }
 
     /// Probes a freshly bound device (hw info, reserved ranges, nesting) and applies the
-    /// unattached default to it. A `dev_id` of 0 (never a valid iommufd ID) means unknown: no HW info and no nesting.
+    /// unattached default to it.
     fn install(&mut self, endpoint: u32, mut dev: BoundDevice) -> Result<(), IommufdError> {
-        dev.hw_info = match dev.dev_id {
-            0 => None,
-            id => sys::get_hw_info(&self.fd, id, 256)
-                .inspect_err(|e| {
-                    info!("endpoint {endpoint}: IOMMU_GET_HW_INFO: {e} (no host IOMMU details)");
-                })
-                .ok(),
-        };
-        // The device's reserved ranges show in an IOAS it is attached to; use the empty one.
-        dev.attach(&self.fd, self.empty, None)
-            .map_err(ioctl_err("attach to an empty IOAS"))?;
-        let (allowed, align) = sys::ioas_iova_ranges(&self.fd, self.empty)
-            .map_err(ioctl_err("IOMMU_IOAS_IOVA_RANGES"))?;
-        dev.reserved = ranges::reserved_from_allowed(&allowed, cfg!(target_arch = "x86_64"));
-        dev.iova_alignment = align.max(1);
-        dev.no_nesting = if dev.dev_id == 0 {
-            Some("the iommufd device ID is unknown".into())
-        } else {
-            self.probe_nesting(dev.dev_id)
-        };
-        match &dev.no_nesting {
-            None => info!("endpoint {endpoint}: host IOMMU supports nesting (NEST_PARENT)"),
-            Some(why) => info!(
-                "endpoint {endpoint}: host IOMMU cannot nest ({why}); using the flat model \
-                 (guest MAP/UNMAP copied into host IOASes)"
-            ),
-        }
-        debug!(
-            "endpoint {endpoint}: reserved {:?}, IOVA alignment {align:#x}",
-            dev.reserved
-        );
+        dev.probe(endpoint, &self.fd, self.empty, self.master.id())?;
         let apply = self.apply_default(&mut dev);
         self.devices.insert(endpoint, dev);
         apply.map_err(ioctl_err("applying the unattached default"))
     }
 
-    /// `None` if NEST_PARENT works for `dev_id`, else why not.
-    fn probe_nesting(&self, dev_id: u32) -> Option<String> {
-        let flags = b::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_NEST_PARENT;
-        match sys::hwpt_alloc(&self.fd, flags, dev_id, self.master, 0, &[], None) {
-            Ok(id) => {
-                if let Err(e) = sys::destroy(&self.fd, id) {
-                    warn!("destroying the NEST_PARENT probe HWPT {id}: {e}");
-                }
-                None
-            }
-            Err(e) => Some(match e.raw_os_error() {
-                Some(libc::EOPNOTSUPP) => format!("NEST_PARENT refused with EOPNOTSUPP: {e}"),
-                Some(libc::ENOTTY) => "the kernel has no IOMMU_HWPT_ALLOC (too old)".into(),
-                _ => format!("NEST_PARENT failed: {e}"),
-            }),
-        }
-    }
-
     fn apply_default(&self, dev: &mut BoundDevice) -> io::Result<()> {
         if self.unattached_bypass {
-            dev.attach(&self.fd, self.master, None).map(|_| ())
+            dev.attach(&self.fd, self.master.id(), None).map(|_| ())
         } else {
             dev.block(&self.fd, None, self.empty)
         }
@@ -299,7 +266,13 @@ impl IommufdHost {
     /// The IOAS holding guest memory at IOVA = GPA.
     #[must_use]
     pub fn master_ioas(&self) -> u32 {
-        self.master
+        self.master.id()
+    }
+
+    /// The guest memory regions mapped in the master IOAS.
+    #[must_use]
+    pub fn guest_mappings(&self) -> &[GuestMapping] {
+        self.master.mappings()
     }
 
     /// The iommufd device ID of `endpoint`.
@@ -327,8 +300,9 @@ impl IommufdHost {
     pub fn all_reserved_regions(&self) -> Vec<(u32, Vec<ReservedRegion>)> {
         let waiting = self
             .waiting
-            .keys()
-            .map(|ep| (*ep, vmm_bound::vmm_bound_reserved()));
+            .endpoints()
+            .into_iter()
+            .map(|ep| (ep, vmm_bound::vmm_bound_reserved()));
         self.devices
             .iter()
             .map(|(ep, d)| (*ep, d.reserved.clone()))
@@ -364,7 +338,7 @@ impl IommufdHost {
     /// The fault queue's own fd (the daemon polls [`IommufdHost::events_fd`], which covers it).
     #[must_use]
     pub fn fault_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.faults.as_ref().map(|q| q.file().as_fd())
+        self.nesting.faults().map(|q| q.file().as_fd())
     }
 
     /// Allocates the fault queue now (it is otherwise created with the first fault-capable
@@ -373,7 +347,8 @@ impl IommufdHost {
     /// # Errors
     /// `IOMMU_FAULT_QUEUE_ALLOC` failures (`ENOTTY` before Linux 6.11).
     pub fn alloc_fault_queue(&mut self) -> Result<(), IommufdError> {
-        self.fault_queue()
+        self.nesting
+            .fault_queue(&self.fd, &self.events)
             .map(|_| ())
             .map_err(ioctl_err("IOMMU_FAULT_QUEUE_ALLOC"))
     }
@@ -391,23 +366,16 @@ impl IommufdHost {
             .map_err(ioctl_err("dup(host events epoll fd)"))
     }
 
-    /// Adds a new event queue's fd to the set [`IommufdHost::events_fd`] stands for.
-    fn watch_events(&self, file: &File, what: &str) {
-        if let Err(e) = sys::epoll_watch(&self.events, file) {
-            error!("watching the {what} fd: {e}; its events reach the guest only with others");
-        }
-    }
-
     /// Number of page-request groups waiting for the guest's answer.
     #[must_use]
     pub fn pending_page_requests(&self) -> usize {
-        self.faults.as_ref().map_or(0, FaultQueue::pending_groups)
+        self.nesting.faults().map_or(0, FaultQueue::pending_groups)
     }
 
     /// Removes `endpoint`'s device: detached and unbound (its fd closed) or, for a mock,
     /// destroyed. Its pending page requests are dropped.
     pub fn remove_endpoint(&mut self, endpoint: u32) {
-        self.waiting.remove(&endpoint);
+        self.waiting.remove(endpoint);
         if let Some(dev) = self.devices.remove(&endpoint) {
             self.release(endpoint, dev);
         }
@@ -415,8 +383,9 @@ impl IommufdHost {
 
     fn release(&mut self, endpoint: u32, mut dev: BoundDevice) {
         // A vDEVICE must go before its device is unbound.
-        self.release_vdevices(endpoint);
-        if let Some(q) = &mut self.faults {
+        self.vsmmu
+            .release_endpoint(&self.fd, &mut self.nesting, endpoint);
+        if let Some(q) = self.nesting.faults_mut() {
             q.forget_endpoint(endpoint);
         }
         match &dev.kind {
@@ -450,6 +419,342 @@ impl IommufdHost {
             }
         }
     }
+
+    /// Installs the waiting VMM-bound devices whose bind has happened: all of them, or only
+    /// `endpoint`. Returns whether `endpoint` (if given) is ready afterwards.
+    fn install_vmm_bound(&mut self, endpoint: Option<u32>) -> bool {
+        let eps: Vec<u32> = match endpoint {
+            Some(ep) if self.waiting.contains(ep) => vec![ep],
+            Some(_) => return true,
+            None => self.waiting.endpoints(),
+        };
+        let mut ready = true;
+        for ep in eps {
+            let Some(w) = self.waiting.remove(ep) else {
+                continue;
+            };
+            let Some(dev_id) = w.bound_dev_id(ep, self.empty) else {
+                self.waiting.insert(ep, w);
+                ready = false;
+                continue;
+            };
+            let WaitingDevice { file, what } = w;
+            let dev = BoundDevice::new(DeviceKind::Vfio { file, what }, dev_id);
+            if let Err(e) = self.install(ep, dev) {
+                // `install` keeps the device even when applying the default failed.
+                error!("endpoint {ep}: {e}");
+            }
+            if let Some(d) = self.devices.get(&ep) {
+                vmm_bound::warn_late_install(ep, d);
+            }
+        }
+        ready
+    }
+
+    /// Installs `endpoint` if it is a VMM-bound device whose bind has happened since.
+    ///
+    /// # Errors
+    /// `Failed` while the VMM has not bound it: the guest asked before the VMM was ready.
+    fn ready(&mut self, endpoint: u32) -> Result<(), HostError> {
+        if self.install_vmm_bound(Some(endpoint)) {
+            Ok(())
+        } else {
+            error!("endpoint {endpoint}: the VMM has not bound its VFIO device to the shared iommufd; request refused");
+            Err(HostError::Failed)
+        }
+    }
+
+    /// The IOAS nested tables of `parent` hang off: the domain's, or the master for `None`.
+    fn parent_ioas(&self, parent: Option<SpaceId>) -> Result<u32, HostError> {
+        match parent {
+            None => Ok(self.master.id()),
+            Some(s) if self.spaces.contains(&s.0) => Ok(s.0),
+            Some(_) => Err(HostError::Invalid),
+        }
+    }
+
+    /// Allocates a nested HWPT for `endpoint` with driver data `data` of `data_type` (e.g.
+    /// `IOMMU_HWPT_DATA_VTD_S1`, or the selftest's `0xdead`) over the parent of `parent`'s IOAS
+    /// (the master when `None`), armed with the fault queue if `faults`.
+    ///
+    /// # Errors
+    /// `Unsupported` when the host cannot nest, `Invalid` for unknown handles or bad data.
+    pub fn alloc_nested(
+        &mut self,
+        endpoint: u32,
+        parent: Option<SpaceId>,
+        data_type: u32,
+        data: &[u8],
+        flags: u32,
+        faults: bool,
+    ) -> Result<TableId, HostError> {
+        let dev_id = self
+            .devices
+            .get(&endpoint)
+            .ok_or(HostError::Invalid)?
+            .dev_id;
+        let ioas = self.parent_ioas(parent)?;
+        self.nesting.alloc(
+            &self.fd,
+            &self.events,
+            dev_id,
+            ioas,
+            data_type,
+            data,
+            flags,
+            faults,
+        )
+    }
+
+    /// `IOMMU_HWPT_INVALIDATE` on a nested table with raw entries of `entry_len` bytes.
+    /// Returns how many entries the kernel handled.
+    ///
+    /// # Errors
+    /// The error and the number of entries handled before it.
+    pub fn invalidate_raw(
+        &mut self,
+        table: TableId,
+        data_type: u32,
+        entry_len: u32,
+        entries: &[u8],
+    ) -> Result<u32, (HostError, u32)> {
+        self.nesting
+            .invalidate_raw(&self.fd, table.0, data_type, entry_len, entries)
+    }
+
+    /// The vIOMMU objects behind `endpoint`'s SMMUv3 tables.
+    #[must_use]
+    pub fn smmu_ids(&self, endpoint: u32) -> Option<SmmuIds> {
+        self.vsmmu.ids(endpoint)
+    }
+}
+
+impl HostIommu for IommufdHost {
+    fn alloc_space(&mut self) -> Result<SpaceId, HostError> {
+        let id = sys::ioas_alloc(&self.fd).map_err(|e| host_err("IOMMU_IOAS_ALLOC", &e))?;
+        self.spaces.insert(id);
+        Ok(SpaceId(id))
+    }
+
+    fn destroy_space(&mut self, space: SpaceId) -> Result<(), HostError> {
+        if !self.spaces.contains(&space.0) {
+            return Err(HostError::Invalid);
+        }
+        if self.nesting.uses_ioas(space.0) {
+            return Err(HostError::Invalid);
+        }
+        sys::destroy(&self.fd, space.0).map_err(|e| host_err("IOMMU_DESTROY(IOAS)", &e))?;
+        self.spaces.remove(&space.0);
+        Ok(())
+    }
+
+    fn map(
+        &mut self,
+        space: SpaceId,
+        iova: u64,
+        last: u64,
+        phys: u64,
+        perm: Perm,
+    ) -> Result<(), HostError> {
+        if !self.spaces.contains(&space.0) {
+            return Err(HostError::Invalid);
+        }
+        if perm.contains(Perm::MMIO) {
+            // Peer-to-peer MMIO needs dma-buf mappings; not implemented.
+            return Err(HostError::Unsupported);
+        }
+        let len = range_len(iova, last).ok_or(HostError::Invalid)?;
+        let flags = map_flags(perm);
+        if flags == 0 {
+            // iommufd needs R or W; a mapping without either faults every access, as nothing.
+            debug!("map {iova:#x}-{last:#x} without permissions: nothing to program");
+            return Ok(());
+        }
+        sys::ioas_copy(&self.fd, space.0, iova, self.master.id(), phys, len, flags)
+            .map_err(|e| host_err("IOMMU_IOAS_COPY", &e))
+    }
+
+    fn unmap(&mut self, space: SpaceId, iova: u64, last: u64) -> Result<u64, HostError> {
+        if !self.spaces.contains(&space.0) {
+            return Err(HostError::Invalid);
+        }
+        // 0..=u64::MAX is iommufd's "everything" (length U64_MAX).
+        let len = range_len(iova, last).unwrap_or(u64::MAX);
+        match sys::ioas_unmap(&self.fd, space.0, iova, len) {
+            Ok(n) => Ok(n),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
+            Err(e) => Err(host_err("IOMMU_IOAS_UNMAP", &e)),
+        }
+    }
+
+    fn attach(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        target: AttachTarget,
+    ) -> Result<(), HostError> {
+        self.ready(endpoint)?;
+        let Some(mut dev) = self.devices.remove(&endpoint) else {
+            debug!("attach: endpoint {endpoint} has no host device; nothing to program");
+            return Ok(());
+        };
+        let pt = match target {
+            AttachTarget::Space(s) if self.spaces.contains(&s.0) => Some(s.0),
+            AttachTarget::Table(t) if self.nesting.get(t.0).is_some() => Some(t.0),
+            AttachTarget::Bypass => Some(self.master.id()),
+            AttachTarget::Blocked => None,
+            AttachTarget::Space(_) | AttachTarget::Table(_) => {
+                self.devices.insert(endpoint, dev);
+                return Err(HostError::Invalid);
+            }
+        };
+        let r = match pt {
+            Some(pt) => dev.attach(&self.fd, pt, pasid).map(|_| ()),
+            None => dev.block(&self.fd, pasid, self.empty),
+        };
+        let r = r.map_err(|e| host_err("VFIO attach", &e));
+        if r.is_ok() {
+            if pasid.is_none() {
+                dev.target = Some(target);
+            }
+            // iommufd answered the endpoint's pending page requests itself.
+            if let Some(q) = self.nesting.faults_mut() {
+                q.forget_endpoint(endpoint);
+            }
+        }
+        self.devices.insert(endpoint, dev);
+        r
+    }
+
+    fn detach(&mut self, endpoint: u32, pasid: Option<u32>) -> Result<(), HostError> {
+        self.ready(endpoint)?;
+        let Some(mut dev) = self.devices.remove(&endpoint) else {
+            return Ok(());
+        };
+        let r = match pasid {
+            Some(_) => dev.block(&self.fd, pasid, self.empty),
+            None => self.apply_default(&mut dev),
+        };
+        let r = r.map_err(|e| host_err("VFIO detach", &e));
+        if r.is_ok() {
+            if pasid.is_none() {
+                dev.target = None;
+            }
+            if let Some(q) = self.nesting.faults_mut() {
+                q.forget_endpoint(endpoint);
+            }
+        }
+        self.devices.insert(endpoint, dev);
+        r
+    }
+
+    fn set_unattached_bypass(&mut self, bypass: bool) {
+        self.unattached_bypass = bypass;
+        self.set_default_all();
+    }
+
+    fn alloc_table(
+        &mut self,
+        endpoint: u32,
+        parent: Option<SpaceId>,
+        desc: &TableDesc,
+    ) -> Result<TableId, HostError> {
+        self.ready(endpoint)?;
+        match *desc {
+            TableDesc::Vtd {
+                pasid,
+                addr_width,
+                pgd,
+                flags,
+            } => {
+                let pasid_capable = self.hw_info(endpoint).is_some_and(|h| h.max_pasid_log2 > 0);
+                let alloc_flags = if pasid_capable && pasid != 0 {
+                    b::iommufd_hwpt_alloc_flags_IOMMU_HWPT_ALLOC_PASID
+                } else {
+                    0
+                };
+                let data = vtd_s1_data(pgd, addr_width, flags);
+                let faults = self.page_requests;
+                self.alloc_nested(
+                    endpoint,
+                    parent,
+                    b::iommu_hwpt_data_type_IOMMU_HWPT_DATA_VTD_S1,
+                    &data,
+                    alloc_flags,
+                    faults,
+                )
+            }
+            TableDesc::ArmSmmuV3 { .. } => {
+                let dev = self.devices.get(&endpoint).ok_or(HostError::Invalid)?;
+                let ioas = self.parent_ioas(parent);
+                self.vsmmu.alloc_table(
+                    &self.fd,
+                    &self.events,
+                    &mut self.nesting,
+                    (endpoint, dev),
+                    ioas,
+                    desc,
+                )
+            }
+        }
+    }
+
+    fn destroy_table(&mut self, table: TableId) -> Result<(), HostError> {
+        if self.vsmmu.owns(table.0) {
+            return self.vsmmu.destroy_table(&self.fd, &mut self.nesting, table);
+        }
+        self.nesting.destroy(&self.fd, table.0)
+    }
+
+    fn invalidate(&mut self, table: TableId, inval: &Invalidate) -> Result<(), HostError> {
+        if self.vsmmu.owns(table.0) {
+            return self.vsmmu.invalidate(&self.fd, table, inval);
+        }
+        let t = self.nesting.get(table.0).ok_or(HostError::Invalid)?;
+        if t.data_type != b::iommu_hwpt_data_type_IOMMU_HWPT_DATA_VTD_S1 {
+            return Err(HostError::Unsupported);
+        }
+        let entries = vtd_entries(inval)?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let ty = b::iommu_hwpt_invalidate_data_type_IOMMU_HWPT_INVALIDATE_DATA_VTD_S1;
+        self.invalidate_raw(table, ty, 24, &entries)
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
+    fn page_response(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        group_id: u16,
+        code: PageRespCode,
+    ) -> Result<(), HostError> {
+        self.nesting
+            .faults_mut()
+            .ok_or(HostError::Invalid)?
+            .respond(endpoint, pasid, group_id, code)
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        let devices = &self.devices;
+        let fault = self.nesting.faults_mut().and_then(|q| {
+            q.next_event(|dev_id| {
+                devices
+                    .iter()
+                    .find(|(_, d)| d.dev_id == dev_id)
+                    .map(|(e, _)| *e)
+            })
+        });
+        fault.or_else(|| self.vsmmu.poll_event())
+    }
+
+    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+        self.master.map_guest_memory(&self.fd, mem);
+        // The VMM binds its devices before it hands over guest memory.
+        self.install_vmm_bound(None);
+    }
 }
 
 impl Drop for IommufdHost {
@@ -457,28 +762,12 @@ impl Drop for IommufdHost {
         for (ep, dev) in std::mem::take(&mut self.devices) {
             self.release(ep, dev);
         }
-        for hwpt in std::mem::take(&mut self.tables).into_keys() {
-            if let Err(e) = sys::destroy(&self.fd, hwpt) {
-                warn!("destroying nested HWPT {hwpt}: {e}");
-            }
-        }
-        self.drop_viommus();
-        for p in std::mem::take(&mut self.parents).into_values() {
-            if let Err(e) = sys::destroy(&self.fd, p.hwpt) {
-                warn!("destroying parent HWPT {}: {e}", p.hwpt);
-            }
-        }
-        if let Some(q) = self.faults.take() {
-            // The fault fd holds a reference on the object: close it first.
-            let id = q.id();
-            drop(q);
-            if let Err(e) = sys::destroy(&self.fd, id) {
-                warn!("destroying fault queue {id}: {e}");
-            }
-        }
+        self.nesting.destroy_tables(&self.fd);
+        self.vsmmu.destroy_all(&self.fd, &mut self.nesting);
+        self.nesting.destroy_rest(&self.fd);
         let ioases = std::mem::take(&mut self.spaces)
-            .into_keys()
-            .chain([self.empty, self.master]);
+            .into_iter()
+            .chain([self.empty, self.master.id()]);
         for ioas in ioases {
             if let Err(e) = sys::destroy(&self.fd, ioas) {
                 warn!("destroying IOAS {ioas}: {e}");
@@ -499,5 +788,15 @@ mod tests {
         }
         let err = IommufdHost::open(&IommufdConfig::default()).unwrap_err();
         assert!(err.to_string().contains("CONFIG_IOMMUFD"), "{err}");
+    }
+
+    #[test]
+    fn lengths_and_flags() {
+        assert_eq!(range_len(0x1000, 0x1fff), Some(0x1000));
+        assert_eq!(range_len(0, u64::MAX), None);
+        assert_eq!(range_len(2, 1), None);
+        assert_eq!(map_flags(Perm::READ | Perm::WRITE), 6);
+        assert_eq!(map_flags(Perm::WRITE), 2);
+        assert_eq!(map_flags(Perm::empty()), 0);
     }
 }

@@ -12,6 +12,7 @@
 //! reset would touch with their IDs in the caller's iommufd. Devices that cannot be reset by
 //! slot or bus (e.g. on a root bus) do not show there: they get the flat model only.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -19,8 +20,8 @@ use std::path::PathBuf;
 
 use log::{error, info, warn};
 
-use super::bound_device::{BoundDevice, DeviceKind};
-use super::{sys, IommufdHost};
+use super::bound_device::BoundDevice;
+use super::sys;
 use crate::host::ReservedRegion;
 
 /// A VMM-bound device whose bind has not been seen yet.
@@ -30,108 +31,98 @@ pub(super) struct WaitingDevice {
     pub(super) what: String,
 }
 
-/// Why an install attempt did not install.
-enum NotYet {
-    /// The VMM has not bound the device yet (attach answered `EINVAL`).
-    Unbound,
-    /// Something else went wrong (logged).
-    Failed,
+/// The VMM-bound devices whose bind has not been seen yet, by endpoint.
+#[derive(Debug, Default)]
+pub(super) struct WaitingDevices {
+    by_endpoint: BTreeMap<u32, WaitingDevice>,
 }
 
-impl IommufdHost {
-    /// Installs the waiting VMM-bound devices whose bind has happened: all of them, or only
-    /// `endpoint`. Returns whether `endpoint` (if given) is ready afterwards.
-    pub(super) fn install_vmm_bound(&mut self, endpoint: Option<u32>) -> bool {
-        let eps: Vec<u32> = match endpoint {
-            Some(ep) if self.waiting.contains_key(&ep) => vec![ep],
-            Some(_) => return true,
-            None => self.waiting.keys().copied().collect(),
-        };
-        let mut ready = true;
-        for ep in eps {
-            let Some(w) = self.waiting.remove(&ep) else {
-                continue;
-            };
-            match self.try_install(ep, w) {
-                Ok(()) => {}
-                Err((w, why)) => {
-                    if matches!(why, NotYet::Unbound) {
-                        info!(
-                            "endpoint {ep}: {} is not bound to the shared iommufd yet (the VMM binds it)",
-                            w.what
-                        );
-                    }
-                    self.waiting.insert(ep, w);
-                    ready = false;
-                }
-            }
-        }
-        ready
+impl WaitingDevices {
+    /// Adds the open device file of `endpoint`.
+    pub(super) fn insert(&mut self, endpoint: u32, device: WaitingDevice) {
+        self.by_endpoint.insert(endpoint, device);
     }
 
-    fn try_install(&mut self, ep: u32, w: WaitingDevice) -> Result<(), (WaitingDevice, NotYet)> {
-        let probe = sys::vfio_attach(&w.file, self.empty, None);
-        if let Err(e) = probe {
-            let why = if e.raw_os_error() == Some(libc::EINVAL) {
-                NotYet::Unbound
+    /// Whether `endpoint` waits for its bind.
+    pub(super) fn contains(&self, endpoint: u32) -> bool {
+        self.by_endpoint.contains_key(&endpoint)
+    }
+
+    /// The waiting endpoints.
+    pub(super) fn endpoints(&self) -> Vec<u32> {
+        self.by_endpoint.keys().copied().collect()
+    }
+
+    /// Takes `endpoint`'s device out (to install it, or drop it).
+    pub(super) fn remove(&mut self, endpoint: u32) -> Option<WaitingDevice> {
+        self.by_endpoint.remove(&endpoint)
+    }
+}
+
+impl WaitingDevice {
+    /// Whether the VMM has bound the device to the shared iommufd, probed by attaching it to
+    /// `empty_ioas` (before the bind that answers `EINVAL`): its iommufd device ID (0 when it
+    /// cannot be recovered), or `None` while it is not bound (or the probe failed, logged).
+    pub(super) fn bound_dev_id(&self, endpoint: u32, empty_ioas: u32) -> Option<u32> {
+        if let Err(e) = sys::vfio_attach(&self.file, empty_ioas, None) {
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                info!(
+                    "endpoint {endpoint}: {} is not bound to the shared iommufd yet (the VMM binds it)",
+                    self.what
+                );
             } else {
                 error!(
-                    "endpoint {ep}: attaching {} to the shared iommufd: {e}",
-                    w.what
+                    "endpoint {endpoint}: attaching {} to the shared iommufd: {e}",
+                    self.what
                 );
-                NotYet::Failed
-            };
-            return Err((w, why));
+            }
+            return None;
         }
-        let dev_id = match find_dev_id(&w.file) {
+        Some(match find_dev_id(&self.file) {
             Ok(id) => {
                 info!(
-                    "endpoint {ep}: {} bound by the VMM as iommufd device {id}",
-                    w.what
+                    "endpoint {endpoint}: {} bound by the VMM as iommufd device {id}",
+                    self.what
                 );
                 id
             }
             Err(why) => {
                 info!(
-                    "endpoint {ep}: {} bound by the VMM; its iommufd device ID is unknown ({why}): \
+                    "endpoint {endpoint}: {} bound by the VMM; its iommufd device ID is unknown ({why}): \
                      flat model only (no HW info, nesting or page requests)",
-                    w.what
+                    self.what
                 );
                 0
             }
-        };
-        let WaitingDevice { file, what } = w;
-        let advertised = vmm_bound_reserved();
-        let dev = BoundDevice::new(DeviceKind::Vfio { file, what }, dev_id);
-        if let Err(e) = self.install(ep, dev) {
-            // `install` keeps the device even when applying the default failed.
-            error!("endpoint {ep}: {e}");
-        }
-        if let Some(d) = self.devices.get(&ep) {
-            let missing: Vec<&ReservedRegion> = d
-                .reserved
+        })
+    }
+}
+
+/// After a late install: what the guest was not told because the device was bound after
+/// start-up (host reservations beyond [`vmm_bound_reserved`], a coarse IOVA alignment).
+pub(super) fn warn_late_install(endpoint: u32, dev: &BoundDevice) {
+    let advertised = vmm_bound_reserved();
+    let missing: Vec<&ReservedRegion> = dev
+        .reserved
+        .iter()
+        .filter(|r| {
+            !advertised
                 .iter()
-                .filter(|r| {
-                    !advertised
-                        .iter()
-                        .any(|a| a.start <= r.start && r.end <= a.end)
-                })
-                .collect();
-            if !missing.is_empty() {
-                warn!(
-                    "endpoint {ep}: host reserved IOVA ranges {missing:x?} were not advertised \
-                     to the guest (the device was bound after start-up); guest MAPs there fail \
-                     unless --input-range or --reserved already keep the guest out of them)"
-                );
-            }
-            if d.iova_alignment > 4096 {
-                warn!(
-                    "endpoint {ep}: the host needs IOVA alignment {:#x}; smaller guest MAPs fail",
-                    d.iova_alignment
-                );
-            }
-        }
-        Ok(())
+                .any(|a| a.start <= r.start && r.end <= a.end)
+        })
+        .collect();
+    if !missing.is_empty() {
+        warn!(
+            "endpoint {endpoint}: host reserved IOVA ranges {missing:x?} were not advertised \
+             to the guest (the device was bound after start-up); guest MAPs there fail \
+             unless --input-range or --reserved already keep the guest out of them)"
+        );
+    }
+    if dev.iova_alignment > 4096 {
+        warn!(
+            "endpoint {endpoint}: the host needs IOVA alignment {:#x}; smaller guest MAPs fail",
+            dev.iova_alignment
+        );
     }
 }
 
