@@ -130,7 +130,13 @@ fn bench(c: &mut Criterion) {
                 &n,
                 |b, _| {
                     let iova = iovas[0] + 8;
-                    b.iter(|| black_box(v.translate(0, None, iova, 64, Access::Read).unwrap()));
+                    b.iter(|| {
+                        black_box(
+                            v.device_dma()
+                                .translate(0, None, iova, 64, Access::Read)
+                                .unwrap(),
+                        )
+                    });
                 },
             );
             let mut k = 0usize;
@@ -141,7 +147,11 @@ fn bench(c: &mut Criterion) {
                     b.iter(|| {
                         let iova = iovas[(k * 7919) % iovas.len()];
                         k += 1;
-                        black_box(v.translate(0, None, iova, 64, Access::Read).unwrap())
+                        black_box(
+                            v.device_dma()
+                                .translate(0, None, iova, 64, Access::Read)
+                                .unwrap(),
+                        )
                     });
                 },
             );

@@ -179,7 +179,7 @@ fn wake_queue(wake: &WakeSlot) {
 /// Terminates: each wait ends by the engine's page-request deadline at the latest, and the
 /// engine bounds the page requests per page and the DMA length is bounded.
 pub fn blocking_dma(engine: &SharedEngine, wake: &WakeSlot, req: DmaRequest) -> DmaOutcome {
-    let mut out = lock(engine).start_dma(req, Instant::now());
+    let mut out = lock(engine).device_dma().start(req, Instant::now());
     let mut woken_for = None;
     loop {
         let DmaOutcome::Pending(ticket) = out else {
@@ -191,7 +191,7 @@ pub fn blocking_dma(engine: &SharedEngine, wake: &WakeSlot, req: DmaRequest) -> 
             woken_for = Some(ticket);
         }
         thread::sleep(DMA_POLL);
-        let next = lock(engine).resume_dma(ticket, Instant::now());
+        let next = lock(engine).device_dma().resume(ticket, Instant::now());
         // `None` cannot happen (only this thread resumes or cancels its ticket); treat it as
         // an unknown fault rather than waiting forever.
         out = next.unwrap_or_else(|| {
@@ -264,7 +264,9 @@ fn dispatch(
             let pasid = u32_field(req, "pasid")?;
             let iova = need(req, "iova")?;
             let len = num(req, "len")?.unwrap_or(1);
-            let r = lock(engine).translate(endpoint, pasid, iova, len, access(req)?);
+            let r = lock(engine)
+                .device_dma()
+                .translate(endpoint, pasid, iova, len, access(req)?);
             Ok(match r {
                 Ok(t) => {
                     json!({"ok": true, "translation": serde_json::to_value(t).map_err(|e| e.to_string())?})

@@ -29,7 +29,7 @@ fn writable_part_under_four_bytes_gets_nothing() {
         assert!(w.iter().all(|b| *b == 0xaa));
     }
     assert_eq!(v.domain_of(0), None);
-    assert_eq!(v.stats().attach.no_reply, 4);
+    assert_eq!(v.stats().requests.attach.no_reply, 4);
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn unknown_or_unreadable_types_get_no_reply() {
         assert_eq!(n, 0, "{readable:?}");
         assert_eq!(w, [0; 4]);
     }
-    assert_eq!(v.stats().unknown_type, 4);
+    assert_eq!(v.stats().requests.unknown_type, 4);
 }
 
 #[test]
@@ -73,7 +73,7 @@ fn wrong_lengths_are_inval() {
     long.push(0);
     assert_eq!(raw_status(&mut v, &long), Status::Inval);
     assert_eq!(raw_status(&mut v, &b[..1]), Status::Inval);
-    assert_eq!(v.stats().attach.inval, 3);
+    assert_eq!(v.stats().requests.attach.inval, 3);
     assert_eq!(v.domain_of(0), None);
 }
 
@@ -132,8 +132,8 @@ fn map_unmap_without_the_feature_get_no_reply() {
         assert_eq!((n, w), (0, vec![0; 4]));
     }
     assert_eq!(mappings(&v, 1), vec![]);
-    assert_eq!(v.stats().map.no_reply, 1);
-    assert_eq!(v.stats().unmap.no_reply, 1);
+    assert_eq!(v.stats().requests.map.no_reply, 1);
+    assert_eq!(v.stats().requests.unmap.no_reply, 1);
 }
 
 fn ext_requests(endpoint: u32) -> [Request; 3] {
@@ -191,8 +191,8 @@ fn extension_requests_are_gated_then_checked() {
         .collect();
     assert_eq!(s, vec![Status::Unsupp, Status::NoEnt, Status::Inval]);
     assert_eq!(send(&mut v, ext_requests(99)[0]), Status::NoEnt);
-    assert_eq!(v.stats().attach_table.unsupp, 1);
-    assert_eq!(v.stats().attach_table.noent, 1);
+    assert_eq!(v.stats().requests.attach_table.unsupp, 1);
+    assert_eq!(v.stats().requests.attach_table.noent, 1);
 }
 
 #[test]
@@ -247,13 +247,17 @@ fn bypass_writes_reset_and_system_reset() {
     assert_eq!(v.config_space().bypass, 1);
     // Boot bypass: unattached endpoints translate 1:1.
     assert_eq!(
-        v.translate(3, None, 0x5000, 4, Access::Read).unwrap().gpa,
+        v.device_dma()
+            .translate(3, None, 0x5000, 4, Access::Read)
+            .unwrap()
+            .gpa,
         0x5000
     );
     assert_eq!(v.write_config(36, &[0]), Ok(()));
     assert_eq!(v.config_space().bypass, 0);
     assert_eq!(
-        v.translate(3, None, 0x5000, 4, Access::Read)
+        v.device_dma()
+            .translate(3, None, 0x5000, 4, Access::Read)
             .unwrap_err()
             .reason,
         FaultReason::Domain
@@ -294,7 +298,10 @@ fn bypass_writes_reset_and_system_reset() {
     // Sticky across device reset.
     v.reset();
     assert_eq!(v.config_space().bypass, 0);
-    assert!(v.translate(3, None, 0x5000, 4, Access::Read).is_err());
+    assert!(v
+        .device_dma()
+        .translate(3, None, 0x5000, 4, Access::Read)
+        .is_err());
     // A whole-space write that only changes bypass is fine.
     let mut all = v.config_space().as_bytes().to_vec();
     all[36] = 1;
@@ -304,7 +311,10 @@ fn bypass_writes_reset_and_system_reset() {
     // System reset restores the boot value.
     v.system_reset();
     assert_eq!(v.config_space().bypass, 1);
-    assert!(v.translate(3, None, 0x5000, 4, Access::Read).is_ok());
+    assert!(v
+        .device_dma()
+        .translate(3, None, 0x5000, 4, Access::Read)
+        .is_ok());
 }
 
 #[test]
@@ -314,7 +324,10 @@ fn bypass_config_semantics_apply_when_offered_but_not_acked() {
         Features::MAP_UNMAP | Features::PROBE,
     );
     assert_eq!(
-        v.translate(3, None, 0x5000, 4, Access::Write).unwrap().gpa,
+        v.device_dma()
+            .translate(3, None, 0x5000, 4, Access::Write)
+            .unwrap()
+            .gpa,
         0x5000
     );
     assert_eq!(
@@ -324,7 +337,10 @@ fn bypass_config_semantics_apply_when_offered_but_not_acked() {
     assert_eq!(v.write_config(36, &[1]), Ok(()));
     assert_eq!(v.config_space().bypass, 1);
     let mut v = dev_with(small_config(), Features::MAP_UNMAP | Features::PROBE);
-    assert!(v.translate(3, None, 0x5000, 4, Access::Write).is_err());
+    assert!(v
+        .device_dma()
+        .translate(3, None, 0x5000, 4, Access::Write)
+        .is_err());
 }
 
 #[test]
@@ -335,7 +351,10 @@ fn reset_tears_everything_down() {
     assert_eq!(attach_bypass(&mut v, 3, 2), Status::Ok);
     assert_eq!(map(&mut v, 1, 0x1000, 0x1fff, 0x8000, RW), Status::Ok);
     assert_eq!(*spaces.lock().unwrap(), 2);
-    assert!(v.translate(0, None, 0x9000, 1, Access::Read).is_err());
+    assert!(v
+        .device_dma()
+        .translate(0, None, 0x9000, 1, Access::Read)
+        .is_err());
     assert!(v.has_events());
     let negotiated = v.negotiated();
     v.reset();
@@ -348,13 +367,14 @@ fn reset_tears_everything_down() {
     assert_eq!(v.negotiated(), negotiated);
     // The host forgot the attachments too: endpoint 2 is no longer in bypass.
     assert_eq!(
-        v.translate(2, None, 0x1000, 1, Access::Read)
+        v.device_dma()
+            .translate(2, None, 0x1000, 1, Access::Read)
             .unwrap_err()
             .reason,
         FaultReason::Domain
     );
     // Counters are cumulative.
-    assert_eq!(v.stats().attach.ok, 3);
+    assert_eq!(v.stats().requests.attach.ok, 3);
     assert_eq!(attach(&mut v, 1, 0), Status::Ok);
     assert_eq!(map(&mut v, 1, 0x1000, 0x1fff, 0x8000, RW), Status::Ok);
 }
@@ -399,7 +419,7 @@ fn limits_fail_with_nomem_and_change_nothing() {
     assert_eq!(attach(&mut v, 4, 3), Status::NoMem);
     assert_eq!(v.dump(), before);
     assert_eq!(attach(&mut v, 4, 1), Status::Ok);
-    assert_eq!(v.stats().attach.nomem, 3);
+    assert_eq!(v.stats().requests.attach.nomem, 3);
 }
 
 #[test]
@@ -431,7 +451,10 @@ fn host_failures_roll_back() {
     assert_eq!(unmap(&mut v, 1, 0, u64::MAX), Status::DevErr);
     assert_eq!(mappings(&v, 1).len(), 1);
     assert_eq!(
-        v.translate(0, None, 0x1000, 1, Access::Read).unwrap().gpa,
+        v.device_dma()
+            .translate(0, None, 0x1000, 1, Access::Read)
+            .unwrap()
+            .gpa,
         0x8000
     );
     set(&|k| k.fail_detach = Some(HostError::Failed));
@@ -443,7 +466,10 @@ fn host_failures_roll_back() {
     assert_eq!(v.domain_of(0), Some(1));
     assert_eq!(*spaces.lock().unwrap(), 1);
     assert_eq!(
-        v.translate(0, None, 0x1000, 1, Access::Read).unwrap().gpa,
+        v.device_dma()
+            .translate(0, None, 0x1000, 1, Access::Read)
+            .unwrap()
+            .gpa,
         0x8000
     );
     // And everything still works afterwards.
@@ -495,6 +521,7 @@ fn fault_records_and_the_bounded_queue() {
     let mut v = dev(cfg);
     for ep in 1..=3 {
         let f = v
+            .device_dma()
             .translate(ep, None, 0x4000 + u64::from(ep), 1, Access::Write)
             .unwrap_err();
         assert_eq!(
@@ -526,7 +553,8 @@ fn fault_records_and_the_bounded_queue() {
     assert_eq!(v.stats().events.delivered, 2);
     // Unknown endpoints are not behind this IOMMU: the fault is returned, not queued.
     assert_eq!(
-        v.translate(99, None, 0, 1, Access::Read)
+        v.device_dma()
+            .translate(99, None, 0, 1, Access::Read)
             .unwrap_err()
             .reason,
         FaultReason::Unknown
@@ -567,6 +595,7 @@ fn page_requests_are_delivered_or_failed() {
     );
     // Extended faults carry the PASID.
     let f = v
+        .device_dma()
         .translate(1, Some(5), 0x1000, 1, Access::Read)
         .unwrap_err();
     let e = v.pop_event(48).unwrap();
@@ -582,7 +611,10 @@ fn page_requests_are_delivered_or_failed() {
         k.events.push_back(Event::PageRequest(page_request(true)));
     }
     assert_eq!(v.poll_host(), 2);
-    let f = v.translate(1, None, 0x1000, 1, Access::Read).unwrap_err();
+    let f = v
+        .device_dma()
+        .translate(1, None, 0x1000, 1, Access::Read)
+        .unwrap_err();
     let e = v.pop_event(48).unwrap();
     assert_eq!(e.as_bytes(), &f.encode_legacy());
     assert_eq!(
@@ -614,7 +646,12 @@ fn counters_and_dump_serialise() {
     );
     let s = v.stats();
     assert_eq!(
-        (s.attach.ok, s.map.ok, s.map.range, s.map.noent),
+        (
+            s.requests.attach.ok,
+            s.requests.map.ok,
+            s.requests.map.range,
+            s.requests.map.noent
+        ),
         (2, 1, 1, 1)
     );
     assert_eq!((s.domains, s.mappings, s.attached_endpoints), (2, 1, 2));

@@ -81,9 +81,9 @@ proptest! {
             prop_assert_eq!(map(&mut v, 1, 0, 0xfff, 0x2000, RW), Status::Ok);
         }
         let mut buf = vec![0u8; len];
-        let _ = v.dma_read(ep, None, iova, &mut buf);
-        let _ = v.dma_write(ep, Some(1), iova, &buf);
-        let _ = v.translate(ep, None, iova, u64::MAX, Access::Write);
+        let _ = v.device_dma().read(ep, None, iova, &mut buf);
+        let _ = v.device_dma().write(ep, Some(1), iova, &buf);
+        let _ = v.device_dma().translate(ep, None, iova, u64::MAX, Access::Write);
         while v.pop_event(24).is_some() {}
     }
 }

@@ -382,6 +382,7 @@ fn run(ops: &[Op], mmio: bool) -> Result<(), TestCaseError> {
             Op::Translate { ep, addr, write } => {
                 let access = if write { Access::Write } else { Access::Read };
                 let got = v
+                    .device_dma()
                     .translate(ep, None, addr, 1, access)
                     .map(|t| t.gpa)
                     .map_err(|f| f.reason);

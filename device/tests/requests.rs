@@ -71,7 +71,10 @@ fn attach_creates_the_domain_and_shares_it() {
     assert_eq!(map(&mut v, 7, 0x1000, 0x1fff, 0x8000, RW), Status::Ok);
     for ep in [0, 3] {
         assert_eq!(
-            v.translate(ep, None, 0x1010, 4, Access::Read).unwrap().gpa,
+            v.device_dma()
+                .translate(ep, None, 0x1010, 4, Access::Read)
+                .unwrap()
+                .gpa,
             0x8010
         );
     }
@@ -104,7 +107,8 @@ fn attach_moves_the_endpoint_and_the_old_domain_vanishes() {
     assert_eq!(v.stats().mappings, 0);
     // The old mapping is unreachable and domain 1 is gone.
     assert_eq!(
-        v.translate(0, None, 0x1000, 1, Access::Read)
+        v.device_dma()
+            .translate(0, None, 0x1000, 1, Access::Read)
             .unwrap_err()
             .reason,
         FaultReason::Mapping
@@ -161,7 +165,8 @@ fn bypass_domain_translates_one_to_one() {
     let mut v = dev(small_config());
     assert_eq!(attach_bypass(&mut v, 1, 0), Status::Ok);
     assert_eq!(
-        v.translate(0, None, 0x1234_5678, 8, Access::Write)
+        v.device_dma()
+            .translate(0, None, 0x1234_5678, 8, Access::Write)
             .unwrap()
             .gpa,
         0x1234_5678
@@ -212,7 +217,8 @@ fn detach_of_the_last_endpoint_drops_domain_and_mappings() {
     assert_eq!(mappings(&v, 1).len(), 1);
     // A detached endpoint no longer reaches the mappings (boot bypass is off: DOMAIN fault).
     assert_eq!(
-        v.translate(0, None, 0x1000, 1, Access::Read)
+        v.device_dma()
+            .translate(0, None, 0x1000, 1, Access::Read)
             .unwrap_err()
             .reason,
         FaultReason::Domain
@@ -339,17 +345,25 @@ fn write_through_a_read_only_mapping_is_refused() {
         map(&mut v, 1, 0x2000, 0x2fff, 0x9000, MapFlags::WRITE),
         Status::Ok
     );
-    assert!(v.translate(0, None, 0x1000, 1, Access::Read).is_ok());
+    assert!(v
+        .device_dma()
+        .translate(0, None, 0x1000, 1, Access::Read)
+        .is_ok());
     assert_eq!(
-        v.translate(0, None, 0x1000, 1, Access::Write)
+        v.device_dma()
+            .translate(0, None, 0x1000, 1, Access::Write)
             .unwrap_err()
             .reason,
         FaultReason::Mapping
     );
     // This device does not allow reads through a write-only mapping either.
-    assert!(v.translate(0, None, 0x2000, 1, Access::Write).is_ok());
+    assert!(v
+        .device_dma()
+        .translate(0, None, 0x2000, 1, Access::Write)
+        .is_ok());
     assert_eq!(
-        v.translate(0, None, 0x2000, 1, Access::Read)
+        v.device_dma()
+            .translate(0, None, 0x2000, 1, Access::Read)
             .unwrap_err()
             .reason,
         FaultReason::Mapping
@@ -418,7 +432,9 @@ fn map_arithmetic_at_the_top_of_the_address_space() {
     // The whole 64-bit space, identity (what Linux does without BYPASS_CONFIG).
     assert_eq!(map(&mut v, 1, 0, u64::MAX, 0, RW), Status::Ok);
     assert_eq!(
-        v.translate(0, None, u64::MAX, 16, Access::Write).unwrap(),
+        v.device_dma()
+            .translate(0, None, u64::MAX, 16, Access::Write)
+            .unwrap(),
         vhost_device_iommu::engine::Translation {
             gpa: u64::MAX,
             len: 1
@@ -594,7 +610,7 @@ fn probe_without_f_probe_gets_no_reply() {
     let (n, w) = probe(&mut v, 0, 512);
     assert_eq!(n, 0);
     assert!(w.iter().all(|b| *b == 0));
-    assert_eq!(v.stats().probe.no_reply, 1);
+    assert_eq!(v.stats().requests.probe.no_reply, 1);
 }
 
 #[test]
@@ -624,7 +640,10 @@ fn probe_area_larger_than_probe_size_is_filled_and_zeroed() {
 #[test]
 fn unattached_endpoint_without_bypass_cannot_reach_memory() {
     let mut v = dev(small_config());
-    let f = v.translate(5, None, 0x1000, 4, Access::Read).unwrap_err();
+    let f = v
+        .device_dma()
+        .translate(5, None, 0x1000, 4, Access::Read)
+        .unwrap_err();
     assert_eq!(f.reason, FaultReason::Domain);
     assert_eq!(f.endpoint, 5);
     assert_eq!(f.address, Some(0x1000));

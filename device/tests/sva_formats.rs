@@ -24,7 +24,7 @@ fn run(v: &mut Engine, pasid: Option<u32>, iova: u64, op: DmaOp, attrs: DmaAttrs
         op,
         attrs,
     };
-    v.start_dma(req, Instant::now())
+    v.device_dma().start(req, Instant::now())
 }
 
 fn wr(v: &mut Engine, pasid: Option<u32>, iova: u64, b: u8) -> DmaOutcome {

@@ -24,7 +24,7 @@ fn start(v: &mut Engine, ep: u32, pasid: u32, iova: u64, now: Instant) -> DmaOut
         op: DmaOp::Read(8),
         attrs: DmaAttrs::default(),
     };
-    v.start_dma(req, now)
+    v.device_dma().start(req, now)
 }
 
 fn fault_reason(o: DmaOutcome) -> FaultReason {
@@ -141,7 +141,7 @@ proptest! {
             op: if write { DmaOp::Write(vec![0xa5; 16]) } else { DmaOp::Read(16) },
             attrs: DmaAttrs { privileged, exec: false },
         };
-        let out = s.v.start_dma(req, Instant::now());
+        let out = s.v.device_dma().start(req, Instant::now());
         prop_assert!(!matches!(out, DmaOutcome::Pending(_)));
         prop_assert!(s.v.pending_events() <= 256);
     }
@@ -162,7 +162,7 @@ fn a_million_unanswered_page_requests_stay_bounded() {
     // Faults past the limit push page requests out of the full event queue; the device fails
     // those groups itself, so new ones can be raised, but never more than the limits allow.
     assert!(pending >= 4);
-    assert!(s.v.parked_dmas() <= Limits::default().max_page_request_groups_total);
+    assert!(s.v.device_dma().parked() <= Limits::default().max_page_request_groups_total);
     assert!(s.v.pending_events() <= Limits::default().max_pending_events);
     let c = s.v.stats().page_requests;
     assert_eq!(c.raised, u64::from(pending));
@@ -184,7 +184,7 @@ fn unanswered_requests_time_out() {
     // withdraws the request; the guest's late answer is stale.
     let late = t0 + Duration::from_millis(1000);
     assert!(
-        matches!(s.v.resume_dma(t, late), Some(DmaOutcome::Fault(f)) if f.address == Some(0x1000))
+        matches!(s.v.device_dma().resume(t, late), Some(DmaOutcome::Fault(f)) if f.address == Some(0x1000))
     );
     assert_eq!(s.v.stats().page_requests.timed_out, 1);
     let ev = s.v.pop_event(48).unwrap();
@@ -203,7 +203,10 @@ fn unanswered_requests_time_out() {
     };
     assert_eq!(s.v.expire_page_requests(t0 + Duration::from_millis(999)), 0);
     assert_eq!(s.v.expire_page_requests(late), 1);
-    assert!(matches!(s.v.resume_dma(t, t0), Some(DmaOutcome::Fault(_))));
+    assert!(matches!(
+        s.v.device_dma().resume(t, t0),
+        Some(DmaOutcome::Fault(_))
+    ));
 }
 
 #[test]
@@ -218,7 +221,7 @@ fn undeliverable_page_requests_fail() {
     assert!(ev.is_none());
     assert_eq!(s.v.stats().events.page_requests_failed, 1);
     assert!(matches!(
-        s.v.resume_dma(t, Instant::now()),
+        s.v.device_dma().resume(t, Instant::now()),
         Some(DmaOutcome::Fault(_))
     ));
     assert_eq!(s.v.outstanding_page_requests(0), 0);
@@ -226,10 +229,10 @@ fn undeliverable_page_requests_fail() {
     let DmaOutcome::Pending(t) = start(&mut s.v, 0, 1, 0x1000, Instant::now()) else {
         panic!()
     };
-    s.v.cancel_dma(t);
+    s.v.device_dma().cancel(t);
     assert_eq!(s.v.outstanding_page_requests(0), 0);
-    assert_eq!(s.v.parked_dmas(), 0);
-    assert_eq!(s.v.resume_dma(t, Instant::now()), None);
+    assert_eq!(s.v.device_dma().parked(), 0);
+    assert_eq!(s.v.device_dma().resume(t, Instant::now()), None);
 }
 
 #[test]
@@ -247,7 +250,7 @@ fn success_without_a_fix_is_retried_a_bounded_number_of_times() {
             page_resp(&mut s.v, 0, Some(1), gid, PageRespCode::Success),
             Status::Ok
         );
-        out = s.v.resume_dma(t, Instant::now()).unwrap();
+        out = s.v.device_dma().resume(t, Instant::now()).unwrap();
     }
     assert_eq!(requests, PAGE_REQUESTS_PER_PAGE);
     assert_eq!(fault_reason(out), FaultReason::Mapping);

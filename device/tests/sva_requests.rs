@@ -79,7 +79,7 @@ fn attach_table_statuses() {
     assert_eq!(attach_table(&mut v, 4, 0, vtd(3, 48, 0x3000)), Status::Ok);
     v.reset();
     assert_eq!(v.stats().tables, 0);
-    let s = v.stats().attach_table;
+    let s = v.stats().requests.attach_table;
     assert_eq!((s.noent, s.unsupp, s.inval), (1, 2, 8));
 }
 
@@ -151,7 +151,7 @@ fn invalidate_statuses() {
     let mut w = [0u8; 4];
     assert_eq!(v.handle_request(&raw, &mut w), 4);
     assert_eq!(w[0], Status::Inval as u8);
-    let s = v.stats().invalidate;
+    let s = v.stats().requests.invalidate;
     assert_eq!((s.noent, s.inval, s.range, s.ok), (1, 2, 2, 5));
 }
 
@@ -166,7 +166,7 @@ fn page_resp_statuses() {
         op: DmaOp::Read(4),
         attrs: DmaAttrs::default(),
     };
-    let DmaOutcome::Pending(t) = s.v.start_dma(req, Instant::now()) else {
+    let DmaOutcome::Pending(t) = s.v.device_dma().start(req, Instant::now()) else {
         panic!("expected a page request")
     };
     let v = &mut s.v;
@@ -196,7 +196,7 @@ fn page_resp_statuses() {
         Status::Inval
     );
     assert!(matches!(
-        v.resume_dma(t, Instant::now()),
+        v.device_dma().resume(t, Instant::now()),
         Some(DmaOutcome::Fault(_))
     ));
     // A bad response code is a decode error.
@@ -213,7 +213,7 @@ fn page_resp_statuses() {
     let mut w = [0u8; 4];
     assert_eq!(v.handle_request(&raw, &mut w), 4);
     assert_eq!(w[0], Status::Inval as u8);
-    let c = v.stats().page_resp;
+    let c = v.stats().requests.page_resp;
     assert_eq!((c.noent, c.inval, c.ok), (1, 5, 1));
 }
 

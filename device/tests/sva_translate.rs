@@ -14,7 +14,7 @@ use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode, S1DSS_SSID0,
 use virtio_iommu_spec::{FaultEvent, Status};
 
 fn dma(v: &mut Engine, ep: u32, pasid: Option<u32>, iova: u64, op: DmaOp) -> DmaOutcome {
-    v.start_dma(
+    v.device_dma().start(
         DmaRequest {
             endpoint: ep,
             pasid,
@@ -101,7 +101,7 @@ fn page_request_then_success_completes_the_dma() {
         assert_eq!(s.v.outstanding_page_requests(2), 1);
         // Nothing answered yet: still waiting.
         assert_eq!(
-            s.v.resume_dma(t, Instant::now()),
+            s.v.device_dma().resume(t, Instant::now()),
             Some(DmaOutcome::Pending(t))
         );
         // The guest maps the page, invalidates and answers.
@@ -113,11 +113,11 @@ fn page_request_then_success_completes_the_dma() {
         );
         assert_eq!(s.v.outstanding_page_requests(2), 0);
         assert_eq!(
-            s.v.resume_dma(t, Instant::now()),
+            s.v.device_dma().resume(t, Instant::now()),
             Some(DmaOutcome::Done(vec![]))
         );
         assert_eq!(s.g.read(0x30_0010, 4), vec![1, 2, 3, 4], "{fmt:?}");
-        assert_eq!(s.v.resume_dma(t, Instant::now()), None);
+        assert_eq!(s.v.device_dma().resume(t, Instant::now()), None);
         // The group is complete: answering again is stale.
         assert_eq!(
             page_resp(&mut s.v, 2, Some(1), 0, PageRespCode::Success),
@@ -147,7 +147,7 @@ fn success_without_a_fix_raises_a_new_request() {
             Status::Ok
         );
         // Still read-only: a new group.
-        let t2 = pending(s.v.resume_dma(t, Instant::now()).unwrap());
+        let t2 = pending(s.v.device_dma().resume(t, Instant::now()).unwrap());
         let ev = s.v.pop_event(48).unwrap();
         assert_eq!(
             ev.as_bytes(),
@@ -160,7 +160,7 @@ fn success_without_a_fix_raises_a_new_request() {
             Status::Ok
         );
         assert_eq!(
-            s.v.resume_dma(t2, Instant::now()),
+            s.v.device_dma().resume(t2, Instant::now()),
             Some(DmaOutcome::Done(vec![]))
         );
         assert_eq!(s.g.read(0x30_0008, 1), vec![9], "{fmt:?}");
@@ -187,7 +187,7 @@ fn invalid_response_fails_the_dma_with_its_fault_record() {
             pasid: Some(5),
         };
         assert_eq!(
-            s.v.resume_dma(t, Instant::now()),
+            s.v.device_dma().resume(t, Instant::now()),
             Some(DmaOutcome::Fault(want))
         );
         let mut rec = vec![2, 0, 0, 0];
@@ -204,7 +204,7 @@ fn invalid_response_fails_the_dma_with_its_fault_record() {
             page_resp(&mut s.v, 1, Some(5), 1, PageRespCode::Invalid),
             Status::Ok
         );
-        s.v.resume_dma(t, Instant::now()).unwrap();
+        s.v.device_dma().resume(t, Instant::now()).unwrap();
         let legacy = s.v.pop_event(24).unwrap();
         assert_eq!(legacy.as_bytes(), &want.encode_legacy()[..]);
         assert_eq!(s.v.stats().page_requests.invalid, 2);
@@ -223,7 +223,7 @@ fn failure_stops_page_requests_until_reset() {
             Status::Ok
         );
         assert!(matches!(
-            s.v.resume_dma(t, Instant::now()),
+            s.v.device_dma().resume(t, Instant::now()),
             Some(DmaOutcome::Fault(f)) if f.reason == FaultReason::Mapping
         ));
         s.v.pop_event(48).unwrap();

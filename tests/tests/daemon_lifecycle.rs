@@ -190,7 +190,7 @@ fn daemon_in_a_thread_through_the_library() {
     {
         let v = engine.lock();
         assert_eq!(v.domain_of(4), Some(3));
-        assert_eq!(v.stats().map.ok, 1);
+        assert_eq!(v.stats().requests.map.ok, 1);
     }
     let mut ctl = ControlClient::connect(&control, WAIT).unwrap();
     let r = ctl

@@ -1,27 +1,29 @@
-//! DMA of a simulated endpoint that can wait for page requests, and the engine's side of
-//! PAGE_RESP.
+//! DMA of a simulated device through the IOMMU: the control socket's `translate`,
+//! `dma-read` and `dma-write`, and the tests' simulated endpoints. Shipped (the control socket
+//! documents it) but apart from the request path: nothing here runs for a guest request.
 //!
-//! [`Engine::start_dma`] copies piece by piece through the host's translation. A recoverable
+//! [`DeviceDma::start`] copies piece by piece through the host's translation. A recoverable
 //! stage-1 fault (entry not present, permission, access flag) of an endpoint with page-request
 //! capability, with `F_PAGE_REQUEST` negotiated, queues a page request (one group, LAST set)
 //! and parks the DMA behind a [`DmaTicket`]. The caller drops the engine lock, lets the queue
-//! thread deliver the event and process PAGE_RESP, and calls [`Engine::resume_dma`]:
-//! SUCCESS retries the walk from where it stopped, INVALID / FAILURE / timeout fail the DMA with
-//! an unrecoverable fault (queued as an event like any other).
+//! thread deliver the event and process PAGE_RESP, and calls [`DeviceDma::resume`]: SUCCESS
+//! retries the walk from where it stopped, INVALID / FAILURE / timeout fail the DMA with an
+//! unrecoverable fault (queued as an event like any other).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use log::{debug, warn};
+use log::debug;
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::ext::PageRespCode;
-use virtio_iommu_spec::request::PageResp;
-use virtio_iommu_spec::{Event, FaultEvent, Features, PageRequest, Status};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace};
+use virtio_iommu_spec::{Event, FaultEvent, Features, PageRequest};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
-use super::prq::Origin;
-use super::Engine;
-use crate::host::{Access, DmaAttrs, Fault};
+use super::engine_config::EndpointTable;
+use super::event_queue::EventQueue;
+use super::prq::{Origin, PageRequests};
+use super::queue_event;
+use crate::host::{Access, DmaAttrs, Fault, GuestRange, HostIommu};
 
 /// Page requests one page of a DMA may raise (the first and the retries after SUCCESS) before
 /// the DMA fails with an unrecoverable fault.
@@ -64,21 +66,13 @@ pub enum DmaOutcome {
     Done(Vec<u8>),
     /// Failed with this fault (already queued as an event, unless the endpoint is unknown).
     Fault(FaultEvent),
-    /// Waiting for a page response: call [`Engine::resume_dma`] later.
+    /// Waiting for a page response: call [`DeviceDma::resume`] later.
     Pending(DmaTicket),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Wait {
-    /// The page request of this group is outstanding.
-    Group(u16),
-    /// The group was completed with this code (by the guest or by the device).
-    Answered(PageRespCode),
 }
 
 /// A parked DMA.
 #[derive(Debug)]
-pub(super) struct ParkedDma {
+struct ParkedDma {
     endpoint: u32,
     pasid: Option<u32>,
     iova: u64,
@@ -90,7 +84,8 @@ pub(super) struct ParkedDma {
     fault_addr: u64,
     /// Page requests raised for `fault_addr`.
     requests: u32,
-    wait: Wait,
+    /// The page-request group it waits on (once parked).
+    group: u16,
 }
 
 impl ParkedDma {
@@ -114,30 +109,100 @@ impl ParkedDma {
     }
 }
 
-/// The parked DMAs.
+/// The DMAs parked behind page requests, by ticket.
 #[derive(Debug, Default)]
-pub(super) struct Dmas {
+pub(super) struct ParkedDmas {
     parked: BTreeMap<u64, ParkedDma>,
     next: u64,
 }
 
-impl Dmas {
-    /// Parked DMAs.
-    pub(super) fn len(&self) -> usize {
-        self.parked.len()
-    }
+/// The engine as a simulated device sees it: the parked DMAs and what a DMA goes through
+/// (the host's translation, guest memory, the page-request groups and the event queue).
+/// Made by [`super::Engine::device_dma`].
+#[derive(Debug)]
+pub struct DeviceDma<'a> {
+    pub(super) parked: &'a mut ParkedDmas,
+    pub(super) host: &'a mut dyn HostIommu,
+    pub(super) mem: Option<&'a GuestMemoryAtomic<GuestMemoryMmap>>,
+    pub(super) prq: &'a mut PageRequests,
+    pub(super) events: &'a mut EventQueue,
+    pub(super) endpoints: &'a EndpointTable,
+    pub(super) negotiated: Features,
+}
 
-    fn answer(&mut self, ticket: u64, code: PageRespCode) {
-        if let Some(d) = self.parked.get_mut(&ticket) {
-            d.wait = Wait::Answered(code);
-        }
+fn fault_event(endpoint: u32, pasid: Option<u32>, access: Access, f: Fault) -> FaultEvent {
+    FaultEvent {
+        reason: f.reason,
+        access: match access {
+            Access::Read => FaultFlags::READ,
+            Access::Write => FaultFlags::WRITE,
+        },
+        endpoint,
+        address: Some(f.address),
+        pasid,
     }
 }
 
-impl Engine {
-    /// Starts a DMA. Returns `Done` or `Fault` at once, or `Pending` when it waits for a page
-    /// response; nothing is parked unless it returns `Pending`.
-    pub fn start_dma(&mut self, req: DmaRequest, now: Instant) -> DmaOutcome {
+impl DeviceDma<'_> {
+    /// Translates a DMA access of `endpoint`: the guest-physical range the first bytes reach
+    /// (cut at the end of the mapping). A failure is also queued as a fault event.
+    ///
+    /// # Errors
+    /// The fault: DOMAIN (unattached, not in bypass), MAPPING (no mapping, wrong permission,
+    /// RESERVED region), UNKNOWN (not translatable for another reason).
+    pub fn translate(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<GuestRange, FaultEvent> {
+        self.known(endpoint, pasid, iova, access)?;
+        self.host
+            .translate(endpoint, pasid, iova, len, access)
+            .map_err(|f| self.fault(endpoint, pasid, access, f))
+    }
+
+    /// DMA read through the IOMMU into `buf`.
+    ///
+    /// # Errors
+    /// As [`DeviceDma::translate`], for the first byte that failed; a translated address
+    /// outside guest RAM faults with reason UNKNOWN. The fault is queued as an event.
+    pub fn read(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        buf: &mut [u8],
+    ) -> Result<(), FaultEvent> {
+        self.known(endpoint, pasid, iova, Access::Read)?;
+        self.host
+            .dma_read(endpoint, pasid, iova, buf)
+            .map_err(|f| self.fault(endpoint, pasid, Access::Read, f))
+    }
+
+    /// DMA write of `data` through the IOMMU.
+    ///
+    /// # Errors
+    /// As [`DeviceDma::read`].
+    pub fn write(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        data: &[u8],
+    ) -> Result<(), FaultEvent> {
+        self.known(endpoint, pasid, iova, Access::Write)?;
+        self.host
+            .dma_write(endpoint, pasid, iova, data)
+            .map_err(|f| self.fault(endpoint, pasid, Access::Write, f))
+    }
+
+    /// Starts a DMA that may wait for page requests. Returns `Done` or `Fault` at once, or
+    /// `Pending` when it waits for a page response; nothing is parked unless it returns
+    /// `Pending`.
+    pub fn start(&mut self, req: DmaRequest, now: Instant) -> DmaOutcome {
         let (write, buf) = match req.op {
             DmaOp::Read(n) => (false, vec![0u8; n]),
             DmaOp::Write(data) => (true, data),
@@ -152,98 +217,86 @@ impl Engine {
             done: 0,
             fault_addr: req.iova,
             requests: 0,
-            wait: Wait::Answered(PageRespCode::Success),
+            group: 0,
         };
         if let Err(mut f) = self.known(d.endpoint, d.pasid, d.iova, d.access()) {
             f.access = d.flags();
             return DmaOutcome::Fault(f);
         }
-        self.run_dma(d, now)
+        self.run(d, now)
     }
 
     /// Moves a parked DMA on: still `Pending` while its group is outstanding and not past its
     /// deadline (past it, the device completes the group with FAILURE itself); after SUCCESS
     /// the DMA continues (and may park again); after INVALID or FAILURE it faults. `None` for a
     /// ticket that is not parked (finished, cancelled, or never issued).
-    pub fn resume_dma(&mut self, ticket: DmaTicket, now: Instant) -> Option<DmaOutcome> {
-        let d = self.dmas.parked.remove(&ticket.0)?;
-        let out = match d.wait {
-            Wait::Group(gid) => match self.prq.get(d.endpoint, gid) {
+    pub fn resume(&mut self, ticket: DmaTicket, now: Instant) -> Option<DmaOutcome> {
+        let d = self.parked.parked.remove(&ticket.0)?;
+        Some(match self.prq.take_answer(ticket.0) {
+            Some(PageRespCode::Success) => self.run(d, now),
+            Some(_) => self.fail(&d),
+            None => match self.prq.get(d.endpoint, d.group) {
                 Some(g) if now < g.deadline => {
-                    self.dmas.parked.insert(ticket.0, d);
-                    return Some(DmaOutcome::Pending(ticket));
+                    self.parked.parked.insert(ticket.0, d);
+                    DmaOutcome::Pending(ticket)
                 }
                 _ => {
-                    self.time_out_group(d.endpoint, gid);
-                    self.fail_dma(&d)
+                    self.prq
+                        .time_out(self.host, self.events, d.endpoint, d.group);
+                    self.prq.take_answer(ticket.0);
+                    self.fail(&d)
                 }
             },
-            Wait::Answered(PageRespCode::Success) => self.run_dma(d, now),
-            Wait::Answered(_) => self.fail_dma(&d),
-        };
-        self.refresh_gauges();
-        Some(out)
+        })
     }
 
     /// Gives up on a parked DMA: its outstanding group, if any, is completed (a later PAGE_RESP
     /// for it is stale) and its page request withdrawn if not yet delivered.
-    pub fn cancel_dma(&mut self, ticket: DmaTicket) {
-        if let Some(d) = self.dmas.parked.remove(&ticket.0) {
-            if let Wait::Group(gid) = d.wait {
-                self.prq.take(d.endpoint, gid);
-                self.events.remove_page_request(d.endpoint, gid);
+    pub fn cancel(&mut self, ticket: DmaTicket) {
+        if let Some(d) = self.parked.parked.remove(&ticket.0) {
+            // Without an answer the group is still outstanding.
+            if self.prq.take_answer(ticket.0).is_none() {
+                self.prq.take(d.endpoint, d.group);
+                self.events.remove_page_request(d.endpoint, d.group);
             }
         }
-        self.refresh_gauges();
-    }
-
-    /// Completes with FAILURE every group whose deadline is at or before `now` (the guest
-    /// never answered, or the event never found a buffer). DMAs behind them fault when resumed.
-    /// Returns how many groups expired.
-    pub fn expire_page_requests(&mut self, now: Instant) -> usize {
-        let expired = self.prq.expired(now);
-        for (ep, gid) in &expired {
-            self.time_out_group(*ep, *gid);
-        }
-        self.refresh_gauges();
-        expired.len()
-    }
-
-    /// Page-request groups `endpoint` has outstanding.
-    #[must_use]
-    pub fn outstanding_page_requests(&self, endpoint: u32) -> u32 {
-        self.prq.outstanding(endpoint)
     }
 
     /// DMAs parked behind page requests.
     #[must_use]
-    pub fn parked_dmas(&self) -> usize {
-        self.dmas.len()
+    pub fn parked(&self) -> usize {
+        self.parked.parked.len()
     }
 
-    fn time_out_group(&mut self, endpoint: u32, gid: u16) {
-        let Some(g) = self.prq.take(endpoint, gid) else {
-            return;
-        };
-        debug!("page request group {gid} of endpoint {endpoint} timed out");
-        self.stats.page_requests.timed_out += 1;
-        self.events.remove_page_request(endpoint, gid);
-        self.complete_failed(endpoint, gid, g.pasid, g.origin);
+    /// Queues a fault of this DMA for the driver.
+    fn fault(&mut self, endpoint: u32, pasid: Option<u32>, access: Access, f: Fault) -> FaultEvent {
+        let ev = fault_event(endpoint, pasid, access, f);
+        self.push(Event::Fault(ev));
+        ev
     }
 
-    /// A group the device completes with FAILURE itself (timeout, undeliverable, reset).
-    fn complete_failed(&mut self, endpoint: u32, gid: u16, pasid: Option<u32>, origin: Origin) {
-        match origin {
-            Origin::Dma(t) => self.dmas.answer(t, PageRespCode::Failure),
-            Origin::Host => {
-                if let Err(e) = self
-                    .host
-                    .page_response(endpoint, pasid, gid, PageRespCode::Failure)
-                {
-                    warn!("cannot fail page request group {gid} of endpoint {endpoint}: {e}");
-                }
-            }
+    fn push(&mut self, e: Event) {
+        queue_event(self.events, self.prq, self.host, e);
+    }
+
+    /// Checks an endpoint ID before DMA. An ID outside the configured endpoints is not behind
+    /// this IOMMU: the access fails with reason UNKNOWN and no event is queued (the driver
+    /// could not name the endpoint anyway).
+    fn known(
+        &self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+        access: Access,
+    ) -> Result<(), FaultEvent> {
+        if self.endpoints.find(endpoint).is_some() {
+            return Ok(());
         }
+        let f = Fault {
+            reason: FaultReason::Unknown,
+            address: iova,
+        };
+        Err(fault_event(endpoint, pasid, access, f))
     }
 
     fn page_requests_enabled(&self, endpoint: u32) -> bool {
@@ -256,9 +309,8 @@ impl Engine {
     }
 
     /// Copies what can be copied; parks or fails at the first fault.
-    fn run_dma(&mut self, mut d: ParkedDma, now: Instant) -> DmaOutcome {
-        let mem = self.mem.clone();
-        let guard = mem.as_ref().map(GuestAddressSpace::memory);
+    fn run(&mut self, mut d: ParkedDma, now: Instant) -> DmaOutcome {
+        let guard = self.mem.map(GuestAddressSpace::memory);
         let access = d.access();
         while d.done < d.buf.len() {
             let remaining = d.buf.len() - d.done;
@@ -296,7 +348,7 @@ impl Engine {
                 }
                 Err(tf) => {
                     if tf.recoverable && self.prq.stopped(d.endpoint) {
-                        self.stats.page_requests.refused += 1;
+                        self.prq.count_refused();
                     }
                     return self.dma_fault(&d, tf.fault.reason, tf.fault.address);
                 }
@@ -310,22 +362,22 @@ impl Engine {
             d.fault_addr = fault.address;
             d.requests = 0;
         }
-        if d.requests >= PAGE_REQUESTS_PER_PAGE || self.dmas.len() >= self.prq.max_total() {
-            self.stats.page_requests.refused += 1;
+        if d.requests >= PAGE_REQUESTS_PER_PAGE || self.parked() >= self.prq.max_total() {
+            self.prq.count_refused();
             return self.dma_fault(&d, fault.reason, fault.address);
         }
-        let ticket = self.dmas.next;
+        let ticket = self.parked.next;
         let gid = match self.prq.open(d.endpoint, d.pasid, Origin::Dma(ticket), now) {
             Ok(g) => g,
             Err(why) => {
                 debug!("endpoint {}: page request refused: {why:?}", d.endpoint);
-                self.stats.page_requests.refused += 1;
+                self.prq.count_refused();
                 return self.dma_fault(&d, fault.reason, fault.address);
             }
         };
-        self.dmas.next = self.dmas.next.wrapping_add(1);
+        self.parked.next = self.parked.next.wrapping_add(1);
         d.requests += 1;
-        d.wait = Wait::Group(gid);
+        d.group = gid;
         let pr = PageRequest {
             endpoint: d.endpoint,
             pasid: d.pasid,
@@ -335,14 +387,13 @@ impl Engine {
             last: true,
             private_data: None,
         };
-        self.dmas.parked.insert(ticket, d);
-        self.stats.page_requests.raised += 1;
-        self.push_event(Event::PageRequest(pr));
-        self.refresh_gauges();
+        self.parked.parked.insert(ticket, d);
+        self.prq.count_raised();
+        self.push(Event::PageRequest(pr));
         DmaOutcome::Pending(DmaTicket(ticket))
     }
 
-    fn fail_dma(&mut self, d: &ParkedDma) -> DmaOutcome {
+    fn fail(&mut self, d: &ParkedDma) -> DmaOutcome {
         self.dma_fault(d, FaultReason::Mapping, d.fault_addr)
     }
 
@@ -354,91 +405,7 @@ impl Engine {
             address: Some(address),
             pasid: d.pasid,
         };
-        self.push_event(Event::Fault(ev));
+        self.push(Event::Fault(ev));
         DmaOutcome::Fault(ev)
-    }
-
-    /// PAGE_RESP: unknown endpoint → S_NOENT; no such outstanding group → S_INVAL; a PASID that
-    /// differs from the request's (or one given for a request without PASID) → S_INVAL, the
-    /// group stays outstanding. Otherwise the group is completed and S_OK; FAILURE also stops
-    /// the endpoint's page requests until a device reset.
-    pub(super) fn page_resp(&mut self, r: &PageResp) -> Status {
-        if self.endpoints.find(r.endpoint).is_none() {
-            return Status::NoEnt;
-        }
-        let Some(g) = self.prq.get(r.endpoint, r.group_id) else {
-            return Status::Inval;
-        };
-        if r.pasid.is_some() && r.pasid != g.pasid {
-            return Status::Inval;
-        }
-        if let Origin::Host = g.origin {
-            if let Err(e) = self
-                .host
-                .page_response(r.endpoint, g.pasid, r.group_id, r.code)
-            {
-                return super::domain::host_status("page_response", e);
-            }
-        }
-        self.prq.take(r.endpoint, r.group_id);
-        if let Origin::Dma(t) = g.origin {
-            self.dmas.answer(t, r.code);
-        }
-        let c = &mut self.stats.page_requests;
-        match r.code {
-            PageRespCode::Success => c.success += 1,
-            PageRespCode::Invalid => c.invalid += 1,
-            PageRespCode::Failure => {
-                c.failure += 1;
-                self.prq.stop(r.endpoint);
-            }
-        }
-        Status::Ok
-    }
-
-    /// The hook for page requests the driver will never see (dropped from a full queue, or no
-    /// buffer / feature for the 48-byte record): the device completes the group with FAILURE
-    /// itself, once, on its last request.
-    pub(super) fn fail_page_request(&mut self, p: &PageRequest) {
-        self.stats.events.page_requests_failed += 1;
-        match self.prq.get(p.endpoint, p.group_id) {
-            Some(g) if matches!(g.origin, Origin::Dma(_)) || p.last => {
-                self.prq.take(p.endpoint, p.group_id);
-                self.complete_failed(p.endpoint, p.group_id, g.pasid, g.origin);
-            }
-            Some(_) => {}
-            None if p.last => {
-                self.complete_failed(p.endpoint, p.group_id, p.pasid, Origin::Host);
-            }
-            None => {}
-        }
-    }
-
-    /// Records a page request the host raised as an outstanding group. `false` if it was
-    /// refused (limits, or page requests stopped): the device then answered FAILURE itself.
-    pub(super) fn register_host_page_request(&mut self, p: &PageRequest) -> bool {
-        let refused = if self.prq.stopped(p.endpoint) {
-            true
-        } else {
-            self.prq
-                .open_host(p.endpoint, p.group_id, p.pasid, Instant::now())
-                .is_err()
-        };
-        if refused {
-            self.stats.page_requests.refused += 1;
-            if p.last {
-                self.complete_failed(p.endpoint, p.group_id, p.pasid, Origin::Host);
-            }
-            return false;
-        }
-        self.stats.page_requests.raised += 1;
-        true
-    }
-
-    /// Device reset: every outstanding group is completed with FAILURE.
-    pub(super) fn fail_all_page_requests(&mut self) {
-        for ((ep, gid), g) in self.prq.drain() {
-            self.complete_failed(ep, gid, g.pasid, g.origin);
-        }
     }
 }

@@ -84,8 +84,6 @@ pub(super) struct Domains {
     domains: BTreeMap<u32, Domain>,
     /// Endpoint → domain.
     attached: BTreeMap<u32, u32>,
-    /// Mappings of all domains together.
-    mappings: usize,
     /// Guest tables bound with ATTACH_TABLE.
     tables: Tables,
 }
@@ -96,9 +94,9 @@ impl Domains {
         self.domains.len()
     }
 
-    /// Live mappings.
+    /// Live mappings, all domains together.
     pub(super) fn mapping_count(&self) -> usize {
-        self.mappings
+        self.domains.values().map(|d| d.mappings.len()).sum()
     }
 
     /// Attached endpoints.
@@ -209,7 +207,6 @@ impl Domains {
             return;
         }
         if let Some(d) = self.domains.remove(&domain) {
-            self.mappings -= d.mappings.len();
             if let Some(s) = d.space {
                 // The guest's view is already right; a leaked host space is only logged.
                 if let Err(e) = host.destroy_space(s) {
@@ -307,7 +304,6 @@ impl Domains {
             phys_start: m.phys_start,
             flags: m.flags,
         });
-        self.mappings += 1;
         Status::Ok
     }
 
@@ -338,7 +334,7 @@ impl Domains {
                 if let Err(e) = ctx.host.unmap(space, u.virt_start, u.virt_end) {
                     return host_status("unmap", e);
                 }
-                self.mappings -= d.mappings.remove_range(u.virt_start, u.virt_end);
+                d.mappings.remove_range(u.virt_start, u.virt_end);
                 Status::Ok
             }
         }

@@ -66,11 +66,12 @@ pub struct EventCounters {
     pub page_requests_failed: u64,
 }
 
-/// The bounded queue.
+/// The bounded queue and its counters.
 #[derive(Debug)]
 pub(super) struct EventQueue {
     q: VecDeque<Event>,
     cap: usize,
+    counters: EventCounters,
 }
 
 impl EventQueue {
@@ -79,17 +80,31 @@ impl EventQueue {
         EventQueue {
             q: VecDeque::new(),
             cap: cap.max(1),
+            counters: EventCounters::default(),
         }
     }
 
-    /// Appends an event; returns the dropped oldest one when the queue was full.
+    /// The counters.
+    pub(super) fn counters(&self) -> EventCounters {
+        self.counters
+    }
+
+    /// Appends an event; returns the dropped oldest one when the queue was full (a dropped
+    /// page request is one the device must complete with a failure itself).
     pub(super) fn push(&mut self, e: Event) -> Option<Event> {
+        self.counters.queued += 1;
         let dropped = if self.q.len() >= self.cap {
             self.q.pop_front()
         } else {
             None
         };
         self.q.push_back(e);
+        if let Some(old) = &dropped {
+            self.counters.dropped += 1;
+            if matches!(old, Event::PageRequest(_)) {
+                self.counters.page_requests_failed += 1;
+            }
+        }
         dropped
     }
 
@@ -133,8 +148,14 @@ impl EventQueue {
             }
             Event::Fault(_) => return Delivery::TooSmall,
             Event::PageRequest(p) if ext_fits => Delivery::Bytes(EventBytes::ext(p.encode())),
-            Event::PageRequest(p) => Delivery::Undeliverable(*p),
+            Event::PageRequest(p) => {
+                self.counters.page_requests_failed += 1;
+                Delivery::Undeliverable(*p)
+            }
         };
+        if let Delivery::Bytes(_) = out {
+            self.counters.delivered += 1;
+        }
         self.q.pop_front();
         out
     }

@@ -23,41 +23,48 @@ mod tables;
 
 use core::fmt;
 
+use std::time::Instant;
+
 use log::{debug, trace};
 use virtio_iommu_spec::config::BYPASS_OFFSET;
-use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::request::TAIL_SIZE;
-use virtio_iommu_spec::{Config, Event, FaultEvent, Features, Request, RequestType, Status};
+use virtio_iommu_spec::{Config, Event, Features, Request, RequestType, Status};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use zerocopy::IntoBytes;
 
-pub use self::device_dma::{DmaOp, DmaOutcome, DmaRequest, DmaTicket, PAGE_REQUESTS_PER_PAGE};
+pub use self::device_dma::{
+    DeviceDma, DmaOp, DmaOutcome, DmaRequest, DmaTicket, PAGE_REQUESTS_PER_PAGE,
+};
 pub use self::dump::{DomainDump, Dump, MappingDump};
 pub use self::engine_config::{
     ConfigError, EndpointConfig, EngineConfig, Limits, DEFAULT_PAGE_REQUEST_GROUPS,
 };
 pub use self::event_queue::{EventBytes, EventCounters};
 pub use self::prq::PageRequestCounters;
-pub use self::stats::{RequestCounters, Stats};
+pub use self::stats::{RequestCounters, RequestStats, Stats};
 pub use crate::host::{Access, DmaAttrs, GuestRange as Translation, ReservedRegion};
 
-use self::device_dma::Dmas;
+use self::device_dma::ParkedDmas;
 use self::domain::{Ctx, Domains};
 use self::engine_config::EndpointTable;
 use self::event_queue::{Delivery, EventQueue};
 use self::prq::PageRequests;
-use crate::host::{Fault, HostIommu};
+use crate::host::HostIommu;
 
-fn fault_event(endpoint: u32, pasid: Option<u32>, access: Access, f: Fault) -> FaultEvent {
-    FaultEvent {
-        reason: f.reason,
-        access: match access {
-            Access::Read => FaultFlags::READ,
-            Access::Write => FaultFlags::WRITE,
-        },
-        endpoint,
-        address: Some(f.address),
-        pasid,
+/// Queues an event for the driver, dropping the oldest if the queue is full; a page request
+/// dropped that way is completed by the device with FAILURE.
+fn queue_event(
+    events: &mut EventQueue,
+    prq: &mut PageRequests,
+    host: &mut dyn HostIommu,
+    e: Event,
+) {
+    if let Some(old) = events.push(e) {
+        // debug, not warn: a misbehaving device can fault at will.
+        debug!("event queue full: dropped {old:?}");
+        if let Event::PageRequest(p) = old {
+            prq.fail_undeliverable(host, &p);
+        }
     }
 }
 
@@ -116,11 +123,11 @@ pub struct Engine {
     bypass: bool,
     domains: Domains,
     events: EventQueue,
-    stats: Stats,
-    /// Guest memory, for the DMA the engine copies itself ([`Engine::start_dma`]).
+    requests: RequestStats,
+    /// Guest memory, for the DMA the engine copies itself ([`DeviceDma::start`]).
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     prq: PageRequests,
-    dmas: Dmas,
+    parked: ParkedDmas,
 }
 
 impl Engine {
@@ -163,14 +170,14 @@ impl Engine {
             events: EventQueue::new(cfg.limits.max_pending_events),
             mem: None,
             prq,
-            dmas: Dmas::default(),
+            parked: ParkedDmas::default(),
             cfg,
             endpoints,
             host,
             offered,
             negotiated: Features::empty(),
             domains: Domains::default(),
-            stats: Stats::default(),
+            requests: RequestStats::default(),
         })
     }
 
@@ -264,10 +271,9 @@ impl Engine {
     /// SET_FEATURES around a reset in no fixed order). Counters are cumulative and stay.
     pub fn reset(&mut self) {
         self.domains.clear(self.host.as_mut());
-        self.fail_all_page_requests();
+        self.prq.fail_all(self.host.as_mut());
         self.events.clear();
         self.host.set_unattached_bypass(self.bypass);
-        self.refresh_gauges();
     }
 
     /// Ends the device's use of its host: every domain is destroyed through it (as on reset),
@@ -294,17 +300,17 @@ impl Engine {
     pub fn handle_request(&mut self, readable: &[u8], writable: &mut [u8]) -> usize {
         let ty = Request::peek_type(readable).ok();
         let Some(tail_at) = writable.len().checked_sub(TAIL_SIZE) else {
-            self.stats.no_reply(ty);
+            self.requests.no_reply(ty);
             return 0;
         };
         let Some(ty) = ty else {
             debug!("request with unknown type {:?}: no reply", readable.first());
-            self.stats.no_reply(None);
+            self.requests.no_reply(None);
             return 0;
         };
         if !self.type_allowed(ty) {
             debug!("{ty} without its feature negotiated: no reply");
-            self.stats.no_reply(Some(ty));
+            self.requests.no_reply(Some(ty));
             return 0;
         }
         writable.fill(0);
@@ -317,15 +323,14 @@ impl Engine {
                     s
                 }
                 None => {
-                    self.stats.no_reply(Some(ty));
+                    self.requests.no_reply(Some(ty));
                     return 0;
                 }
             },
         };
         tail[0] = status as u8;
         trace!("{ty} -> {status}");
-        self.stats.replied(ty, status);
-        self.refresh_gauges();
+        self.requests.replied(ty, status);
         writable.len()
     }
 
@@ -379,7 +384,13 @@ impl Engine {
                 let (d, mut ctx) = self.split();
                 d.invalidate(&mut ctx, i)
             }
-            Request::PageResp(p) => self.page_resp(p),
+            Request::PageResp(p) => {
+                if self.endpoints.find(p.endpoint).is_none() {
+                    Status::NoEnt
+                } else {
+                    self.prq.respond(self.host.as_mut(), p)
+                }
+            }
         };
         if status != Status::Ok {
             debug!("{}: {status}", req.request_type());
@@ -405,26 +416,9 @@ impl Engine {
         Status::Ok
     }
 
-    fn refresh_gauges(&mut self) {
-        let n = |x: usize| u64::try_from(x).unwrap_or(u64::MAX);
-        self.stats.domains = n(self.domains.domain_count());
-        self.stats.mappings = n(self.domains.mapping_count());
-        self.stats.attached_endpoints = n(self.domains.attached_count());
-        self.stats.tables = n(self.domains.table_count());
-        self.stats.page_requests.outstanding = n(self.prq.total());
-    }
-
     /// Queues an event for the driver, dropping the oldest if the queue is full.
     pub fn push_event(&mut self, e: Event) {
-        self.stats.events.queued += 1;
-        if let Some(old) = self.events.push(e) {
-            self.stats.events.dropped += 1;
-            // debug, not warn: a misbehaving device can fault at will.
-            debug!("event queue full: dropped {old:?}");
-            if let Event::PageRequest(p) = old {
-                self.fail_page_request(&p);
-            }
-        }
+        queue_event(&mut self.events, &mut self.prq, self.host.as_mut(), e);
     }
 
     /// Moves the events the host raised on its own into the queue (at most one queue's worth
@@ -439,13 +433,15 @@ impl Engine {
             };
             n += 1;
             if let Event::PageRequest(p) = &e {
-                if !self.register_host_page_request(p) {
+                if !self
+                    .prq
+                    .register_host(self.host.as_mut(), p, Instant::now())
+                {
                     continue;
                 }
             }
             self.push_event(e);
         }
-        self.refresh_gauges();
         n
     }
 
@@ -471,19 +467,52 @@ impl Engine {
         loop {
             match self.events.pop(buf_len, extended) {
                 Delivery::Empty | Delivery::TooSmall => return None,
-                Delivery::Bytes(b) => {
-                    self.stats.events.delivered += 1;
-                    return Some(b);
-                }
-                Delivery::Undeliverable(p) => self.fail_page_request(&p),
+                Delivery::Bytes(b) => return Some(b),
+                Delivery::Undeliverable(p) => self.prq.fail_undeliverable(self.host.as_mut(), &p),
             }
         }
     }
 
-    /// Counters.
+    /// Counters, and the size of the state now.
     #[must_use]
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    pub fn stats(&self) -> Stats {
+        let n = |x: usize| u64::try_from(x).unwrap_or(u64::MAX);
+        Stats {
+            requests: self.requests.clone(),
+            events: self.events.counters(),
+            page_requests: self.prq.counters(),
+            domains: n(self.domains.domain_count()),
+            mappings: n(self.domains.mapping_count()),
+            attached_endpoints: n(self.domains.attached_count()),
+            tables: n(self.domains.table_count()),
+        }
+    }
+
+    /// The engine as a simulated device sees it: DMA, translation and page requests through
+    /// the IOMMU (the control socket's `translate`, `dma-read` and `dma-write`).
+    pub fn device_dma(&mut self) -> DeviceDma<'_> {
+        DeviceDma {
+            parked: &mut self.parked,
+            host: self.host.as_mut(),
+            mem: self.mem.as_ref(),
+            prq: &mut self.prq,
+            events: &mut self.events,
+            endpoints: &self.endpoints,
+            negotiated: self.negotiated,
+        }
+    }
+
+    /// Completes with FAILURE every page-request group whose deadline is at or before `now`
+    /// (the guest never answered, or the event never found a buffer). DMAs behind them fault
+    /// when resumed. Returns how many groups expired.
+    pub fn expire_page_requests(&mut self, now: Instant) -> usize {
+        self.prq.expire(self.host.as_mut(), &mut self.events, now)
+    }
+
+    /// Page-request groups `endpoint` has outstanding.
+    #[must_use]
+    pub fn outstanding_page_requests(&self, endpoint: u32) -> u32 {
+        self.prq.outstanding(endpoint)
     }
 
     /// Domains → endpoints → mappings, and the bypass flag.
@@ -516,86 +545,5 @@ impl Engine {
     pub fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
         self.mem = Some(mem.clone());
         self.host.set_guest_memory(mem);
-    }
-
-    fn fault(&mut self, endpoint: u32, pasid: Option<u32>, access: Access, f: Fault) -> FaultEvent {
-        let ev = fault_event(endpoint, pasid, access, f);
-        self.push_event(Event::Fault(ev));
-        ev
-    }
-
-    /// Checks an endpoint ID before DMA. An ID outside the configured endpoints is not behind
-    /// this IOMMU: the access fails with reason UNKNOWN and no event is queued (the driver
-    /// could not name the endpoint anyway).
-    fn known(
-        &self,
-        endpoint: u32,
-        pasid: Option<u32>,
-        iova: u64,
-        access: Access,
-    ) -> Result<(), FaultEvent> {
-        if self.endpoints.find(endpoint).is_some() {
-            return Ok(());
-        }
-        let f = Fault {
-            reason: FaultReason::Unknown,
-            address: iova,
-        };
-        Err(fault_event(endpoint, pasid, access, f))
-    }
-
-    /// Translates a DMA access of `endpoint`: the guest-physical range the first bytes reach
-    /// (cut at the end of the mapping). A failure is also queued as a fault event.
-    ///
-    /// # Errors
-    /// The fault: DOMAIN (unattached, not in bypass), MAPPING (no mapping, wrong permission,
-    /// RESERVED region), UNKNOWN (not translatable for another reason).
-    pub fn translate(
-        &mut self,
-        endpoint: u32,
-        pasid: Option<u32>,
-        iova: u64,
-        len: u64,
-        access: Access,
-    ) -> Result<Translation, FaultEvent> {
-        self.known(endpoint, pasid, iova, access)?;
-        self.host
-            .translate(endpoint, pasid, iova, len, access)
-            .map_err(|f| self.fault(endpoint, pasid, access, f))
-    }
-
-    /// DMA read through the IOMMU into `buf`.
-    ///
-    /// # Errors
-    /// As [`Engine::translate`], for the first byte that failed; a translated address outside
-    /// guest RAM faults with reason UNKNOWN. The fault is queued as an event.
-    pub fn dma_read(
-        &mut self,
-        endpoint: u32,
-        pasid: Option<u32>,
-        iova: u64,
-        buf: &mut [u8],
-    ) -> Result<(), FaultEvent> {
-        self.known(endpoint, pasid, iova, Access::Read)?;
-        self.host
-            .dma_read(endpoint, pasid, iova, buf)
-            .map_err(|f| self.fault(endpoint, pasid, Access::Read, f))
-    }
-
-    /// DMA write of `data` through the IOMMU.
-    ///
-    /// # Errors
-    /// As [`Engine::dma_read`].
-    pub fn dma_write(
-        &mut self,
-        endpoint: u32,
-        pasid: Option<u32>,
-        iova: u64,
-        data: &[u8],
-    ) -> Result<(), FaultEvent> {
-        self.known(endpoint, pasid, iova, Access::Write)?;
-        self.host
-            .dma_write(endpoint, pasid, iova, data)
-            .map_err(|f| self.fault(endpoint, pasid, Access::Write, f))
     }
 }

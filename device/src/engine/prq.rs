@@ -1,14 +1,24 @@
-//! Outstanding page-request groups: who raised them, when they time out, and the per-endpoint
-//! and global bounds. No I/O; [`super::Engine`] acts on what this decides.
+//! Outstanding page-request groups: who raised them, when they time out, the per-endpoint
+//! and global bounds, and how each ends: PAGE_RESP from the guest, or FAILURE from the device
+//! itself (timeout, undeliverable record, reset).
 //!
 //! A group is identified by `(endpoint, group_id)`. Groups the emulated DMA raises get an ID
 //! from a device-wide counter, skipping IDs the endpoint still has outstanding; groups a host
-//! raised keep the host's ID.
+//! raised keep the host's ID. A completed group of an emulated DMA leaves its code for the DMA
+//! to pick up ([`PageRequests::take_answer`]); one of the host is answered through the host.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use log::{debug, warn};
 use serde::Serialize;
+use virtio_iommu_spec::ext::PageRespCode;
+use virtio_iommu_spec::request::PageResp;
+use virtio_iommu_spec::{PageRequest, Status};
+
+use super::domain::host_status;
+use super::event_queue::EventQueue;
+use crate::host::HostIommu;
 
 /// Who waits for a group's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,10 +73,12 @@ pub struct PageRequestCounters {
 #[derive(Debug)]
 pub(super) struct PageRequests {
     groups: BTreeMap<(u32, u16), Group>,
-    per_endpoint: BTreeMap<u32, u32>,
     next_id: u16,
     /// Endpoints that got a FAILURE response: no page requests until a device reset.
     stopped: BTreeSet<u32>,
+    /// Completed groups of emulated DMAs, by ticket, until the DMA picks the code up.
+    dma_answers: BTreeMap<u64, PageRespCode>,
+    counters: PageRequestCounters,
     max_per_endpoint: u32,
     max_total: usize,
     timeout: Duration,
@@ -77,9 +89,10 @@ impl PageRequests {
     pub(super) fn new(max_per_endpoint: u32, max_total: usize, timeout: Duration) -> Self {
         PageRequests {
             groups: BTreeMap::new(),
-            per_endpoint: BTreeMap::new(),
             next_id: 0,
             stopped: BTreeSet::new(),
+            dma_answers: BTreeMap::new(),
+            counters: PageRequestCounters::default(),
             max_per_endpoint: max_per_endpoint.min(u32::from(u16::MAX)),
             max_total,
             timeout,
@@ -108,7 +121,6 @@ impl PageRequests {
 
     fn insert(&mut self, endpoint: u32, id: u16, group: Group) {
         self.groups.insert((endpoint, id), group);
-        *self.per_endpoint.entry(endpoint).or_insert(0) += 1;
     }
 
     /// Opens a group with a fresh ID.
@@ -163,19 +175,16 @@ impl PageRequests {
 
     /// Completes a group: it is no longer outstanding.
     pub(super) fn take(&mut self, endpoint: u32, id: u16) -> Option<Group> {
-        let g = self.groups.remove(&(endpoint, id))?;
-        if let Some(n) = self.per_endpoint.get_mut(&endpoint) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_endpoint.remove(&endpoint);
-            }
-        }
-        Some(g)
+        self.groups.remove(&(endpoint, id))
     }
 
-    /// Groups of `endpoint` outstanding.
+    /// Groups of `endpoint` outstanding (at most `max_per_endpoint`, below 2^16).
     pub(super) fn outstanding(&self, endpoint: u32) -> u32 {
-        self.per_endpoint.get(&endpoint).copied().unwrap_or(0)
+        let n = self
+            .groups
+            .range((endpoint, 0)..=(endpoint, u16::MAX))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Groups outstanding, all endpoints together.
@@ -193,8 +202,7 @@ impl PageRequests {
     }
 
     /// Every outstanding group, emptying the table (device reset).
-    pub(super) fn drain(&mut self) -> Vec<((u32, u16), Group)> {
-        self.per_endpoint.clear();
+    fn drain(&mut self) -> Vec<((u32, u16), Group)> {
         self.stopped.clear();
         std::mem::take(&mut self.groups).into_iter().collect()
     }
@@ -207,6 +215,163 @@ impl PageRequests {
     /// Whether the endpoint's page requests are stopped.
     pub(super) fn stopped(&self, endpoint: u32) -> bool {
         self.stopped.contains(&endpoint)
+    }
+
+    /// The counters, with the groups outstanding now.
+    pub(super) fn counters(&self) -> PageRequestCounters {
+        PageRequestCounters {
+            outstanding: u64::try_from(self.total()).unwrap_or(u64::MAX),
+            ..self.counters
+        }
+    }
+
+    /// Counts a page request raised (by an emulated DMA or the host).
+    pub(super) fn count_raised(&mut self) {
+        self.counters.raised += 1;
+    }
+
+    /// Counts a stage-1 fault that could have been a page request but was not.
+    pub(super) fn count_refused(&mut self) {
+        self.counters.refused += 1;
+    }
+
+    /// The code the group of DMA `ticket` was completed with, if it was; forgets it.
+    pub(super) fn take_answer(&mut self, ticket: u64) -> Option<PageRespCode> {
+        self.dma_answers.remove(&ticket)
+    }
+
+    /// A group the device completes with FAILURE itself (timeout, undeliverable, reset).
+    fn complete_failed(
+        &mut self,
+        host: &mut dyn HostIommu,
+        endpoint: u32,
+        gid: u16,
+        pasid: Option<u32>,
+        origin: Origin,
+    ) {
+        match origin {
+            Origin::Dma(t) => {
+                self.dma_answers.insert(t, PageRespCode::Failure);
+            }
+            Origin::Host => {
+                if let Err(e) = host.page_response(endpoint, pasid, gid, PageRespCode::Failure) {
+                    warn!("cannot fail page request group {gid} of endpoint {endpoint}: {e}");
+                }
+            }
+        }
+    }
+
+    /// The guest never answered group `(endpoint, gid)` in time: completed with FAILURE, its
+    /// record withdrawn from `events` if still queued.
+    pub(super) fn time_out(
+        &mut self,
+        host: &mut dyn HostIommu,
+        events: &mut EventQueue,
+        endpoint: u32,
+        gid: u16,
+    ) {
+        let Some(g) = self.take(endpoint, gid) else {
+            return;
+        };
+        debug!("page request group {gid} of endpoint {endpoint} timed out");
+        self.counters.timed_out += 1;
+        events.remove_page_request(endpoint, gid);
+        self.complete_failed(host, endpoint, gid, g.pasid, g.origin);
+    }
+
+    /// Completes with FAILURE every group whose deadline is at or before `now`. Returns how
+    /// many expired.
+    pub(super) fn expire(
+        &mut self,
+        host: &mut dyn HostIommu,
+        events: &mut EventQueue,
+        now: Instant,
+    ) -> usize {
+        let expired = self.expired(now);
+        for (ep, gid) in &expired {
+            self.time_out(host, events, *ep, *gid);
+        }
+        expired.len()
+    }
+
+    /// PAGE_RESP of a known endpoint: no such outstanding group → S_INVAL; a PASID that
+    /// differs from the request's (or one given for a request without PASID) → S_INVAL, the
+    /// group stays outstanding. Otherwise the group is completed and S_OK; FAILURE also stops
+    /// the endpoint's page requests until a device reset.
+    pub(super) fn respond(&mut self, host: &mut dyn HostIommu, r: &PageResp) -> Status {
+        let Some(g) = self.get(r.endpoint, r.group_id) else {
+            return Status::Inval;
+        };
+        if r.pasid.is_some() && r.pasid != g.pasid {
+            return Status::Inval;
+        }
+        if let Origin::Host = g.origin {
+            if let Err(e) = host.page_response(r.endpoint, g.pasid, r.group_id, r.code) {
+                return host_status("page_response", e);
+            }
+        }
+        self.take(r.endpoint, r.group_id);
+        if let Origin::Dma(t) = g.origin {
+            self.dma_answers.insert(t, r.code);
+        }
+        let c = &mut self.counters;
+        match r.code {
+            PageRespCode::Success => c.success += 1,
+            PageRespCode::Invalid => c.invalid += 1,
+            PageRespCode::Failure => {
+                c.failure += 1;
+                self.stop(r.endpoint);
+            }
+        }
+        Status::Ok
+    }
+
+    /// A page request the driver will never see (dropped from a full queue, or no buffer /
+    /// feature for the 48-byte record): the device completes the group with FAILURE itself,
+    /// once, on its last request.
+    pub(super) fn fail_undeliverable(&mut self, host: &mut dyn HostIommu, p: &PageRequest) {
+        match self.get(p.endpoint, p.group_id) {
+            Some(g) if matches!(g.origin, Origin::Dma(_)) || p.last => {
+                self.take(p.endpoint, p.group_id);
+                self.complete_failed(host, p.endpoint, p.group_id, g.pasid, g.origin);
+            }
+            Some(_) => {}
+            None if p.last => {
+                self.complete_failed(host, p.endpoint, p.group_id, p.pasid, Origin::Host);
+            }
+            None => {}
+        }
+    }
+
+    /// Records a page request the host raised as an outstanding group. `false` if it was
+    /// refused (limits, or page requests stopped): the device then answered FAILURE itself.
+    pub(super) fn register_host(
+        &mut self,
+        host: &mut dyn HostIommu,
+        p: &PageRequest,
+        now: Instant,
+    ) -> bool {
+        let refused = self.stopped(p.endpoint)
+            || self
+                .open_host(p.endpoint, p.group_id, p.pasid, now)
+                .is_err();
+        if refused {
+            self.counters.refused += 1;
+            if p.last {
+                self.complete_failed(host, p.endpoint, p.group_id, p.pasid, Origin::Host);
+            }
+            return false;
+        }
+        self.counters.raised += 1;
+        true
+    }
+
+    /// Device reset: every outstanding group is completed with FAILURE and stopped endpoints
+    /// may raise page requests again.
+    pub(super) fn fail_all(&mut self, host: &mut dyn HostIommu) {
+        for ((ep, gid), g) in self.drain() {
+            self.complete_failed(host, ep, gid, g.pasid, g.origin);
+        }
     }
 }
 

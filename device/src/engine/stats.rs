@@ -70,9 +70,9 @@ impl RequestCounters {
     }
 }
 
-/// Everything [`super::Engine::stats`] reports.
+/// Completions per request type, as the engine counts them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
+pub struct RequestStats {
     /// ATTACH.
     pub attach: RequestCounters,
     /// DETACH.
@@ -91,6 +91,15 @@ pub struct Stats {
     pub page_resp: RequestCounters,
     /// Requests returned with used length 0 because their type is unknown or missing.
     pub unknown_type: u64,
+}
+
+/// Everything [`super::Engine::stats`] reports: the request counters (flattened: the JSON has
+/// them at its top level), the event and page-request counters, and the size of the state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Completions per request type.
+    #[serde(flatten)]
+    pub requests: RequestStats,
     /// Event queue.
     pub events: EventCounters,
     /// Page requests (vSVA).
@@ -105,7 +114,7 @@ pub struct Stats {
     pub tables: u64,
 }
 
-impl Stats {
+impl RequestStats {
     /// The counters of a request type.
     #[must_use]
     pub fn of(&self, t: RequestType) -> &RequestCounters {
@@ -148,13 +157,21 @@ impl Stats {
     }
 }
 
+impl Stats {
+    /// The counters of a request type.
+    #[must_use]
+    pub fn of(&self, t: RequestType) -> &RequestCounters {
+        self.requests.of(t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn counting() {
-        let mut s = Stats::default();
+        let mut s = RequestStats::default();
         for st in Status::ALL {
             s.replied(RequestType::Map, st);
         }

@@ -22,7 +22,6 @@ struct EndpointTables {
 #[derive(Debug, Default)]
 pub(super) struct Tables {
     by_endpoint: BTreeMap<u32, EndpointTables>,
-    count: usize,
 }
 
 fn destroy(host: &mut dyn HostIommu, id: TableId) {
@@ -35,7 +34,10 @@ fn destroy(host: &mut dyn HostIommu, id: TableId) {
 impl Tables {
     /// Live tables.
     pub(super) fn count(&self) -> usize {
-        self.count
+        self.by_endpoint
+            .values()
+            .map(|t| usize::from(t.arm.is_some()) + t.vtd.len())
+            .sum()
     }
 
     /// The tables of `endpoint`.
@@ -69,9 +71,8 @@ impl Tables {
             Some(p) => t.vtd.insert(p, id),
             None => t.arm.replace(id),
         };
-        match old {
-            Some(old) => destroy(host, old),
-            None => self.count += 1,
+        if let Some(old) = old {
+            destroy(host, old);
         }
         Ok(())
     }
@@ -87,11 +88,9 @@ impl Tables {
                 warn!("host detach({endpoint}, PASID {pasid}) failed: {e}");
             }
             destroy(host, id);
-            self.count -= 1;
         }
         if let Some(id) = t.arm {
             destroy(host, id);
-            self.count -= 1;
         }
     }
 
