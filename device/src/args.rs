@@ -209,7 +209,7 @@ pub fn parse_reserved(s: &str) -> Result<ReservedRegion> {
     let r = parse_range(range)?;
     Ok(ReservedRegion {
         start: *r.start(),
-        end: *r.end(),
+        last: *r.end(),
         kind,
     })
 }
@@ -369,12 +369,12 @@ mod tests {
             vec![
                 ReservedRegion {
                     start: 0x1000,
-                    end: 0x1fff,
+                    last: 0x1fff,
                     kind: ResvMemSubtype::Reserved
                 },
                 ReservedRegion {
                     start: 0x800_0000,
-                    end: 0x80f_ffff,
+                    last: 0x80f_ffff,
                     kind: ResvMemSubtype::Msi
                 },
             ]

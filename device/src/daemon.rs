@@ -298,7 +298,7 @@ mod tests {
     fn carving_an_endpoint_out_of_a_range() {
         let host = vec![ReservedRegion {
             start: 0,
-            end: 0xfff,
+            last: 0xfff,
             kind: ResvMemSubtype::Reserved,
         }];
         let mut eps = vec![ep(0..=0xff)];

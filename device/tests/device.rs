@@ -662,7 +662,7 @@ fn counters_and_dump_serialise() {
         serde_json::to_string(&v.dump()).unwrap(),
         concat!(
             r#"{"bypass":false,"domains":["#,
-            r#"{"id":1,"bypass":false,"endpoints":[0],"mappings":[{"virt_start":4096,"virt_end":8191,"phys_start":32768,"flags":1}]},"#,
+            r#"{"id":1,"bypass":false,"endpoints":[0],"mappings":[{"virt_start":4096,"virt_last":8191,"phys_start":32768,"flags":1}]},"#,
             r#"{"id":2,"bypass":true,"endpoints":[1],"mappings":[]}]}"#
         )
     );

@@ -300,7 +300,7 @@ impl Model {
                             .into_iter()
                             .map(|m| MappingDump {
                                 virt_start: m.0,
-                                virt_end: m.1,
+                                virt_last: m.1,
                                 phys_start: m.2,
                                 flags: m.3,
                             })

@@ -16,11 +16,11 @@ pub struct IommuConfig {
     /// First valid input address (0 without `F_INPUT_RANGE`).
     pub input_start: u64,
     /// Last valid input address, inclusive (`u64::MAX` without `F_INPUT_RANGE`).
-    pub input_end: u64,
+    pub input_last: u64,
     /// First valid domain ID (0 without `F_DOMAIN_RANGE`).
     pub domain_start: u32,
     /// Last valid domain ID, inclusive (`u32::MAX` without `F_DOMAIN_RANGE`).
-    pub domain_end: u32,
+    pub domain_last: u32,
     /// Size of the PROBE properties area (0 without `F_PROBE`).
     pub probe_size: u32,
     /// Whether unattached endpoints bypass the IOMMU (`None` without `F_BYPASS_CONFIG`).
@@ -40,7 +40,7 @@ impl IommuConfig {
             } else {
                 0
             },
-            input_end: if input {
+            input_last: if input {
                 raw.input_range_end.get()
             } else {
                 u64::MAX
@@ -50,7 +50,7 @@ impl IommuConfig {
             } else {
                 0
             },
-            domain_end: if domain {
+            domain_last: if domain {
                 raw.domain_range_end.get()
             } else {
                 u32::MAX
@@ -81,14 +81,14 @@ impl IommuConfig {
 
     /// Whether `[start, end]` lies inside the input range.
     #[must_use]
-    pub fn contains_range(&self, start: u64, end: u64) -> bool {
-        start >= self.input_start && end <= self.input_end && start <= end
+    pub fn contains_range(&self, start: u64, last: u64) -> bool {
+        start >= self.input_start && last <= self.input_last && start <= last
     }
 
     /// Whether `domain` lies inside the domain range.
     #[must_use]
     pub fn contains_domain(&self, domain: u32) -> bool {
-        domain >= self.domain_start && domain <= self.domain_end
+        domain >= self.domain_start && domain <= self.domain_last
     }
 }
 
@@ -126,9 +126,9 @@ mod tests {
         IommuConfig {
             page_size_mask: mask,
             input_start: 0x1000,
-            input_end: 0x1fff,
+            input_last: 0x1fff,
             domain_start: 2,
-            domain_end: 4,
+            domain_last: 4,
             probe_size: 0,
             bypass: None,
         }

@@ -27,10 +27,10 @@ fn domain(cfg: &IommuConfig, d: u32) -> Result<(), Error> {
     }
 }
 
-fn range(cfg: &IommuConfig, start: u64, end: u64) -> Result<(), Error> {
-    if start > end {
+fn range(cfg: &IommuConfig, start: u64, last: u64) -> Result<(), Error> {
+    if start > last {
         Err(Error::EmptyRange)
-    } else if cfg.contains_range(start, end) {
+    } else if cfg.contains_range(start, last) {
         Ok(())
     } else {
         Err(Error::OutOfRange)

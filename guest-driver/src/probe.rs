@@ -16,7 +16,7 @@ pub struct ReservedRegion {
     /// First address.
     pub start: u64,
     /// Last address, inclusive.
-    pub end: u64,
+    pub last: u64,
 }
 
 /// The page-request capability of an endpoint.
@@ -65,7 +65,7 @@ impl EndpointInfo {
                     kind: p.resv_kind().unwrap_or(ResvMemSubtype::Reserved),
                     raw_subtype: subtype,
                     start,
-                    end,
+                    last: end,
                 }),
                 Property::PageSizeMask(m) => {
                     info.page_size_mask.get_or_insert(m);

@@ -138,9 +138,9 @@ fn reads_the_config() {
         IommuConfig {
             page_size_mask: 0xffff_ffff_ffe1_0000,
             input_start: 0x10_0000,
-            input_end: 0xfff_ffff,
+            input_last: 0xfff_ffff,
             domain_start: 3,
-            domain_end: 77,
+            domain_last: 77,
             probe_size: 256,
             // Bits 1-7 of `bypass` are ignored.
             bypass: Some(false),
@@ -161,9 +161,9 @@ fn fields_of_unnegotiated_features_take_their_defaults() {
         IommuConfig {
             page_size_mask: 0x1000,
             input_start: 0,
-            input_end: u64::MAX,
+            input_last: u64::MAX,
             domain_start: 0,
-            domain_end: u32::MAX,
+            domain_last: u32::MAX,
             probe_size: 0,
             bypass: None,
         }

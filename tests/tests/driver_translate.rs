@@ -24,7 +24,7 @@ fn probe_map_translate_unmap_fault() {
         kind: ResvMemSubtype::Msi,
         raw_subtype: 1,
         start: 0xfee0_0000,
-        end: 0xfeef_ffff,
+        last: 0xfeef_ffff,
     };
     assert_eq!(info.reserved_regions, [msi]);
     assert_eq!(info.msi_region(), Some(&msi));
@@ -149,7 +149,7 @@ fn batch_of_1000_maps_notifies_once_per_ring_full() {
     assert_eq!(maps.len(), 1000);
     assert_eq!(
         maps[999],
-        json!({"virt_start": base + 999 * 0x2000, "virt_end": base + 999 * 0x2000 + 0xfff,
+        json!({"virt_start": base + 999 * 0x2000, "virt_last": base + 999 * 0x2000 + 0xfff,
                "phys_start": page, "flags": 3})
     );
     assert_eq!(

@@ -141,7 +141,7 @@ impl Domains {
                 if ep
                     .reserved
                     .iter()
-                    .any(|r| d.mappings.overlaps(r.start, r.end))
+                    .any(|r| d.mappings.overlaps(r.start, r.last))
                 {
                     return Status::Unsupp;
                 }
@@ -300,7 +300,7 @@ impl Domains {
         }
         d.mappings.insert(Mapping {
             virt_start: m.virt_start,
-            virt_end: m.virt_end,
+            virt_last: m.virt_end,
             phys_start: m.phys_start,
             flags: m.flags,
         });
@@ -460,7 +460,7 @@ impl Domains {
                     .iter()
                     .map(|m| MappingDump {
                         virt_start: m.virt_start,
-                        virt_end: m.virt_end,
+                        virt_last: m.virt_last,
                         phys_start: m.phys_start,
                         flags: m.flags.bits(),
                     })

@@ -8,7 +8,7 @@ pub struct MappingDump {
     /// First input address.
     pub virt_start: u64,
     /// Last input address, inclusive.
-    pub virt_end: u64,
+    pub virt_last: u64,
     /// Output address of `virt_start`.
     pub phys_start: u64,
     /// MAP flags (READ 1, WRITE 2, MMIO 4).

@@ -205,8 +205,8 @@ pub(super) fn validate(cfg: &EngineConfig) -> Result<(), ConfigError> {
         if ep.pasid_bits > 20 {
             return Err(ConfigError::PasidBits(ep.pasid_bits));
         }
-        let sorted = ep.reserved.iter().all(|r| r.start <= r.end)
-            && ep.reserved.windows(2).all(|w| w[0].end < w[1].start);
+        let sorted = ep.reserved.iter().all(|r| r.start <= r.last)
+            && ep.reserved.windows(2).all(|w| w[0].last < w[1].start);
         if !sorted {
             return Err(ConfigError::BadReservedRegions(ep.ids.clone()));
         }
@@ -300,7 +300,7 @@ mod tests {
             bad(&|c| c.endpoints[0].pasid_bits = 21),
             ConfigError::PasidBits(21)
         );
-        let r = |start, end, kind| ReservedRegion { start, end, kind };
+        let r = |start, last, kind| ReservedRegion { start, last, kind };
         assert_eq!(
             bad(&|c| c.endpoints[0].reserved = vec![
                 r(0x2000, 0x2fff, ResvMemSubtype::Reserved),

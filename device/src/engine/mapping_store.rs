@@ -15,7 +15,7 @@ pub struct Mapping {
     /// First input address.
     pub virt_start: u64,
     /// Last input address, inclusive.
-    pub virt_end: u64,
+    pub virt_last: u64,
     /// Output address of `virt_start`.
     pub phys_start: u64,
     /// Flags.
@@ -24,7 +24,7 @@ pub struct Mapping {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    end: u64,
+    last: u64,
     phys: u64,
     flags: MapFlags,
 }
@@ -52,55 +52,55 @@ impl MappingStore {
         self.map.is_empty()
     }
 
-    /// Whether any mapping intersects `[start, end]`.
+    /// Whether any mapping intersects `[start, last]`.
     #[must_use]
-    pub fn overlaps(&self, start: u64, end: u64) -> bool {
-        // Disjoint and ordered: only the last mapping starting at or before `end` can reach in.
+    pub fn overlaps(&self, start: u64, last: u64) -> bool {
+        // Disjoint and ordered: only the last mapping starting at or before `last` can reach in.
         self.map
-            .range(..=end)
+            .range(..=last)
             .next_back()
-            .is_some_and(|(_, e)| e.end >= start)
+            .is_some_and(|(_, e)| e.last >= start)
     }
 
     /// Adds a mapping. The caller has checked [`MappingStore::overlaps`].
     pub fn insert(&mut self, m: Mapping) {
-        debug_assert!(!self.overlaps(m.virt_start, m.virt_end));
+        debug_assert!(!self.overlaps(m.virt_start, m.virt_last));
         self.map.insert(
             m.virt_start,
             Entry {
-                end: m.virt_end,
+                last: m.virt_last,
                 phys: m.phys_start,
                 flags: m.flags,
             },
         );
     }
 
-    /// Checks that an UNMAP of `[start, end]` splits nothing; returns whether it removes
+    /// Checks that an UNMAP of `[start, last]` splits nothing; returns whether it removes
     /// anything.
     ///
     /// # Errors
-    /// [`WouldSplit`] if a mapping straddles `start` or `end`.
-    pub fn check_unmap(&self, start: u64, end: u64) -> Result<bool, WouldSplit> {
+    /// [`WouldSplit`] if a mapping straddles `start` or `last`.
+    pub fn check_unmap(&self, start: u64, last: u64) -> Result<bool, WouldSplit> {
         // A mapping beginning before `start` must also end before it.
         if let Some((_, e)) = self.map.range(..start).next_back() {
-            if e.end >= start {
+            if e.last >= start {
                 return Err(WouldSplit);
             }
         }
         // The last mapping beginning inside the range must end inside it.
-        match self.map.range(start..=end).next_back() {
-            Some((_, e)) if e.end > end => Err(WouldSplit),
+        match self.map.range(start..=last).next_back() {
+            Some((_, e)) if e.last > last => Err(WouldSplit),
             Some(_) => Ok(true),
             None => Ok(false),
         }
     }
 
-    /// Removes every mapping inside `[start, end]`; returns how many. Call
+    /// Removes every mapping inside `[start, last]`; returns how many. Call
     /// [`MappingStore::check_unmap`] first: a straddling mapping at the end is left alone.
-    pub fn remove_range(&mut self, start: u64, end: u64) -> usize {
+    pub fn remove_range(&mut self, start: u64, last: u64) -> usize {
         let mut n = 0;
-        while let Some((&k, e)) = self.map.range(start..=end).next() {
-            if e.end > end {
+        while let Some((&k, e)) = self.map.range(start..=last).next() {
+            if e.last > last {
                 break;
             }
             self.map.remove(&k);
@@ -113,9 +113,9 @@ impl MappingStore {
     #[must_use]
     pub fn lookup(&self, iova: u64) -> Option<Mapping> {
         let (&k, e) = self.map.range(..=iova).next_back()?;
-        (e.end >= iova).then_some(Mapping {
+        (e.last >= iova).then_some(Mapping {
             virt_start: k,
-            virt_end: e.end,
+            virt_last: e.last,
             phys_start: e.phys,
             flags: e.flags,
         })
@@ -125,7 +125,7 @@ impl MappingStore {
     pub fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {
         self.map.iter().map(|(&k, e)| Mapping {
             virt_start: k,
-            virt_end: e.end,
+            virt_last: e.last,
             phys_start: e.phys,
             flags: e.flags,
         })
@@ -136,10 +136,10 @@ impl MappingStore {
 mod tests {
     use super::*;
 
-    fn m(virt_start: u64, virt_end: u64) -> Mapping {
+    fn m(virt_start: u64, virt_last: u64) -> Mapping {
         Mapping {
             virt_start,
-            virt_end,
+            virt_last,
             phys_start: virt_start,
             flags: MapFlags::READ,
         }

@@ -16,7 +16,7 @@ pub(super) fn properties(
     let resv = ep.reserved.iter().map(|r| Property::ResvMem {
         subtype: r.kind.code(),
         start: r.start,
-        end: r.end,
+        end: r.last,
     });
     let ext = offered.intersects(Features::ATTACH_TABLE | Features::PAGE_REQUEST);
     let pasid = (ext && ep.pasid_bits > 0).then_some(Property::PasidSize(ep.pasid_bits));
@@ -73,7 +73,7 @@ mod tests {
             reserved: vec![
                 ReservedRegion {
                     start: 0x1000,
-                    end: 0x1fff,
+                    last: 0x1fff,
                     kind: ResvMemSubtype::Reserved,
                 },
                 ReservedRegion::x86_msi(),

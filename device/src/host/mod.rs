@@ -87,7 +87,7 @@ pub struct ReservedRegion {
     /// First address.
     pub start: u64,
     /// Last address, inclusive.
-    pub end: u64,
+    pub last: u64,
     /// RESERVED (accesses fault) or MSI (accesses pass through untranslated).
     #[serde(serialize_with = "serialize_resv_kind")]
     pub kind: ResvMemSubtype,
@@ -106,15 +106,15 @@ impl ReservedRegion {
     pub const fn x86_msi() -> Self {
         ReservedRegion {
             start: 0xfee0_0000,
-            end: 0xfeef_ffff,
+            last: 0xfeef_ffff,
             kind: ResvMemSubtype::Msi,
         }
     }
 
-    /// Whether `[start, end]` intersects this region.
+    /// Whether `[start, last]` intersects this region.
     #[must_use]
-    pub const fn overlaps(&self, start: u64, end: u64) -> bool {
-        start <= self.end && self.start <= end
+    pub const fn overlaps(&self, start: u64, last: u64) -> bool {
+        start <= self.last && self.start <= last
     }
 }
 

@@ -29,10 +29,10 @@ pub fn eps(ids: RangeInclusive<u32>, reserved: Vec<ReservedRegion>) -> EndpointC
     }
 }
 
-pub fn resv(start: u64, end: u64) -> ReservedRegion {
+pub fn resv(start: u64, last: u64) -> ReservedRegion {
     ReservedRegion {
         start,
-        end,
+        last,
         kind: ResvMemSubtype::Reserved,
     }
 }
@@ -156,7 +156,7 @@ pub fn mappings(v: &Engine, domain: u32) -> Vec<(u64, u64, u64, u32)> {
         .map(|d| {
             d.mappings
                 .iter()
-                .map(|m| (m.virt_start, m.virt_end, m.phys_start, m.flags))
+                .map(|m| (m.virt_start, m.virt_last, m.phys_start, m.flags))
                 .collect()
         })
         .unwrap_or_default()

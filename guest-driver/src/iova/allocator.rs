@@ -29,23 +29,23 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
 }
 
 impl IovaAllocator {
-    /// An allocator over `[start, end]` (inclusive), shrunk inward to whole granules.
+    /// An allocator over `[start, last]` (inclusive), shrunk inward to whole granules.
     ///
     /// # Errors
     /// [`Error::Unaligned`] if `granule` is not a power of two.
-    pub fn new(start: u64, end: u64, granule: u64) -> Result<Self, Error> {
+    pub fn new(start: u64, last: u64, granule: u64) -> Result<Self, Error> {
         if !granule.is_power_of_two() {
             return Err(Error::Unaligned);
         }
         let mask = granule - 1;
         let first = align_up(start, granule);
-        // The last address of the last whole granule: `end` itself if `end + 1` is aligned.
-        let last = if end.wrapping_add(1) & mask == 0 {
-            Some(end)
+        // The last address of the last whole granule: `last` itself if `last + 1` is aligned.
+        let whole_last = if last.wrapping_add(1) & mask == 0 {
+            Some(last)
         } else {
-            (end & !mask).checked_sub(1)
+            (last & !mask).checked_sub(1)
         };
-        let bounds = match (first, last) {
+        let bounds = match (first, whole_last) {
             (Some(f), Some(l)) if f <= l => Some((f, l)),
             _ => None,
         };
@@ -67,7 +67,7 @@ impl IovaAllocator {
     pub fn from_config(cfg: &IommuConfig) -> Self {
         let granule = cfg.granule();
         // `granule()` is always a power of two.
-        Self::new(cfg.input_start, cfg.input_end, granule).unwrap_or(IovaAllocator {
+        Self::new(cfg.input_start, cfg.input_last, granule).unwrap_or(IovaAllocator {
             granule: 1,
             bounds: None,
             free_by_start: BTreeMap::new(),
@@ -79,7 +79,7 @@ impl IovaAllocator {
     /// Removes every reserved region an endpoint's PROBE reported (RESERVED and MSI alike).
     pub fn reserve_probed(&mut self, info: &EndpointInfo) {
         for r in &info.reserved_regions {
-            self.reserve(r.start, r.end);
+            self.reserve(r.start, r.last);
         }
     }
 
@@ -89,16 +89,16 @@ impl IovaAllocator {
         self.granule
     }
 
-    /// Removes `[start, end]` (widened to whole granules) from the allocatable space, for good.
+    /// Removes `[start, last]` (widened to whole granules) from the allocatable space, for good.
     /// Ranges already allocated inside it stay allocated, but are not returned to the free space
-    /// when freed. An empty range (`start > end`) is ignored.
-    pub fn reserve(&mut self, start: u64, end: u64) {
-        if start > end {
+    /// when freed. An empty range (`start > last`) is ignored.
+    pub fn reserve(&mut self, start: u64, last: u64) {
+        if start > last {
             return;
         }
         let mask = self.granule - 1;
         let first = start & !mask;
-        let last = end | mask;
+        let last = last | mask;
         self.insert_reserved(first, last);
         // Free blocks overlapping [first, last]: those starting at or before `last` whose end
         // reaches `first`. Blocks are disjoint and sorted, so walk back until one ends earlier.
@@ -370,9 +370,9 @@ mod tests {
         let cfg = IommuConfig {
             page_size_mask: 0xffff_f000,
             input_start: 0x10_0000,
-            input_end: 0x1f_ffff,
+            input_last: 0x1f_ffff,
             domain_start: 0,
-            domain_end: 0,
+            domain_last: 0,
             probe_size: 0,
             bypass: None,
         };

@@ -171,7 +171,7 @@ fn mock_test() -> ExitCode {
     let resv = host.reserved_regions(EP).unwrap_or_default().to_vec();
     r.check(
         resv.first()
-            .is_some_and(|z| z.start == 0 && z.end == st::MOCK_APERTURE_START - 1)
+            .is_some_and(|z| z.start == 0 && z.last == st::MOCK_APERTURE_START - 1)
             && resv.iter().any(|z| z.start == st::MOCK_APERTURE_LAST + 1),
         format!("reserved regions = complement of the mock aperture: {resv:x?}"),
     );

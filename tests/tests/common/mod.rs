@@ -256,8 +256,8 @@ pub fn probe(endpoint: u32) -> Request {
 
 /// A dump mapping entry (READ | WRITE unless the caller says otherwise).
 #[must_use]
-pub fn mapping(virt_start: u64, virt_end: u64, phys_start: u64, flags: u32) -> Value {
-    json!({"virt_start": virt_start, "virt_end": virt_end, "phys_start": phys_start, "flags": flags})
+pub fn mapping(virt_start: u64, virt_last: u64, phys_start: u64, flags: u32) -> Value {
+    json!({"virt_start": virt_start, "virt_last": virt_last, "phys_start": phys_start, "flags": flags})
 }
 
 /// A dump domain entry.

@@ -164,12 +164,12 @@ impl EmulatedHost {
             .attachments
             .regions_of(endpoint)
             .iter()
-            .find(|r| r.start <= iova && iova <= r.end)
+            .find(|r| r.start <= iova && iova <= r.last)
         {
             return match r.kind {
                 ResvMemSubtype::Msi => Ok(GuestRange {
                     gpa: iova,
-                    len: cut(iova, r.end, len),
+                    len: cut(iova, r.last, len),
                 }),
                 ResvMemSubtype::Reserved => Err(fault(FaultReason::Mapping)),
             };

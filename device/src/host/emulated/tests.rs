@@ -92,7 +92,7 @@ fn reserved_regions_on_translated_endpoints() {
     let (mut h, _) = host();
     let resv = ReservedRegion {
         start: 0x8000,
-        end: 0x8fff,
+        last: 0x8fff,
         kind: ResvMemSubtype::Reserved,
     };
     h.set_reserved_regions(0..=10, &[resv, ReservedRegion::x86_msi()]);

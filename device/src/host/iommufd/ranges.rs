@@ -31,26 +31,26 @@ pub fn reserved_from_allowed(allowed: &[(u64, u64)], x86_msi: bool) -> Vec<Reser
     }
     let msi = ReservedRegion::x86_msi();
     let mut out = Vec::with_capacity(holes.len() + 2);
-    for (start, end) in holes {
-        if x86_msi && start <= msi.start && msi.end <= end {
+    for (start, last) in holes {
+        if x86_msi && start <= msi.start && msi.last <= last {
             if start < msi.start {
                 out.push(reserved(start, msi.start - 1));
             }
             out.push(msi);
-            if msi.end < end {
-                out.push(reserved(msi.end + 1, end));
+            if msi.last < last {
+                out.push(reserved(msi.last + 1, last));
             }
         } else {
-            out.push(reserved(start, end));
+            out.push(reserved(start, last));
         }
     }
     out
 }
 
-fn reserved(start: u64, end: u64) -> ReservedRegion {
+fn reserved(start: u64, last: u64) -> ReservedRegion {
     ReservedRegion {
         start,
-        end,
+        last,
         kind: ResvMemSubtype::Reserved,
     }
 }
@@ -59,8 +59,8 @@ fn reserved(start: u64, end: u64) -> ReservedRegion {
 mod tests {
     use super::*;
 
-    fn r(start: u64, end: u64) -> ReservedRegion {
-        reserved(start, end)
+    fn r(start: u64, last: u64) -> ReservedRegion {
+        reserved(start, last)
     }
 
     #[test]

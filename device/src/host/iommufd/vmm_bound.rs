@@ -108,7 +108,7 @@ pub(super) fn warn_late_install(endpoint: u32, dev: &BoundDevice) {
         .filter(|r| {
             !advertised
                 .iter()
-                .any(|a| a.start <= r.start && r.end <= a.end)
+                .any(|a| a.start <= r.start && r.last <= a.last)
         })
         .collect();
     if !missing.is_empty() {

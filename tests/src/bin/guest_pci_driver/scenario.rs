@@ -58,9 +58,9 @@ pub fn expected_config(kind: DeviceKind) -> IommuConfig {
     IommuConfig {
         page_size_mask: 0xffff_ffff_ffff_f000,
         input_start: 0,
-        input_end: kind.pick((1 << 39) - 1, u64::MAX),
+        input_last: kind.pick((1 << 39) - 1, u64::MAX),
         domain_start: 0,
-        domain_end: u32::MAX,
+        domain_last: u32::MAX,
         probe_size: 512,
         bypass: Some(true),
     }
@@ -95,7 +95,7 @@ fn probe<T: Transport>(r: &mut Report, iommu: &mut Iommu<T>, s: &Setup) {
             kind: ResvMemSubtype::Msi,
             raw_subtype: ResvMemSubtype::Msi as u8,
             start: MSI_START,
-            end: MSI_END,
+            last: MSI_END,
         }],
         ..EndpointInfo::default()
     };
