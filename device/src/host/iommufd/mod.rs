@@ -21,6 +21,7 @@ pub mod fault;
 mod master_ioas;
 mod nesting;
 pub mod ranges;
+#[cfg(feature = "test-support")]
 pub mod selftest;
 pub mod smmuv3_encode;
 mod sys;
@@ -50,7 +51,9 @@ use fault::FaultQueue;
 pub use master_ioas::GuestMapping;
 use master_ioas::MasterIoas;
 use nesting::Nesting;
-pub use sys::{HwInfo, RegionInfo};
+pub use sys::HwInfo;
+#[cfg(feature = "test-support")]
+pub use sys::RegionInfo;
 pub use vfio_endpoint::{VfioEndpoint, VfioSource};
 use vmm_bound::{WaitingDevice, WaitingDevices};
 pub use vsmmu::SmmuIds;

@@ -1,6 +1,6 @@
 //! Probes for tests against a real kernel: the iommufd selftest mock (`IOMMU_TEST_CMD`, only
-//! in kernels built with `CONFIG_IOMMUFD_TEST`) and a few read-only object checks. Nothing here
-//! is used by the daemon itself.
+//! in kernels built with `CONFIG_IOMMUFD_TEST`) and a few read-only object checks. Built only
+//! with the `test-support` feature: nothing here is used by the daemon itself.
 
 use std::fs::File;
 use std::io;

@@ -42,6 +42,7 @@ const IOMMU_TEST_CMD: c_ulong = io(IOMMUFD_TYPE, b::IOMMUFD_CMD_BASE + 32);
 /// VFIO ioctls: `_IO(VFIO_TYPE = ';', VFIO_BASE = 100 + n)`.
 const VFIO_TYPE: u8 = b';';
 const VFIO_BASE: u32 = 100;
+#[cfg(feature = "test-support")]
 const VFIO_DEVICE_GET_REGION_INFO: c_ulong = io(VFIO_TYPE, VFIO_BASE + 8);
 const VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: c_ulong = io(VFIO_TYPE, VFIO_BASE + 12);
 const VFIO_DEVICE_BIND_IOMMUFD: c_ulong = io(VFIO_TYPE, VFIO_BASE + 18);
@@ -580,6 +581,7 @@ pub fn vfio_hot_reset_devices(dev: &File) -> io::Result<Vec<ResetDevice>> {
 }
 
 /// Size, file offset and flags of a VFIO device region.
+#[cfg(feature = "test-support")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegionInfo {
     /// Region size in bytes.
@@ -591,6 +593,7 @@ pub struct RegionInfo {
 }
 
 /// `VFIO_DEVICE_GET_REGION_INFO`.
+#[cfg(feature = "test-support")]
 pub fn vfio_region_info(dev: &File, index: u32) -> io::Result<RegionInfo> {
     let mut arg = VfioRegionInfo {
         argsz: size32::<VfioRegionInfo>(),
@@ -614,16 +617,21 @@ pub mod test_op {
     /// Create a mock device attached to IOAS/HWPT `id`.
     pub const MOCK_DOMAIN: u32 = 2;
     /// Check the mock page table of HWPT `id` maps an IOVA range to a user buffer.
+    #[cfg(feature = "test-support")]
     pub const MD_CHECK_MAP: u32 = 3;
     /// Re-attach mock device `id` to another IOAS/HWPT.
     pub const MOCK_DOMAIN_REPLACE: u32 = 10;
     /// Read an IOTLB entry of a mock nested HWPT.
+    #[cfg(feature = "test-support")]
     pub const MD_CHECK_IOTLB: u32 = 14;
     /// Raise a page request from a mock device.
+    #[cfg(feature = "test-support")]
     pub const TRIGGER_IOPF: u32 = 15;
     /// Compare one cache entry of a mock device (vIOMMU invalidation target).
+    #[cfg(feature = "test-support")]
     pub const DEV_CHECK_CACHE: u32 = 16;
     /// Report a vEVENT for a mock device through its vIOMMU.
+    #[cfg(feature = "test-support")]
     pub const TRIGGER_VEVENT: u32 = 17;
 }
 
