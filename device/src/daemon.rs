@@ -142,8 +142,7 @@ impl Daemon {
     /// Host or device configuration errors, or the control socket cannot be bound.
     pub fn new(mut config: DaemonConfig) -> Result<Self> {
         let host = make_host(&mut config)?;
-        let engine = Engine::new(config.engine.clone(), host.iommu)
-            .map_err(|e| Error::Device(format!("{e:?}")))?;
+        let engine = Engine::new(config.engine.clone(), host.iommu).map_err(Error::Device)?;
         let engine = Arc::new(parking_lot::Mutex::new(engine));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
         if let Some(path) = &config.control_socket {
@@ -186,7 +185,7 @@ impl Daemon {
                 std::process::exit(0);
             })
             .map(|_| ())
-            .map_err(|e| Error::Device(format!("starting the signal thread: {e}")))
+            .map_err(Error::SignalThread)
     }
 
     /// A flag that ends [`Daemon::run`] after the current connection closes.
@@ -316,6 +315,25 @@ mod tests {
         assert_eq!(
             ids,
             vec![0..=0, 1..=0x17, 0x18..=0x18, 0x19..=0xfe, 0xff..=0xff]
+        );
+    }
+
+    #[test]
+    fn engine_errors_reach_the_user_as_text() {
+        let args = crate::args::Args::try_parse_from([
+            "x",
+            "--socket-path",
+            "/tmp/unused.sock",
+            "--probe-size",
+            "8",
+        ])
+        .unwrap();
+        let err = Daemon::new(DaemonConfig::try_from(args).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "invalid device configuration: probe properties need 24 bytes but probe_size is 8"
         );
     }
 

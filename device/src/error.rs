@@ -11,7 +11,10 @@ pub enum Error {
     Config(String),
     /// The semantics engine rejected the configuration.
     #[error("invalid device configuration: {0}")]
-    Device(String),
+    Device(#[from] crate::engine::ConfigError),
+    /// The thread that takes SIGINT/SIGTERM could not be started.
+    #[error("starting the signal thread: {0}")]
+    SignalThread(io::Error),
     /// The requested host IOMMU backend is not available.
     #[error("host backend `{0}` is not available: {1}")]
     HostUnavailable(&'static str, String),

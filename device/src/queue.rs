@@ -26,13 +26,16 @@ pub struct Scratch {
 }
 
 /// Why a chain was returned without a reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ChainError {
     /// A device-readable descriptor follows a device-writable one.
+    #[error("a device-readable descriptor follows a device-writable one")]
     ReadableAfterWritable,
     /// A descriptor points outside guest memory.
+    #[error("descriptor address {0:#x} is outside guest memory")]
     BadAddress(u64),
     /// The writable part is larger than [`MAX_WRITABLE`].
+    #[error("the device-writable part is larger than {MAX_WRITABLE} bytes")]
     WritableTooLarge,
 }
 
@@ -153,7 +156,7 @@ pub fn process_request<M: GuestMemoryBackend>(
         Err(e) => {
             limited!(
                 Warn,
-                "requestq: malformed descriptor chain ({e:?}), returned unanswered"
+                "requestq: malformed descriptor chain ({e}), returned unanswered"
             );
             return 0;
         }
@@ -170,7 +173,7 @@ pub fn process_request<M: GuestMemoryBackend>(
         // `used` is at most MAX_WRITABLE, far below u32::MAX.
         Ok(()) => u32::try_from(used).unwrap_or(0),
         Err(e) => {
-            limited!(Warn, "requestq: reply could not be written ({e:?})");
+            limited!(Warn, "requestq: reply could not be written ({e})");
             0
         }
     }
@@ -194,7 +197,7 @@ pub fn deliver_event<M: GuestMemoryBackend>(
             return 0;
         }
         Err(e) => {
-            limited!(Warn, "eventq: malformed buffer ({e:?}), returned empty");
+            limited!(Warn, "eventq: malformed buffer ({e}), returned empty");
             return 0;
         }
     };
@@ -208,7 +211,7 @@ pub fn deliver_event<M: GuestMemoryBackend>(
     match scratch.scatter(mem, ev.as_bytes()) {
         Ok(()) => u32::try_from(ev.as_bytes().len()).unwrap_or(0),
         Err(e) => {
-            limited!(Warn, "eventq: event could not be written ({e:?}), dropped");
+            limited!(Warn, "eventq: event could not be written ({e}), dropped");
             0
         }
     }

@@ -370,7 +370,7 @@ impl DeviceDma<'_> {
         let gid = match self.prq.open(d.endpoint, d.pasid, Origin::Dma(ticket), now) {
             Ok(g) => g,
             Err(why) => {
-                debug!("endpoint {}: page request refused: {why:?}", d.endpoint);
+                debug!("endpoint {}: page request refused: {why}", d.endpoint);
                 self.prq.count_refused();
                 return self.dma_fault(&d, fault.reason, fault.address);
             }

@@ -1,6 +1,5 @@
 //! Static configuration of the device model: ranges, endpoints, limits, extension offers.
 
-use core::fmt;
 use core::ops::RangeInclusive;
 use core::time::Duration;
 
@@ -126,25 +125,37 @@ impl Default for EngineConfig {
 }
 
 /// Why a configuration was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// `page_size_mask` is 0.
+    #[error("page_size_mask must not be 0")]
     NoPageSize,
     /// `input_range` start > end.
+    #[error("input_range start is above its last address")]
     InputRange,
     /// `domain_range` start > end.
+    #[error("domain_range start is above its last ID")]
     DomainRange,
     /// An endpoint range is empty.
+    #[error("endpoint range {} is empty", ids(.0))]
     EmptyEndpointRange(RangeInclusive<u32>),
     /// Two endpoint ranges share an ID.
+    #[error("endpoint ranges {} and {} overlap", ids(.0), ids(.1))]
     OverlappingEndpoints(RangeInclusive<u32>, RangeInclusive<u32>),
     /// Reserved regions of an endpoint range are empty, unsorted or overlapping.
+    #[error(
+        "reserved regions of endpoints {} must be non-empty, sorted and disjoint",
+        ids(.0)
+    )]
     BadReservedRegions(RangeInclusive<u32>),
     /// More than one MSI region for an endpoint range.
+    #[error("endpoints {} have more than one MSI region", ids(.0))]
     SeveralMsiRegions(RangeInclusive<u32>),
     /// `pasid_bits` above 20.
+    #[error("pasid_bits {0} is above 20")]
     PasidBits(u8),
     /// The PROBE properties of an endpoint range need more than `probe_size` bytes.
+    #[error("probe properties need {need} bytes but probe_size is {probe_size}")]
     ProbeSizeTooSmall {
         /// Bytes needed.
         need: usize,
@@ -152,37 +163,14 @@ pub enum ConfigError {
         probe_size: u32,
     },
     /// `limits.max_pending_events` is 0.
+    #[error("limits.max_pending_events must be at least 1")]
     NoEventRoom,
 }
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::NoPageSize => f.write_str("page_size_mask must not be 0"),
-            ConfigError::InputRange => f.write_str("input_range start is above its end"),
-            ConfigError::DomainRange => f.write_str("domain_range start is above its end"),
-            ConfigError::EmptyEndpointRange(r) => write!(f, "endpoint range {r:?} is empty"),
-            ConfigError::OverlappingEndpoints(a, b) => {
-                write!(f, "endpoint ranges {a:?} and {b:?} overlap")
-            }
-            ConfigError::BadReservedRegions(r) => write!(
-                f,
-                "reserved regions of endpoints {r:?} must be non-empty, sorted and disjoint"
-            ),
-            ConfigError::SeveralMsiRegions(r) => {
-                write!(f, "endpoints {r:?} have more than one MSI region")
-            }
-            ConfigError::PasidBits(b) => write!(f, "pasid_bits {b} is above 20"),
-            ConfigError::ProbeSizeTooSmall { need, probe_size } => write!(
-                f,
-                "probe properties need {need} bytes but probe_size is {probe_size}"
-            ),
-            ConfigError::NoEventRoom => f.write_str("limits.max_pending_events must be at least 1"),
-        }
-    }
+/// An endpoint range as the command line writes it.
+fn ids(r: &RangeInclusive<u32>) -> String {
+    format!("{:#x}-{:#x}", r.start(), r.end())
 }
-
-impl std::error::Error for ConfigError {}
 
 /// Checks the parts of a configuration that do not depend on PROBE encoding.
 pub(super) fn validate(cfg: &EngineConfig) -> Result<(), ConfigError> {

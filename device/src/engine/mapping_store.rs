@@ -30,7 +30,8 @@ struct Entry {
 }
 
 /// An UNMAP would cut a mapping in two: nothing is removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the range would split a mapping")]
 pub struct WouldSplit;
 
 /// The interval store.

@@ -21,8 +21,6 @@ mod prq;
 pub mod stats;
 mod tables;
 
-use core::fmt;
-
 use std::time::Instant;
 
 use log::{debug, trace};
@@ -73,9 +71,10 @@ pub const CONFIG_SIZE: usize = core::mem::size_of::<Config>();
 
 /// Why a config-space write was refused. The state is unchanged; the daemon logs and ignores
 /// it (a vhost-user SET_CONFIG error would drop the connection).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigWriteError {
     /// The write is empty or reaches past the 40-byte config space.
+    #[error("config write of {len} bytes at {offset} is out of range")]
     OutOfRange {
         /// Offset of the write.
         offset: u32,
@@ -83,34 +82,18 @@ pub enum ConfigWriteError {
         len: usize,
     },
     /// The write changes a read-only field (everything but `bypass`).
+    #[error("config byte {offset} is read-only")]
     ReadOnly {
         /// Offset of the first such byte.
         offset: usize,
     },
     /// `bypass` may only be 0 or 1.
+    #[error("invalid bypass value {0}")]
     InvalidBypass(u8),
     /// `bypass` may only change once BYPASS_CONFIG is negotiated.
+    #[error("bypass written without BYPASS_CONFIG negotiated")]
     NotNegotiated,
 }
-
-impl fmt::Display for ConfigWriteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigWriteError::OutOfRange { offset, len } => {
-                write!(f, "config write of {len} bytes at {offset} is out of range")
-            }
-            ConfigWriteError::ReadOnly { offset } => {
-                write!(f, "config byte {offset} is read-only")
-            }
-            ConfigWriteError::InvalidBypass(v) => write!(f, "invalid bypass value {v}"),
-            ConfigWriteError::NotNegotiated => {
-                f.write_str("bypass written without BYPASS_CONFIG negotiated")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigWriteError {}
 
 /// The device model.
 #[derive(Debug)]

@@ -41,11 +41,13 @@ pub(super) struct Group {
 }
 
 /// Why a group could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(super) enum Refused {
     /// The endpoint has `max_page_request_groups` outstanding.
+    #[error("the endpoint has its most page-request groups outstanding")]
     EndpointFull,
     /// All endpoints together have `max_page_request_groups_total` outstanding.
+    #[error("the device has its most page-request groups outstanding")]
     DeviceFull,
 }
 

@@ -159,30 +159,21 @@ pub struct TranslateFault {
 }
 
 /// Why the host refused an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HostError {
     /// Out of resources (iommufd `ENOMEM`/`ENOSPC`).
+    #[error("host out of resources")]
     NoMem,
     /// The host cannot do this at all (`EOPNOTSUPP`).
+    #[error("not supported by the host")]
     Unsupported,
     /// Bad handle or inconsistent arguments (`EINVAL`/`ENOENT`): a bug on the engine's side.
+    #[error("invalid host handle or arguments")]
     Invalid,
     /// Any other host failure (`EIO`, …).
+    #[error("host failure")]
     Failed,
 }
-
-impl fmt::Display for HostError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HostError::NoMem => "host out of resources",
-            HostError::Unsupported => "not supported by the host",
-            HostError::Invalid => "invalid host handle or arguments",
-            HostError::Failed => "host failure",
-        })
-    }
-}
-
-impl std::error::Error for HostError {}
 
 /// The host IOMMU the engine keeps in sync with the guest's view.
 ///

@@ -96,23 +96,30 @@ impl Leaf {
 }
 
 /// Why a stage-1 walk failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WalkError {
     /// An entry on the way is not present (Arm: valid bit clear; x86: P clear).
+    #[error("a table entry is not present")]
     NotPresent,
     /// The leaf forbids the access (Arm AP/XN, x86 R/W, U/S, XD).
+    #[error("the leaf forbids the access")]
     Permission,
     /// Arm: the leaf's access flag is clear (the walker never sets it).
+    #[error("the leaf's access flag is clear")]
     AccessFlag,
     /// The input address is outside the table's range (above 2^VA bits, non-canonical).
+    #[error("the input address is outside the table's range")]
     AddressSize,
     /// The context forbids the access whatever the entries say: Arm EPD0 set, VT-d privileged
     /// request without SRE.
+    #[error("the translation context forbids the access")]
     Forbidden,
     /// No translation context: PASID beyond the CD table, CD or L1 descriptor not valid,
     /// `s1dss` TERM for DMA without PASID.
+    #[error("no translation context for the access")]
     NoContext,
     /// A malformed table: reserved bits, bad CD fields, a pointer outside guest RAM.
+    #[error("the guest table is malformed")]
     Malformed,
 }
 
