@@ -723,11 +723,15 @@ impl Request {
     }
 
     /// Size of the device-writable part the driver supplies: the tail, plus the properties
-    /// area for PROBE.
+    /// area for PROBE. Saturates at `usize::MAX` where the area does not fit (a `probe_size`
+    /// near 4 GiB on a 32-bit target).
     #[must_use]
     pub fn writable_len(&self, probe_size: u32) -> usize {
         match self {
-            Request::Probe(_) => probe_size as usize + TAIL_SIZE,
+            Request::Probe(_) => usize::try_from(probe_size)
+                .ok()
+                .and_then(|n| n.checked_add(TAIL_SIZE))
+                .unwrap_or(usize::MAX),
             _ => TAIL_SIZE,
         }
     }

@@ -17,11 +17,15 @@ const PS: u64 = 1 << 7;
 const XD: u64 = 1 << 63;
 const ADDR: u64 = bits(51, 12);
 
-/// Whether `va` is canonical for a `width`-bit input space: bits 63..width−1 all equal.
+/// Whether `va` is canonical for a `width`-bit input space: bits 63..width−1 all equal. Every
+/// address is canonical for 64 bits; none for a width of 0 or above 64.
 #[must_use]
 pub fn canonical(va: u64, width: u32) -> bool {
-    let hi = va >> (width - 1);
-    hi == 0 || hi == u64::MAX >> (width - 1)
+    let Some(shift) = width.checked_sub(1).filter(|s| *s < 64) else {
+        return false;
+    };
+    let hi = va >> shift;
+    hi == 0 || hi == u64::MAX >> shift
 }
 
 /// Walks the table at `pgd` for `va`. `addr_width` is 48 or 57 (anything else is malformed).
@@ -113,6 +117,8 @@ mod tests {
         assert!(canonical(0xffff_8000_0000_0000, 48));
         assert!(canonical(0x00ff_ffff_ffff_ffff, 57));
         assert!(!canonical(0x0100_0000_0000_0000, 57));
+        assert!(canonical(u64::MAX, 64) && canonical(1 << 63, 64));
+        assert!(!canonical(0, 0) && !canonical(0, 65));
     }
 
     #[test]
