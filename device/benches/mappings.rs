@@ -1,8 +1,8 @@
 //! MAP / UNMAP / translate cost with N live 4 KiB mappings in one domain, through the whole
 //! request path (`Engine::handle_request`: parse, checks, interval store, emulated host mirror).
 //!
-//! Compare with `/work/shared/reference/perf-anchor-cloud-hypervisor.md`: cloud-hypervisor's
-//! UNMAP is O(n) (4 µs at 1k, 20–50 ms at 1M); here every operation is O(log n).
+//! Compare with cloud-hypervisor's numbers in the README's "Speed" table: its UNMAP is O(n)
+//! (4 µs at 1k, 20–50 ms at 1M); here every operation is O(log n).
 //!
 //! `cargo bench -p vhost-device-iommu --bench mappings` runs N = 1k, 100k and 1M. Under
 //! `cargo test --benches` (no `--bench` flag) each benchmark runs once and 1M is skipped.

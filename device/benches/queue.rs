@@ -3,9 +3,8 @@
 //! scatter) → `add_used`, on a 256-entry split queue in an anonymous `GuestMemoryMmap`, 128
 //! requests (2-descriptor chains) per batch.
 //!
-//! The same thing cloud-hypervisor's numbers in
-//! `/work/shared/reference/perf-anchor-cloud-hypervisor.md` time (`request_queue()`, 128
-//! requests per call). Not timed: writing the requests and refilling the avail ring, checking
+//! The same thing cloud-hypervisor's own benchmark of its in-VMM device times
+//! (`request_queue()`, 128 requests per call; its numbers are in the README's "Speed" table). Not timed: writing the requests and refilling the avail ring, checking
 //! every reply (used length and S_OK), and undoing a batch's effect so N stays steady.
 //!
 //! Every reported time is per request, or per pair for the `*_pair` cases.

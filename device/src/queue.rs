@@ -179,8 +179,10 @@ pub fn process_request<M: GuestMemoryBackend>(
     }
 }
 
-/// Fills one event buffer with the next pending event, if any. Returns `None` when no event
-/// is pending (the buffer must then stay on the ring), otherwise the used length.
+/// Fills one event buffer with the next pending event; call it only while one is pending
+/// ([`Engine::has_events`]). Returns the used length: the record's size, or 0 when the buffer
+/// is malformed, has device-readable parts, is too small for any record or cannot be written
+/// (it is then returned empty).
 pub fn deliver_event<M: GuestMemoryBackend>(
     mem: &M,
     chain: impl Iterator<Item = Descriptor>,

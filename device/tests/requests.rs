@@ -1,4 +1,4 @@
-//! Every row of the device-requirements table (protocol fact sheet §1.6), the seven UNMAP
+//! Every row of the request tables of `spec/PROTOCOL.md` §6, the seven UNMAP
 //! examples of the specification, and the status choices this device makes where the
 //! specification is loose.
 

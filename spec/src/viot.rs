@@ -386,7 +386,7 @@ pub fn pci_endpoint_id(range: &PciRange, segment: u16, bdf: u16) -> Option<u32> 
 mod tests {
     use super::*;
 
-    /// The worked example of the fact sheet: IOMMU at 00:03.0, bus 0 translated, IDs = BDF.
+    /// The worked example of PROTOCOL.md §10.5: IOMMU at 00:03.0, bus 0 translated, IDs = BDF.
     #[test]
     fn worked_example_body() {
         let v = Viot {

@@ -223,7 +223,7 @@ mod tests {
         generate(&Args::try_parse_from(v).map_err(|e| e.to_string())?)
     }
 
-    /// The fact sheet's §3.5 worked example, byte for byte: IOMMU at 00:03.0, bus 0
+    /// The worked example of `spec/PROTOCOL.md` §10.5, byte for byte: IOMMU at 00:03.0, bus 0
     /// translated, endpoint ID = BDF.
     const WORKED_EXAMPLE_BODY: [u8; 52] = [
         0x02, 0x00, 0x30, 0x00, // node count 2, node offset 48

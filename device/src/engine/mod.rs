@@ -1,9 +1,9 @@
 //! The virtio-iommu semantics engine: pure state, no sockets, threads or files.
 //!
 //! [`Engine`] owns the device state (config space, negotiated features, domains, mappings,
-//! pending events) and answers requests byte-for-byte as the virtio specification and the
-//! project's fact sheet (`virtio-iommu-protocol.md` §1.4–1.10, §4) require. It drives a
-//! [`HostIommu`] so that the host always mirrors what the guest asked for.
+//! pending events) and answers requests byte-for-byte as the virtio specification and
+//! `spec/PROTOCOL.md` (§4–§6, §9 for the extensions) require. It drives a [`HostIommu`] so that
+//! the host always mirrors what the guest asked for.
 //!
 //! Status choices where the specification is loose are documented at each check
 //! (`domain.rs`); the summary: ranges and alignment → S_RANGE, everything inconsistent →

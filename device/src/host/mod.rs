@@ -1,9 +1,10 @@
 //! The host IOMMU interface: what the virtio-iommu engine asks of whatever really translates
 //! device DMA.
 //!
-//! The trait is shaped after iommufd (`/work/shared/reference/iommufd.md` §2 and §5): the
-//! engine allocates an address space per mapped domain (an IOAS), edits it with map/unmap, and
-//! points endpoints at a space, at the identity (bypass) or at nothing (blocked). Nested guest
+//! The trait is shaped after the Linux iommufd uAPI (`include/uapi/linux/iommufd.h`: IOAS,
+//! HWPT, attach with replace): the engine allocates an address space per mapped domain (an
+//! IOAS), edits it with map/unmap, and points endpoints at a space, at the identity (bypass)
+//! or at nothing (blocked). Nested guest
 //! tables, invalidation and page responses serve vSVA: the emulated host walks guest tables in
 //! software; a host that cannot may answer them with [`HostError::Unsupported`].
 //!
