@@ -23,20 +23,15 @@ struct State {
 }
 
 /// The global allocator (one CPU; interrupt handlers never allocate).
-#[derive(Debug)]
 pub struct Heap {
     lock: AtomicBool,
-    state: core::cell::UnsafeCell<StateCell>,
+    state: core::cell::UnsafeCell<State>,
 }
 
-/// `State` behind a `Debug`-able wrapper.
-struct StateCell(State);
-
-impl core::fmt::Debug for StateCell {
+impl core::fmt::Debug for Heap {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Heap")
-            .field("next", &self.0.next)
-            .field("end", &self.0.end)
+            .field("in_use", &self.in_use())
             .finish_non_exhaustive()
     }
 }
@@ -49,12 +44,12 @@ impl Heap {
     pub const fn new() -> Self {
         Heap {
             lock: AtomicBool::new(false),
-            state: core::cell::UnsafeCell::new(StateCell(State {
+            state: core::cell::UnsafeCell::new(State {
                 next: 0,
                 end: 0,
                 free: [0; CLASSES],
                 in_use: 0,
-            })),
+            }),
         }
     }
 
@@ -67,7 +62,7 @@ impl Heap {
             core::hint::spin_loop();
         }
         // SAFETY: the lock is held, so this is the only reference.
-        let r = f(unsafe { &mut (*self.state.get()).0 });
+        let r = f(unsafe { &mut *self.state.get() });
         self.lock.store(false, Ordering::Release);
         r
     }

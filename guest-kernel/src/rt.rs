@@ -1,5 +1,6 @@
 //! What the prebuilt `core`/`alloc` expect from the platform: the `mem*` functions (libc's on
-//! Linux) and an unwinding personality, never called with `panic = "abort"`.
+//! Linux), and the unwinding symbols their landing pads name, never reached with
+//! `panic = "abort"`.
 
 use core::arch::asm;
 
