@@ -205,11 +205,12 @@ fi
 timing() { tr -d '\r' <"$W/$1.serial.log" 2>/dev/null | grep -a '^KERNEL-TIMING' | tail -n1; }
 field() { sed -n "s/.* $2=\([0-9]*\).*/\1/p" <<<"$1"; }
 tq=$(timing qemu) td=$(timing daemon)
-if [ -n "$tq" ] && [ -n "$td" ]; then
-    awk -v q1="$(field "$tq" map1_ns)" -v d1="$(field "$td" map1_ns)" \
+if [ -z "${BM_ONLY:-}" ] && [ -n "$tq" ] && [ -n "$td" ]; then
+    build=$(basename "$(dirname "$DAEMON")")
+    awk -v build="$build" -v q1="$(field "$tq" map1_ns)" -v d1="$(field "$td" map1_ns)" \
         -v qb="$(field "$tq" batch64_ns)" -v db="$(field "$td" batch64_ns)" 'BEGIN {
-        printf "timing (guest TSC, TCG): one synchronous MAP: QEMU %.1f us, daemon %.1f us (%.1fx); 64-MAP batch: QEMU %.1f us, daemon %.1f us (%.1fx)\n",
-            q1 / 1000, d1 / 1000, d1 / q1, qb / 1000, db / 1000, db / qb }' | tee "$W/timing.txt" >&2
+        printf "timing (guest TSC, TCG, %s daemon): one synchronous MAP: QEMU %.1f us, daemon %.1f us (%.1fx); 64-MAP batch: QEMU %.1f us, daemon %.1f us (%.1fx)\n",
+            build, q1 / 1000, d1 / 1000, d1 / q1, qb / 1000, db / 1000, db / qb }' | tee "$W/timing.txt" >&2
 fi
 
 log "runs took $((SECONDS - start)) s"
