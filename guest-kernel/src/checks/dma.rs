@@ -32,7 +32,7 @@ const LEN: usize = 64;
 /// Where in the page the copy comes back.
 const BACK: usize = 0x800;
 /// How long the host or the device may take for one step.
-const STEP_WAIT_MS: u32 = 30_000;
+const STEP_WAIT_MS: u32 = 10_000;
 
 fn pattern() -> Vec<u8> {
     (0..LEN)

@@ -13,7 +13,7 @@ use crate::interrupts;
 use crate::report::{expect, Report};
 
 /// How long one interrupt-driven wait may take.
-pub const IRQ_WAIT_MS: u32 = 30_000;
+pub const IRQ_WAIT_MS: u32 = 10_000;
 
 /// How a wait was woken.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]

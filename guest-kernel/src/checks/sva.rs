@@ -35,7 +35,7 @@ const MAPPED_VA: u64 = 0x40_0000;
 const FAULTING_VA: u64 = 0x50_0000;
 const PAGE: u64 = 0x1000;
 /// How long the host may take for one step.
-const STEP_WAIT_MS: u32 = 30_000;
+const STEP_WAIT_MS: u32 = 10_000;
 
 /// One process address space in either format (the CD table keeps its stage-1 tables).
 enum Process {
