@@ -3,6 +3,7 @@
 # package and cache it under ~/.cache/virtio-iommu/qemu-10.2.2/.
 # Idempotent: a cached, verified build is reused instantly.
 # Prints the path of the qemu-system-x86_64 binary on stdout; logs go to stderr.
+# --cached: only print it if a verified build is cached (exit 1 otherwise); never build.
 # Env: VIRTIO_IOMMU_CACHE (cache root), QEMU_BUILD_JOBS (default: nproc).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,6 +39,7 @@ if [ -x "$BIN" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_CONTENT" ];
     echo "$BIN"
     exit 0
 fi
+[ "${1:-}" = --cached ] && exit 1
 
 with_lock qemu-build
 # Another run may have finished the build while we waited for the lock.
