@@ -55,9 +55,9 @@ pub fn expected_config() -> IommuConfig {
     IommuConfig {
         page_size_mask: 0xffff_ffff_ffff_f000,
         input_start: 0,
-        input_end: (1 << 39) - 1,
+        input_last: (1 << 39) - 1,
         domain_start: 0,
-        domain_end: u32::MAX,
+        domain_last: u32::MAX,
         probe_size: 512,
         bypass: Some(true),
     }
@@ -94,7 +94,7 @@ fn expected_probe(kind: DeviceKind, sva: bool) -> EndpointInfo {
             kind: ResvMemSubtype::Msi,
             raw_subtype: ResvMemSubtype::Msi as u8,
             start: MSI_START,
-            end: MSI_END,
+            last: MSI_END,
         }],
         ..EndpointInfo::default()
     };
