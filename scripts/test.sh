@@ -7,6 +7,8 @@
 #   scripts/test.sh --quick    Rust checks and tests only (no QEMU / kernel builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=common.sh
+. scripts/common.sh
 
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
