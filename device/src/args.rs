@@ -63,7 +63,8 @@ pub struct Args {
     pub domain_range: String,
 
     /// Reserved region for every endpoint, `msi:START-END` or `reserved:START-END`;
-    /// repeatable. Default: `msi:0xfee00000-0xfeefffff` (the x86 MSI window).
+    /// repeatable, and the list is exactly what is given. `none` (alone): no reserved region at
+    /// all. Default: `msi:0xfee00000-0xfeefffff` (the x86 MSI window).
     #[arg(long = "reserved")]
     pub reserved: Vec<String>,
 
@@ -218,13 +219,18 @@ impl TryFrom<Args> for DaemonConfig {
     type Error = Error;
 
     fn try_from(a: Args) -> Result<Self> {
-        let reserved = if a.reserved.is_empty() {
-            vec![ReservedRegion::x86_msi()]
-        } else {
-            a.reserved
+        let reserved = match a.reserved.as_slice() {
+            [] => vec![ReservedRegion::x86_msi()],
+            [only] if only == "none" => Vec::new(),
+            list if list.iter().any(|r| r == "none") => {
+                return Err(Error::Config(
+                    "--reserved none means no region: it cannot be combined with regions".into(),
+                ))
+            }
+            list => list
                 .iter()
                 .map(|r| parse_reserved(r))
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>>>()?,
         };
         let mut endpoints = Vec::new();
         for part in a.endpoints.split(',').filter(|p| !p.trim().is_empty()) {
@@ -390,6 +396,8 @@ mod tests {
             std::time::Duration::from_secs(1)
         );
         assert_eq!(c.viommu.limits.max_page_request_groups, 32);
+        let none = DaemonConfig::try_from(args(&["--reserved", "none"])).unwrap();
+        assert_eq!(none.viommu.endpoints[0].reserved, Vec::new());
         let c = DaemonConfig::try_from(args(&[
             "--host",
             "iommufd",
@@ -428,6 +436,8 @@ mod tests {
             &["--reserved", "dma:1-2"],
             &["--reserved", "msi:2-1"],
             &["--reserved", "msi"],
+            &["--reserved", "none", "--reserved", "msi:1-2"],
+            &["--reserved", "msi:1-2", "--reserved", "none"],
             &["--domain-range", "0-0x100000000"],
             &["--queue-size", "100"],
             &["--pasid-bits", "21"],
