@@ -52,6 +52,9 @@ cargo test --workspace --locked
 if [ "$quick" = 1 ]; then
     exit 0
 fi
+
+step "fuzz smoke: every target of fuzz/ for 30 s"
+scripts/fuzz.sh 30
 for extra in scripts/test-vm.sh scripts/test-guest-driver.sh scripts/test-iommufd.sh; do
     if [ -x "$extra" ]; then
         step "$extra"
