@@ -3,7 +3,9 @@ use std::fs;
 use std::path::Path;
 
 fn write(target: &str, seeds: &[Vec<u8>]) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(target);
     fs::create_dir_all(&dir).expect("corpus directory");
     for (i, s) in seeds.iter().enumerate() {
         fs::write(dir.join(format!("seed-{i:02}")), s).expect("seed file");

@@ -3,4 +3,6 @@
 
 use virtio_iommu_fuzz::device::{run, Scenario};
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| run(&Scenario::decode(data)));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    run(&Scenario::decode(data));
+});

@@ -24,8 +24,8 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use virtio_iommu_driver::iova::IovaAllocator;
 use virtio_iommu_driver::sva::PageRequestGroups;
 use virtio_iommu_driver::{
-    AttachFlags, DriverOptions, Features, InvalCaches, InvalScope, Invalidate, MapFlags,
-    Mapping, PageResp, PageRespCode, Request, ReservedRegion, TableDesc, Token, VirtIOIommu,
+    AttachFlags, DriverOptions, Features, InvalCaches, InvalScope, Invalidate, MapFlags, Mapping,
+    PageResp, PageRespCode, Request, ReservedRegion, TableDesc, Token, VirtIOIommu,
 };
 use virtio_iommu_spec::ext::VtdFlags;
 use virtio_iommu_spec::features::VIRTIO_F_VERSION_1;
@@ -239,8 +239,8 @@ impl ReqSpec {
 /// One driver step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    /// The device does these at the next request-queue notification (during the next call
-    /// that sends something).
+    /// The device does these at a later request-queue notification: each `Arm` is one
+    /// notification's work, in order (so a blocking call is answered during the call).
     Arm(Vec<DevAct>),
     /// The device does these now, between driver calls.
     Device(Vec<DevAct>),
@@ -313,7 +313,7 @@ struct Dev {
     rings: [Ring; 2],
     /// Heads taken from each avail ring, not yet completed by `Complete`.
     held: [VecDeque<u16>; 2],
-    armed: Vec<DevAct>,
+    armed: VecDeque<Vec<DevAct>>,
 }
 
 // Raw ring access. Every address comes from `queue_set` (the driver's live rings: the
@@ -476,8 +476,10 @@ impl Transport for FuzzTransport {
     fn notify(&mut self, queue: u16) {
         let mut d = self.0.borrow_mut();
         if queue == 0 {
-            for a in std::mem::take(&mut d.armed) {
-                d.act(&a);
+            if let Some(acts) = d.armed.pop_front() {
+                for a in &acts {
+                    d.act(a);
+                }
             }
         }
     }
@@ -501,7 +503,14 @@ impl Transport for FuzzTransport {
         false
     }
 
-    fn queue_set(&mut self, queue: u16, size: u32, desc: PhysAddr, avail: PhysAddr, used: PhysAddr) {
+    fn queue_set(
+        &mut self,
+        queue: u16,
+        size: u32,
+        desc: PhysAddr,
+        avail: PhysAddr,
+        used: PhysAddr,
+    ) {
         let mut d = self.0.borrow_mut();
         if let Some(r) = d.rings.get_mut(usize::from(queue)) {
             *r = Ring {
@@ -548,7 +557,10 @@ impl Transport for FuzzTransport {
         g
     }
 
-    fn read_config_space<T: FromBytes + IntoBytes>(&self, offset: usize) -> virtio_drivers::Result<T> {
+    fn read_config_space<T: FromBytes + IntoBytes>(
+        &self,
+        offset: usize,
+    ) -> virtio_drivers::Result<T> {
         let d = self.0.borrow();
         let end = offset
             .checked_add(size_of::<T>())
@@ -582,14 +594,12 @@ impl Transport for FuzzTransport {
 
 /// The allocator invariant: `[iova, iova + size)` lies in the input range, is aligned to
 /// the granule and avoids every reserved region the device reported.
-fn check_alloc(
-    iova: u64,
-    size: u64,
-    granule: u64,
-    input: (u64, u64),
-    reserved: &[ReservedRegion],
-) {
-    assert_eq!(iova % granule, 0, "unaligned IOVA {iova:#x} (granule {granule:#x})");
+fn check_alloc(iova: u64, size: u64, granule: u64, input: (u64, u64), reserved: &[ReservedRegion]) {
+    assert_eq!(
+        iova % granule,
+        0,
+        "unaligned IOVA {iova:#x} (granule {granule:#x})"
+    );
     let last = iova
         .checked_add(size - 1)
         .expect("allocation wraps the address space");
@@ -605,8 +615,26 @@ fn check_alloc(
     }
 }
 
+/// What a scenario achieved (the seeds' tests check that well-behaved devices get answers).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The driver came up.
+    pub initialised: bool,
+    /// Requests that completed with `Ok` (blocking, polled, waited or batched).
+    pub ok: usize,
+    /// Events `poll_event` returned.
+    pub events: usize,
+    /// PAGE_RESPs `handle_page_requests` had accepted.
+    pub page_responses: usize,
+    /// Reserved regions learnt from PROBE replies.
+    pub reserved: usize,
+    /// IOVA allocations that succeeded.
+    pub allocs: usize,
+}
+
 /// Runs one scenario. Panics only on a broken invariant (or a driver panic).
-pub fn run(s: &Scenario) {
+pub fn run(s: &Scenario) -> Outcome {
+    let mut out = Outcome::default();
     let features = if s.raw_features {
         s.features
     } else {
@@ -623,7 +651,7 @@ pub fn run(s: &Scenario) {
         status: DeviceStatus::empty(),
         rings: [Ring::default(); 2],
         held: [VecDeque::new(), VecDeque::new()],
-        armed: Vec::new(),
+        armed: VecDeque::new(),
     }));
     let options = DriverOptions {
         extensions: if s.extensions {
@@ -636,8 +664,9 @@ pub fn run(s: &Scenario) {
     let Ok(mut iommu) =
         VirtIOIommu::<FuzzHal, FuzzTransport>::new_with(FuzzTransport(dev.clone()), options)
     else {
-        return;
+        return out;
     };
+    out.initialised = true;
     let cfg = *iommu.config();
     assert_ne!(cfg.page_size_mask, 0, "accepted a zero page-size mask");
     let mut iovas = IovaAllocator::from_config(&cfg);
@@ -646,19 +675,22 @@ pub fn run(s: &Scenario) {
     let mut groups = PageRequestGroups::new();
     for op in &s.ops {
         match op {
-            Op::Arm(acts) => dev.borrow_mut().armed.extend(acts.iter().cloned()),
+            Op::Arm(acts) => dev.borrow_mut().armed.push_back(acts.clone()),
             Op::Device(acts) => {
                 let mut d = dev.borrow_mut();
                 for a in acts {
                     d.act(a);
                 }
             }
-            Op::Request(r) => {
-                if let Ok(virtio_iommu_driver::Reply::Probe(info)) = iommu.request(&r.request()) {
+            Op::Request(r) => match iommu.request(&r.request()) {
+                Ok(virtio_iommu_driver::Reply::Probe(info)) => {
+                    out.ok += 1;
                     iovas.reserve_probed(&info);
                     reserved.extend(info.reserved_regions.iter().copied());
                 }
-            }
+                Ok(_) => out.ok += 1,
+                Err(_) => {}
+            },
             Op::Submit(r) => {
                 if let Ok(t) = iommu.submit(&r.request()) {
                     tokens.push(t);
@@ -666,12 +698,16 @@ pub fn run(s: &Scenario) {
             }
             Op::Poll(i) => {
                 if let Some(t) = tokens.get(usize::from(*i) % tokens.len().max(1)) {
-                    let _ = iommu.poll(*t);
+                    if let Ok(Some(_)) = iommu.poll(*t) {
+                        out.ok += 1;
+                    }
                 }
             }
             Op::Wait(i) => {
                 if let Some(t) = tokens.get(usize::from(*i) % tokens.len().max(1)) {
-                    let _ = iommu.wait(*t);
+                    if iommu.wait(*t).is_ok() {
+                        out.ok += 1;
+                    }
                 }
             }
             Op::MapBatch(domain, iova, size, n) => {
@@ -688,13 +724,16 @@ pub fn run(s: &Scenario) {
                     .collect();
                 if let Ok(results) = iommu.map_batch(&maps) {
                     assert_eq!(results.len(), maps.len());
+                    out.ok += results.iter().filter(|r| r.is_ok()).count();
                 }
             }
             Op::SetBypass(b) => {
                 let _ = iommu.set_bypass(*b);
             }
             Op::PollEvent => {
-                let _ = iommu.poll_event();
+                if let Ok(Some(_)) = iommu.poll_event() {
+                    out.events += 1;
+                }
             }
             Op::PageRequests(code) => {
                 let code = match code % 3 {
@@ -702,7 +741,9 @@ pub fn run(s: &Scenario) {
                     1 => PageRespCode::Invalid,
                     _ => PageRespCode::Failure,
                 };
-                let _ = iommu.handle_page_requests(&mut groups, |_, _| code);
+                if let Ok(d) = iommu.handle_page_requests(&mut groups, |_, _| code) {
+                    out.page_responses += d.responses.len();
+                }
                 assert!(groups.pending() <= virtio_iommu_driver::sva::MAX_PENDING_GROUPS);
             }
             Op::ReadConfig => {
@@ -717,14 +758,27 @@ pub fn run(s: &Scenario) {
                 let size = (*size).max(1);
                 let align = 1u64 << (align_log2 % 64);
                 if let Some(iova) = iovas.alloc_aligned(size, align) {
+                    out.allocs += 1;
                     let g = iovas.granule();
                     let rounded = size.div_ceil(g) * g;
-                    check_alloc(iova, rounded, g, (cfg.input_start, cfg.input_end), &reserved);
-                    assert_eq!(iova % align.max(g), 0, "IOVA {iova:#x} not {align:#x}-aligned");
+                    check_alloc(
+                        iova,
+                        rounded,
+                        g,
+                        (cfg.input_start, cfg.input_end),
+                        &reserved,
+                    );
+                    assert_eq!(
+                        iova % align.max(g),
+                        0,
+                        "IOVA {iova:#x} not {align:#x}-aligned"
+                    );
                 }
             }
         }
     }
+    out.reserved = reserved.len();
+    out
 }
 
 /// Reads the byte code; past the end every value reads as zero.
@@ -798,7 +852,7 @@ impl Reader<'_> {
         }
     }
     fn acts(&mut self) -> Vec<DevAct> {
-        let n = self.u8() % 16;
+        let n = self.u8() % 64;
         (0..n).map(|_| self.act()).collect()
     }
     fn req(&mut self) -> ReqSpec {
@@ -919,7 +973,7 @@ impl Writer {
         }
     }
     fn acts(&mut self, acts: &[DevAct]) {
-        assert!(acts.len() < 16, "at most 15 device actions per op");
+        assert!(acts.len() < 64, "at most 63 device actions per op");
         self.u8(acts.len() as u8);
         for a in acts {
             self.act(a);

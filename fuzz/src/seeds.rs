@@ -263,9 +263,7 @@ pub fn driver_hostile_device() -> Vec<Scenario> {
     let batch = standard(
         false,
         vec![
-            Op::Arm(vec![ok(); 15]),
-            Op::Arm(vec![ok(); 15]),
-            Op::Arm(vec![ok(); 2]),
+            Op::Arm(vec![ok(); 32]),
             Op::Arm(vec![ok(); 8]),
             Op::MapBatch(1, 0x10_0000, 0x1000, 40),
         ],
@@ -387,9 +385,36 @@ mod tests {
 
     #[test]
     fn driver_seeds_encode_decode_and_run() {
-        for s in driver_hostile_device() {
-            assert_eq!(Scenario::decode(&s.encode()), s);
-            crate::device::run(&s);
-        }
+        let outcomes: Vec<_> = driver_hostile_device()
+            .iter()
+            .map(|s| {
+                assert_eq!(Scenario::decode(&s.encode()), *s);
+                crate::device::run(s)
+            })
+            .collect();
+        // The well-behaved device: PROBE (2 regions), ATTACH, MAP, UNMAP answered, two
+        // allocations, one fault event.
+        let o = outcomes[0];
+        assert!(o.initialised);
+        assert_eq!(
+            (o.ok, o.reserved, o.allocs, o.events),
+            (4, 2, 2, 1),
+            "{o:?}"
+        );
+        // The batch: 40 MAPs, every one answered.
+        assert_eq!(outcomes[1].ok, 40, "{:?}", outcomes[1]);
+        // Submit, complete out of order, poll both; the wait after that finds a spent token.
+        assert_eq!(outcomes[2].ok, 2, "{:?}", outcomes[2]);
+        // vSVA: PROBE, ATTACH_TABLE, INVALIDATE, the page request answered, PAGE_RESP.
+        assert_eq!(
+            (outcomes[3].ok, outcomes[3].page_responses),
+            (4, 1),
+            "{:?}",
+            outcomes[3]
+        );
+        // The hostile device: nothing succeeds, nothing panics.
+        assert_eq!(outcomes[4].ok, 0, "{:?}", outcomes[4]);
+        // A device that refuses the features, or whose config is short: no driver.
+        assert!(!outcomes[5].initialised && !outcomes[6].initialised);
     }
 }

@@ -78,7 +78,9 @@ pub fn check_event(bytes: &[u8]) {
 /// Probe areas: the walk ends within one property per 4 bytes, and the properties found,
 /// written back with `ProbeWriter`, are found again in the same order.
 pub fn check_probe(area: &[u8]) {
-    let props: Vec<Property> = ProbeProperties::new(area).take(area.len() / 4 + 2).collect();
+    let props: Vec<Property> = ProbeProperties::new(area)
+        .take(area.len() / 4 + 2)
+        .collect();
     assert!(props.len() <= area.len() / 4, "{} properties", props.len());
     let size: usize = props.iter().map(Property::encoded_len).sum();
     let mut buf = vec![0u8; size + 8];
