@@ -403,12 +403,16 @@ fn control_clients_are_capped() {
     drop(clients.pop());
     let deadline = std::time::Instant::now() + WAIT;
     loop {
+        // A refused client may see the close before its request is written (EPIPE).
         let mut c = d.control().unwrap();
-        let r = c.cmd("stats", Value::Null).unwrap();
-        if r["ok"] == json!(true) {
+        let r = c.cmd("stats", Value::Null);
+        if matches!(&r, Ok(v) if v["ok"] == json!(true)) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no place freed: {r}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no place freed: {r:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
