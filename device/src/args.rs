@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
 
+    /// Control clients served at once (each holds a thread; a simulated device's DMA that
+    /// waits for a page response holds its client). More are refused with an error line.
+    #[arg(long, default_value_t = 16)]
+    pub max_control_clients: usize,
+
     /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xffff,0x10000`). Default: every
     /// ID, because the firmware table (VIOT) given to the guest decides which IDs it uses.
     #[arg(long, default_value = "0-0xffffffff")]
@@ -137,6 +142,8 @@ pub struct DaemonConfig {
     pub socket_path: PathBuf,
     /// Control socket.
     pub control_socket: Option<PathBuf>,
+    /// Control clients served at once.
+    pub max_control_clients: usize,
     /// Host backend.
     pub host: HostKind,
     /// Virtqueue size.
@@ -279,6 +286,11 @@ impl TryFrom<Args> for DaemonConfig {
                 )));
             }
         }
+        if a.max_control_clients == 0 {
+            return Err(Error::Config(
+                "--max-control-clients must be positive".into(),
+            ));
+        }
         if a.page_request_timeout_ms == 0 {
             return Err(Error::Config(
                 "--page-request-timeout-ms must be positive".into(),
@@ -308,6 +320,7 @@ impl TryFrom<Args> for DaemonConfig {
         Ok(DaemonConfig {
             socket_path: a.socket_path,
             control_socket: a.control_socket,
+            max_control_clients: a.max_control_clients,
             host: a.host,
             queue_size: a.queue_size,
             viommu,
@@ -461,6 +474,7 @@ mod tests {
                 "8=00:03.0",
             ],
             &["--page-request-timeout-ms", "0"],
+            &["--max-control-clients", "0"],
         ] {
             assert!(DaemonConfig::try_from(args(bad)).is_err(), "{bad:?}");
         }

@@ -7,8 +7,8 @@
 //! be JSON numbers or `"0x…"` strings. Replies carry `"ok": true` or `"ok": false` with
 //! `"error"`, or for a translation fault `"fault"` (the record also queued for the guest).
 //!
-//! At most [`MAX_CLIENTS`] clients are served at once (one thread each); a client past that
-//! gets one error line and is closed, so a flood of connections costs no threads.
+//! At most `--max-control-clients` clients are served at once (one thread each); a client past
+//! that gets one error line and is closed, so a flood of connections costs no threads.
 //!
 //! A DMA that hits a recoverable stage-1 fault waits for the guest's page response like a
 //! device with PRI: the client thread parks it in the engine, releases the engine lock (the
@@ -43,8 +43,6 @@ const MAX_LINE: u64 = 4 << 20;
 const DMA_POLL: Duration = Duration::from_millis(1);
 /// Pause after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
-/// Clients served at once; each holds a thread and up to [`MAX_LINE`] of buffer.
-pub const MAX_CLIENTS: usize = 8;
 
 /// Where the control socket finds the current connection's wake-up eventfd.
 pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
@@ -53,7 +51,12 @@ pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
 ///
 /// # Errors
 /// The socket cannot be bound.
-pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
+/// At most `max_clients` clients are served at once; each holds a thread and up to
+/// [`MAX_LINE`] of buffer.
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn spawn(path: &Path, max_clients: usize, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|err| Error::ControlSocket {
         path: path.to_owned(),
@@ -67,8 +70,8 @@ pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
-                        let Some(slot) = ClientSlot::claim(&active) else {
-                            refuse(&stream);
+                        let Some(slot) = ClientSlot::claim(&active, max_clients) else {
+                            refuse(&stream, max_clients);
                             continue;
                         };
                         let (v, w) = (viommu.clone(), wake.clone());
@@ -92,14 +95,14 @@ pub fn spawn(path: &Path, viommu: SharedViommu, wake: WakeSlot) -> Result<()> {
     Ok(())
 }
 
-/// One of the [`MAX_CLIENTS`] places; released on drop.
+/// One of the `max_clients` places; released on drop.
 struct ClientSlot(Arc<AtomicUsize>);
 
 impl ClientSlot {
-    fn claim(active: &Arc<AtomicUsize>) -> Option<Self> {
+    fn claim(active: &Arc<AtomicUsize>, max_clients: usize) -> Option<Self> {
         active
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_CLIENTS).then_some(n + 1)
+                (n < max_clients).then_some(n + 1)
             })
             .ok()
             .map(|_| Self(Arc::clone(active)))
@@ -112,15 +115,15 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Tells a client past [`MAX_CLIENTS`] why it is closed. Never blocks: the line goes into the
+/// Tells a client past `max_clients` why it is closed. Never blocks: the line goes into the
 /// empty send buffer of a fresh connection or is dropped.
-fn refuse(mut stream: &UnixStream) {
+fn refuse(mut stream: &UnixStream, max_clients: usize) {
     limited!(
         Warn,
-        "control socket: {MAX_CLIENTS} clients already connected, refusing one more"
+        "control socket: {max_clients} clients already connected, refusing one more"
     );
     let mut line =
-        json!({"ok": false, "error": format!("too many control clients (at most {MAX_CLIENTS})")})
+        json!({"ok": false, "error": format!("too many control clients (at most {max_clients})")})
             .to_string();
     line.push('\n');
     let _ = stream.set_nonblocking(true);

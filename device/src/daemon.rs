@@ -147,7 +147,12 @@ impl Daemon {
         let viommu = Arc::new(parking_lot::Mutex::new(viommu));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
         if let Some(path) = &config.control_socket {
-            control::spawn(path, viommu.clone(), wake.clone())?;
+            control::spawn(
+                path,
+                config.max_control_clients,
+                viommu.clone(),
+                wake.clone(),
+            )?;
         }
         Ok(Daemon {
             config,

@@ -364,12 +364,12 @@ fn thread_count(pid: u32) -> usize {
         .count()
 }
 
-/// At most 8 control clients at once: one more gets one error line and is closed (no thread
-/// for it), the refusals are logged rate-limited, the served clients keep working, and a
-/// freed place serves a new client.
+/// At most `--max-control-clients` clients at once: one more gets one error line and is
+/// closed (no thread for it), the refusals are logged rate-limited, the served clients keep
+/// working, and a freed place serves a new client.
 #[test]
 fn control_clients_are_capped() {
-    let d = virtio_iommu_e2e::Daemon::spawn::<&str>(&[]).unwrap();
+    let d = virtio_iommu_e2e::Daemon::spawn(&["--max-control-clients", "8"]).unwrap();
     let mut clients: Vec<_> = (0..8)
         .map(|_| {
             let mut c = d.control().unwrap();
