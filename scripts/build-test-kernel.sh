@@ -9,8 +9,8 @@
 # the script only prints its path (no network, no apt; well under 1 s). All progress output goes
 # to stderr; stdout carries only the final path.
 #
-# Cache layout (CACHE_ROOT defaults to ~/.cache/virtio-iommu):
-#   $CACHE_ROOT/test-kernel-<upstream ver>/   e.g. test-kernel-7.2.8
+# Cache layout (under $VIRTIO_IOMMU_CACHE, default ~/.cache/virtio-iommu):
+#   test-kernel-<upstream ver>/   e.g. test-kernel-7.2.8
 #       bzImage                  gzip-compressed kernel (~2 MiB), boot with -kernel
 #       config                   the final .config
 #       System.map
@@ -22,33 +22,34 @@
 #       bin/gen_init_cpio        host tool from the build to write newc initramfs archives
 #       source-version           Debian source version used (e.g. 7.2.8-1) + orig tarball sha256
 #       .stamp                   recipe revision + fragment hash (cache key)
-#   $CACHE_ROOT/test-kernel -> test-kernel-<ver>   convenience symlink to the last good build
-#   $CACHE_ROOT/src/linux_<ver>.orig.tar.xz        kept (156 MiB) so a rebuild does not depend on
-#                                                  the mirror still carrying that version
-#   $CACHE_ROOT/apt-sid/                           private apt config + lists for sid deb-src
+#   test-kernel -> test-kernel-<ver>   convenience symlink to the last good build
+#   src/linux_<ver>.orig.tar.xz        kept (156 MiB) so a rebuild does not depend on the mirror
+#                                      still carrying that version
+#   apt/                               the private apt configuration of common.sh (papt_update)
 # The unpacked source tree (~1.8 GiB) and the O= build tree (~150 MiB) live in
-# $CACHE_ROOT/work/test-kernel-<ver>/ only during the build and are deleted afterwards
+# work/test-kernel-<ver>/ only during the build and are deleted afterwards
 # (KEEP_BUILD=1 keeps them).
 #
 # Environment:
 #   TEST_KERNEL_VERSIONS  Debian source versions to try, in order (default: 7.2.8-1 first, then a
 #                         short fallback list). The first one whose orig tarball downloads wins.
-#   VIRTIO_IOMMU_CACHE    cache root (default ~/.cache/virtio-iommu; same variable as common.sh)
+#   VIRTIO_IOMMU_CACHE    cache root (common.sh)
 #   JOBS                  make -j (default: nproc)
 #   KEEP_BUILD=1          keep source + build trees;  KEEP_TARBALL=0  delete the orig tarball
 #   FORCE=1               rebuild even if the cache is valid
 #   PROBE_ONLY=1          only choose + download the source version, print "<ver> <tarball>"
 #
-# System sources are never touched: sid deb-src is used through a private apt config
-# (-o Dir::Etc::sourcelist=... -o Dir::Etc::sourceparts=- -o Dir::State::Lists=...).
+# System sources are never touched: sid deb-src is used through common.sh's private apt
+# configuration.
 set -euo pipefail
 # The whole script is one compound command, parsed before it runs: editing this file while
 # it runs cannot change what the running instance executes.
 {
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 FRAGMENT=${TEST_KERNEL_FRAGMENT:-$HERE/test-kernel/iommufd.config}
-CACHE_ROOT=${VIRTIO_IOMMU_CACHE:-${VIOMMU_CACHE_DIR:-$HOME/.cache/virtio-iommu}}
 CANDIDATES=${TEST_KERNEL_VERSIONS:-"7.2.8-1 7.2.7-1 7.2.13-1 7.2.12-1 7.2.11-1 7.2.10-1 7.2.9-1 7.1.8-2 7.0.13-1 7.0.4-1"}
 JOBS=${JOBS:-$(nproc)}
 KEEP_BUILD=${KEEP_BUILD:-0}
@@ -56,9 +57,6 @@ KEEP_TARBALL=${KEEP_TARBALL:-1}
 FORCE=${FORCE:-0}
 # Bump when the build recipe (not the fragment) changes in a way that needs a rebuild.
 RECIPE_REV=1
-
-log() { printf '[build-test-kernel] %s\n' "$*" >&2; }
-die() { printf '[build-test-kernel] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ -f "$FRAGMENT" ] || die "config fragment not found: $FRAGMENT"
 STAMP_WANT="recipe=$RECIPE_REV fragment=$(sha256sum <"$FRAGMENT" | cut -d' ' -f1)"
@@ -68,7 +66,7 @@ cached_dir() {
   local v up d
   for v in $CANDIDATES; do
     up=${v%-*}
-    d=$CACHE_ROOT/test-kernel-$up
+    d=$VIRTIO_IOMMU_CACHE/test-kernel-$up
     if [ -f "$d/.stamp" ] && [ -f "$d/bzImage" ] && [ "$(cat "$d/.stamp")" = "$STAMP_WANT" ]; then
       printf '%s\n' "$d"
       return 0
@@ -82,12 +80,7 @@ if [ "$FORCE" != 1 ] && d=$(cached_dir); then
   exit 0
 fi
 
-mkdir -p "$CACHE_ROOT"
-exec 9>"$CACHE_ROOT/.test-kernel.lock"
-if ! flock -n 9; then
-  log "another build holds $CACHE_ROOT/.test-kernel.lock; waiting"
-  flock 9
-fi
+with_lock test-kernel
 # Someone else may have finished the build while we waited.
 if [ "$FORCE" != 1 ] && d=$(cached_dir); then
   log "cached: $d"
@@ -99,51 +92,13 @@ T0=$(date +%s)
 elapsed() { echo "$(( $(date +%s) - T0 ))s"; }
 
 # ---------------------------------------------------------------- host prerequisites ----------
-apt_install() {
-  # Another agent may run apt concurrently; its `apt-get update` Post-Invoke hook can delete
-  # downloaded .debs under our feet, so retry a few times.
-  local i
-  for i in 1 2 3; do
-    if DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 \
-         --no-install-recommends "$@" >&2; then
-      return 0
-    fi
-    log "apt-get install failed (attempt $i), retrying"
-    sleep 3
-  done
-  die "apt-get install $* failed"
-}
-need_pkgs=()
-for p in gcc make libc6-dev flex bison bc perl xz-utils libelf-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$p")
-done
-if [ ${#need_pkgs[@]} -gt 0 ]; then
-  log "installing build prerequisites: ${need_pkgs[*]}"
-  apt_install "${need_pkgs[@]}"
-fi
-
-# ---------------------------------------------------------------- private apt (sid deb-src) ---
-APTD=$CACHE_ROOT/apt-sid
-mkdir -p "$APTD/lists/partial"
-echo "deb-src http://deb.debian.org/debian sid main" >"$APTD/sources.list"
-# Clear the system's APT::Update::Post-Invoke hooks: on this machine one of them deletes
-# /var/cache/apt/archives/*.deb, which would break other agents' concurrent installs.
-cat >"$APTD/apt.conf" <<'EOF'
-#clear APT::Update::Post-Invoke;
-#clear APT::Update::Post-Invoke-Success;
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-APT::Sandbox::User "root";
-EOF
-APT_O=(-c "$APTD/apt.conf" -o "Dir::Etc::sourcelist=$APTD/sources.list"
-       -o "Dir::Etc::sourceparts=-" -o "Dir::State::Lists=$APTD/lists")
-
-log "apt-get update (private sid deb-src list)"
-apt-get "${APT_O[@]}" update >&2 || log "warning: private apt-get update failed; relying on cached lists/tarballs"
+apt_ensure gcc make libc6-dev flex bison bc perl xz-utils libelf-dev
+# Debian's sid deb-src through the private apt configuration (system sources untouched).
+papt_update
 
 # ---------------------------------------------------------------- pick + fetch a version -----
-SRC_DIR=$CACHE_ROOT/src
-PROBE_DIR=$APTD/probe
+SRC_DIR=$VIRTIO_IOMMU_CACHE/src
+PROBE_DIR=$PAPT_DIR/probe
 mkdir -p "$SRC_DIR"
 rm -rf "$PROBE_DIR"
 mkdir -p "$PROBE_DIR"
@@ -152,7 +107,7 @@ for v in $CANDIDATES; do
   up=${v%-*}
   line=""
   # Run in an empty directory: apt omits files that already exist in the cwd from --print-uris.
-  if uris=$(cd "$PROBE_DIR" && apt-get "${APT_O[@]}" source --print-uris --only-source "linux=$v" 2>/dev/null); then
+  if uris=$(cd "$PROBE_DIR" && apt-get "${PAPT_OPTS[@]}" source --print-uris --only-source "linux=$v" 2>/dev/null); then
     line=$(printf '%s\n' "$uris" | grep -E "^'[^']*\.orig\.tar\.[a-z0-9]+' " | head -n1) || true
   fi
   if [ -z "$line" ]; then
@@ -175,7 +130,7 @@ for v in $CANDIDATES; do
   else
     log "linux=$v: downloading $uri"
     rm -f "$SRC_DIR/$fname.part"
-    if ! /usr/lib/apt/apt-helper "${APT_O[@]}" download-file "$uri" "$SRC_DIR/$fname.part" "$hash" >&2; then
+    if ! /usr/lib/apt/apt-helper "${PAPT_OPTS[@]}" download-file "$uri" "$SRC_DIR/$fname.part" "$hash" >&2; then
       log "linux=$v: download failed (mirror may have dropped it), trying the next version"
       rm -f "$SRC_DIR/$fname.part"
       continue
@@ -194,7 +149,7 @@ if [ "${PROBE_ONLY:-0}" = 1 ]; then   # test hook: only pick + fetch the source,
 fi
 
 # ---------------------------------------------------------------- unpack ----------------------
-WORK=$CACHE_ROOT/work/test-kernel-$UP
+WORK=$VIRTIO_IOMMU_CACHE/work/test-kernel-$UP
 S=$WORK/src
 B=$WORK/build
 rm -rf "$WORK"
@@ -267,7 +222,7 @@ run_logged "${MK[@]}" -j"$JOBS" headers
 log "headers built ($(elapsed))"
 
 # ---------------------------------------------------------------- install into the cache -----
-DEST=$CACHE_ROOT/test-kernel-$UP
+DEST=$VIRTIO_IOMMU_CACHE/test-kernel-$UP
 TMP=$DEST.tmp.$$
 rm -rf "$TMP"
 mkdir -p "$TMP/usr" "$TMP/selftest" "$TMP/bin"
@@ -290,12 +245,12 @@ done
 printf '%s\n' "$STAMP_WANT" >"$TMP/.stamp"
 rm -rf "$DEST"
 mv "$TMP" "$DEST"
-ln -sfn "test-kernel-$UP" "$CACHE_ROOT/test-kernel"
+ln -sfn "test-kernel-$UP" "$VIRTIO_IOMMU_CACHE/test-kernel"
 
 if [ "$KEEP_BUILD" != 1 ]; then
   log "removing source and build trees ($WORK)"
   rm -rf "$WORK"
-  rmdir "$CACHE_ROOT/work" 2>/dev/null || true
+  rmdir "$VIRTIO_IOMMU_CACHE/work" 2>/dev/null || true
 fi
 if [ "$KEEP_TARBALL" = 0 ]; then rm -f "$TARBALL"; fi
 

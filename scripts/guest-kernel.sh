@@ -52,21 +52,14 @@ if [ -z "$kdeb" ]; then
     [ -n "$kdeb" ] || die "none of ${cands[*]} could be downloaded"
 fi
 
-# 2. busybox-static.
-bdeb=$(newest "$GDIR"/debs/busybox-static_*.deb)
-if [ -z "$bdeb" ]; then
-    papt_update
-    log "downloading busybox-static"
-    (cd "$GDIR/debs" && apt-get -qq "${PAPT_OPTS[@]}" download busybox-static >&2)
-    bdeb=$(newest "$GDIR"/debs/busybox-static_*.deb)
-fi
+# 2. busybox-static (shared with the test-kernel scripts).
+bb=$(busybox_static)
 
 # 3. Extract into a fresh directory, then swap it in.
 tmp=$(mktemp -d "$GDIR/.extract.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 log "extracting $(basename "$kdeb")"
 dpkg-deb -x "$kdeb" "$tmp/root"
-dpkg-deb -x "$bdeb" "$tmp/bb"
 krel=$(basename "$(ls -d "$tmp"/root/lib/modules/*)")
 out=$tmp/out
 mkdir -p "$out/modules"
@@ -74,7 +67,7 @@ cp "$tmp/root/boot/vmlinuz-$krel" "$out/vmlinuz"
 cp "$tmp/root/boot/config-$krel" "$out/config"
 cp "$tmp/root/boot/System.map-$krel" "$out/System.map"
 echo "$krel" >"$out/kernel-release"
-cp "$tmp/bb/bin/busybox" "$out/busybox"
+cp "$bb" "$out/busybox"
 chmod 755 "$out/busybox"
 
 # The .deb has no modules.dep (depmod runs at install time, and running it

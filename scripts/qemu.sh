@@ -9,5 +9,7 @@
 # cannot run an upstream guest kernel.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 BIN=$("$HERE/build-qemu.sh")
 exec "$BIN" -L /usr/share/seabios -L /usr/share/qemu -L /usr/lib/ipxe/qemu "$@"

@@ -41,6 +41,15 @@ WORK=$VIRTIO_IOMMU_CACHE/run-vm
 mkdir -p "$WORK"
 with_lock run-vm
 trap vm_cleanup EXIT
+# Ctrl-C (or SIGTERM): QEMU first, then the daemon, and no stale report.
+on_signal() {
+    trap - INT TERM
+    log "interrupted: stopping QEMU, then the daemon"
+    vm_cleanup
+    log "interrupted: QEMU and the daemon are stopped (logs in $WORK)"
+    exit 130
+}
+trap on_signal INT TERM
 
 "$HERE/build-qemu.sh" >/dev/null
 VM_GUEST=$("$HERE/guest-kernel.sh")
@@ -48,6 +57,7 @@ vm_build
 VM_INITRD=$(vm_initramfs "$WORK/initrd.cpio.gz")
 vm_viot "$WORK/viot.bin"
 : >"$WORK/daemon.log"
+rm -f "$WORK/hold.stats" "$WORK/hold.dump" "$WORK/final.stats"
 VM_RUST_LOG=${RUST_LOG:-info} vm_daemon_start "$WORK" "${daemon_args[@]}"
 CTL=$WORK/viommu.ctl
 log "daemon pid $VM_DPID: vhost-user $WORK/viommu.sock, control $CTL, log $WORK/daemon.log"
@@ -83,7 +93,7 @@ if [ $shell = 1 ]; then
 else
     log "booting the guest (TCG, about 10 s), serial log $WORK/serial.log"
     rc=0
-    vm_boot "${VM_TIMEOUT:-180}" "$WORK/serial.log" "vhost:$WORK/viommu.sock:$WORK/viot.bin" \
+    VM_WATCH_PID=$VM_DPID vm_boot "${VM_TIMEOUT:-180}" "$WORK/serial.log" "vhost:$WORK/viommu.sock:$WORK/viot.bin" \
         "$append vm.hold=1" || rc=$?
     echo "== guest =="
     tr -d '\r' <"$WORK/serial.log" \
@@ -95,6 +105,8 @@ else
         show_stats "$WORK/hold.stats"
     fi
 fi
+kill -0 "$VM_DPID" 2>/dev/null \
+    || die "the daemon exited while the guest ran (QEMU status $rc; log: $WORK/daemon.log)"
 echo "== daemon stats after QEMU quit (counters are cumulative; the state is reset) =="
 vm_ctl "$CTL" '{"cmd":"stats"}' >"$WORK/final.stats"
 show_stats "$WORK/final.stats"

@@ -13,22 +13,20 @@
 #
 # Exit status 0 only if every selected boot printed PASS lines, no FAIL line and a
 # "RESULT: ...: N passed, 0 failed" line for each test program run. Serial logs are kept in
-# $CACHE_ROOT/smoke/serial-<mode>.log.
+# $VIRTIO_IOMMU_CACHE/smoke/serial-<mode>.log.
 #
-# QEMU: $QEMU if set; else the system qemu-system-x86_64; else scripts/qemu.sh if the cached
-# QEMU 10.2.2 build exists; else qemu-system-x86 is installed from bookworm-backports through a
-# private apt config (system sources untouched). ALWAYS TCG: /dev/kvm on these hosts is a
-# software KVM (PVM) on which upstream guest kernels die with "emulation failure".
+# QEMU: $QEMU if set, else the cached QEMU 10.2.2 (scripts/qemu.sh, built on first use).
+# ALWAYS TCG: /dev/kvm on these hosts is a software KVM (PVM) on which upstream guest kernels
+# die with "emulation failure".
 set -euo pipefail
 # The whole script is one compound command, parsed before it runs: editing this file while
 # it runs cannot change what the running instance executes.
 {
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-CACHE_ROOT=${VIRTIO_IOMMU_CACHE:-${VIOMMU_CACHE_DIR:-$HOME/.cache/virtio-iommu}}
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 TIMEOUT=${SMOKE_TIMEOUT:-180}
-log() { printf '[smoke-test-kernel] %s\n' "$*" >&2; }
-die() { printf '[smoke-test-kernel] ERROR: %s\n' "$*" >&2; exit 1; }
 
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(all)
@@ -45,69 +43,13 @@ K=$("$HERE/build-test-kernel.sh" | tail -n1)
 log "kernel: $K ($(sed -n 's/^debian-source=//p' "$K/source-version"))"
 
 # ---------------------------------------------------------------- host tools ----------------
-apt_install() {  # retry: a concurrent `apt-get update` on this machine may delete .debs mid-install
-  local i
-  for i in 1 2 3; do
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 \
-      --no-install-recommends "$@" >&2 && return 0
-    log "apt-get install failed (attempt $i), retrying"; sleep 3
-  done
-  die "apt-get install $* failed"
-}
-command -v gcc >/dev/null || apt_install gcc libc6-dev
-[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || apt_install libc6-dev
-
-find_qemu() {
-  if [ -n "${QEMU:-}" ]; then QEMU_CMD=("$QEMU"); return 0; fi
-  if command -v qemu-system-x86_64 >/dev/null; then QEMU_CMD=(qemu-system-x86_64); return 0; fi
-  if [ -x "$HERE/qemu.sh" ] && [ -x "$CACHE_ROOT/qemu-10.2.2/bin/qemu-system-x86_64" ] \
-     && [ -f "$CACHE_ROOT/qemu-10.2.2/.built" ]; then
-    QEMU_CMD=("$HERE/qemu.sh"); return 0
-  fi
-  return 1
-}
-if ! find_qemu; then
-  log "no QEMU found: installing qemu-system-x86 from bookworm-backports (private apt config)"
-  A=$CACHE_ROOT/apt-bpo
-  mkdir -p "$A/lists/partial"
-  cat >"$A/sources.list" <<'EOF'
-deb http://deb.debian.org/debian bookworm main
-deb http://deb.debian.org/debian bookworm-updates main
-deb http://deb.debian.org/debian-security bookworm-security main
-deb http://deb.debian.org/debian bookworm-backports main
-EOF
-  # Clear the system's APT::Update::Post-Invoke hooks (one deletes /var/cache/apt/archives/*.deb,
-  # which breaks other agents' concurrent installs).
-  cat >"$A/apt.conf" <<'EOF'
-#clear APT::Update::Post-Invoke;
-#clear APT::Update::Post-Invoke-Success;
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-APT::Sandbox::User "root";
-EOF
-  AO=(-c "$A/apt.conf" -o "Dir::Etc::sourcelist=$A/sources.list" -o "Dir::Etc::sourceparts=-"
-      -o "Dir::State::Lists=$A/lists")
-  apt-get "${AO[@]}" update >&2
-  apt_install "${AO[@]}" -t bookworm-backports qemu-system-x86
-  find_qemu || die "qemu-system-x86_64 still not found"
-fi
+apt_ensure gcc libc6-dev
+QEMU_CMD=("${QEMU:-$HERE/qemu.sh}")
 log "qemu: ${QEMU_CMD[*]} ($("${QEMU_CMD[@]}" --version | head -n1))"
-
-# busybox (static) from Debian, unpacked once into the cache
-BB=$CACHE_ROOT/busybox-static/bin/busybox
-if [ ! -x "$BB" ]; then
-  log "fetching busybox-static"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && apt-get download busybox-static >&2) || {
-    apt-get -o DPkg::Lock::Timeout=600 update >&2; (cd "$tmp" && apt-get download busybox-static >&2); }
-  rm -rf "$CACHE_ROOT/busybox-static"
-  dpkg-deb -x "$tmp"/busybox-static_*.deb "$CACHE_ROOT/busybox-static"
-  rm -rf "$tmp"
-  [ -x "$BB" ] || die "busybox-static did not contain bin/busybox"
-fi
+BB=$(busybox_static)
 
 # ---------------------------------------------------------------- guest programs + initramfs -
-W=$CACHE_ROOT/smoke
+W=$VIRTIO_IOMMU_CACHE/smoke
 mkdir -p "$W"
 gcc -static -O2 -Wall -Wno-unused-result -I "$K/usr/include" -I "$K/selftest" \
   -o "$W/iommufd_smoke" "$HERE/test-kernel/iommufd_smoke.c"

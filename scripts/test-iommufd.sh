@@ -32,18 +32,17 @@
 # binary is built once into $CACHE/iommufd/target (cold: a few minutes; incremental: seconds).
 # Each boot takes 3-5 s under TCG; the nested qemu mode 4-5 min (+ a 50 MiB initramfs with
 # QEMU, its libraries and firmware). Serial logs: $CACHE/iommufd/serial-<mode>.log.
-# QEMU is the cached 10.2.2 build (scripts/qemu.sh); busybox comes from
-# scripts/smoke-test-kernel.sh's setup (run automatically if missing).
+# QEMU is the cached 10.2.2 build (scripts/qemu.sh); busybox is Debian's busybox-static
+# (common.sh, fetched once).
 set -euo pipefail
 {
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-CACHE_ROOT=${VIRTIO_IOMMU_CACHE:-${VIOMMU_CACHE_DIR:-$HOME/.cache/virtio-iommu}}
+# shellcheck source=common.sh
+. "$HERE/common.sh"
 TIMEOUT=${IOMMUFD_TEST_TIMEOUT:-300}
-W=${IOMMUFD_WORK_DIR:-$CACHE_ROOT/iommufd}
-log() { printf '[test-iommufd] %s\n' "$*" >&2; }
-die() { printf '[test-iommufd] ERROR: %s\n' "$*" >&2; exit 1; }
+W=${IOMMUFD_WORK_DIR:-$VIRTIO_IOMMU_CACHE/iommufd}
 
 MODES=("$@")
 [ ${#MODES[@]} -gt 0 ] || MODES=(all)
@@ -58,15 +57,10 @@ K=$("$HERE/build-test-kernel.sh" | tail -n1)
 [ -f "$K/bzImage" ] || die "build-test-kernel.sh did not produce $K/bzImage"
 GEN=$K/bin/gen_init_cpio
 [ -x "$GEN" ] || die "missing $GEN (rebuild the test kernel: FORCE=1 scripts/build-test-kernel.sh)"
-BB=$CACHE_ROOT/busybox-static/bin/busybox
-if [ ! -x "$BB" ]; then
-  log "busybox missing: running scripts/smoke-test-kernel.sh mock to set it up"
-  "$HERE/smoke-test-kernel.sh" mock >&2 || die "smoke-test-kernel.sh failed"
-fi
+BB=$(busybox_static)
 # The cached QEMU 10.2.2 (built on first use) with Debian's firmware paths; $QEMU overrides.
 if [ -z "${QEMU:-}" ]; then QEMU=$HERE/qemu.sh; fi
 command -v "$QEMU" >/dev/null || die "$QEMU not found"
-[ -x "$BB" ] || die "busybox not found at $BB"
 log "kernel $K ($(sed -n 's/^debian-source=//p' "$K/source-version")), $("$QEMU" --version | head -n1)"
 
 # ---------------------------------------------------------------- guest program -------------

@@ -7,6 +7,8 @@
 #   scripts/test.sh --quick    Rust checks and tests only (no QEMU / kernel builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=common.sh
+. scripts/common.sh
 
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
@@ -52,6 +54,9 @@ cargo test --workspace --locked
 if [ "$quick" = 1 ]; then
     exit 0
 fi
+
+step "fuzz smoke: every target of fuzz/ for 30 s"
+scripts/fuzz.sh 30
 for extra in scripts/test-vm.sh scripts/test-guest-driver.sh scripts/test-iommufd.sh; do
     if [ -x "$extra" ]; then
         step "$extra"

@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
 
+    /// Control clients served at once (each holds a thread; a simulated device's DMA that
+    /// waits for a page response holds its client). More are refused with an error line.
+    #[arg(long, default_value_t = 16)]
+    pub max_control_clients: usize,
+
     /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xffff,0x10000`). Default: every
     /// ID, because the firmware table (VIOT) given to the guest decides which IDs it uses.
     #[arg(long, default_value = "0-0xffffffff")]
@@ -63,7 +68,8 @@ pub struct Args {
     pub domain_range: String,
 
     /// Reserved region for every endpoint, `msi:START-END` or `reserved:START-END`;
-    /// repeatable. Default: `msi:0xfee00000-0xfeefffff` (the x86 MSI window).
+    /// repeatable, and the list is exactly what is given. `none` (alone): no reserved region at
+    /// all. Default: `msi:0xfee00000-0xfeefffff` (the x86 MSI window).
     #[arg(long = "reserved")]
     pub reserved: Vec<String>,
 
@@ -136,6 +142,8 @@ pub struct DaemonConfig {
     pub socket_path: PathBuf,
     /// Control socket.
     pub control_socket: Option<PathBuf>,
+    /// Control clients served at once.
+    pub max_control_clients: usize,
     /// Host backend.
     pub host: HostKind,
     /// Virtqueue size.
@@ -218,13 +226,18 @@ impl TryFrom<Args> for DaemonConfig {
     type Error = Error;
 
     fn try_from(a: Args) -> Result<Self> {
-        let reserved = if a.reserved.is_empty() {
-            vec![ReservedRegion::x86_msi()]
-        } else {
-            a.reserved
+        let reserved = match a.reserved.as_slice() {
+            [] => vec![ReservedRegion::x86_msi()],
+            [only] if only == "none" => Vec::new(),
+            list if list.iter().any(|r| r == "none") => {
+                return Err(Error::Config(
+                    "--reserved none means no region: it cannot be combined with regions".into(),
+                ))
+            }
+            list => list
                 .iter()
                 .map(|r| parse_reserved(r))
-                .collect::<Result<Vec<_>>>()?
+                .collect::<Result<Vec<_>>>()?,
         };
         let mut endpoints = Vec::new();
         for part in a.endpoints.split(',').filter(|p| !p.trim().is_empty()) {
@@ -273,6 +286,11 @@ impl TryFrom<Args> for DaemonConfig {
                 )));
             }
         }
+        if a.max_control_clients == 0 {
+            return Err(Error::Config(
+                "--max-control-clients must be positive".into(),
+            ));
+        }
         if a.page_request_timeout_ms == 0 {
             return Err(Error::Config(
                 "--page-request-timeout-ms must be positive".into(),
@@ -302,6 +320,7 @@ impl TryFrom<Args> for DaemonConfig {
         Ok(DaemonConfig {
             socket_path: a.socket_path,
             control_socket: a.control_socket,
+            max_control_clients: a.max_control_clients,
             host: a.host,
             queue_size: a.queue_size,
             engine,
@@ -390,6 +409,8 @@ mod tests {
             std::time::Duration::from_secs(1)
         );
         assert_eq!(c.engine.limits.max_page_request_groups, 32);
+        let none = DaemonConfig::try_from(args(&["--reserved", "none"])).unwrap();
+        assert_eq!(none.engine.endpoints[0].reserved, Vec::new());
         let c = DaemonConfig::try_from(args(&[
             "--host",
             "iommufd",
@@ -428,6 +449,8 @@ mod tests {
             &["--reserved", "dma:1-2"],
             &["--reserved", "msi:2-1"],
             &["--reserved", "msi"],
+            &["--reserved", "none", "--reserved", "msi:1-2"],
+            &["--reserved", "msi:1-2", "--reserved", "none"],
             &["--domain-range", "0-0x100000000"],
             &["--queue-size", "100"],
             &["--pasid-bits", "21"],
@@ -451,6 +474,7 @@ mod tests {
                 "8=00:03.0",
             ],
             &["--page-request-timeout-ms", "0"],
+            &["--max-control-clients", "0"],
         ] {
             assert!(DaemonConfig::try_from(args(bad)).is_err(), "{bad:?}");
         }

@@ -7,6 +7,9 @@
 //! be JSON numbers or `"0x…"` strings. Replies carry `"ok": true` or `"ok": false` with
 //! `"error"`, or for a translation fault `"fault"` (the record also queued for the guest).
 //!
+//! At most `--max-control-clients` clients are served at once (one thread each); a client past
+//! that gets one error line and is closed, so a flood of connections costs no threads.
+//!
 //! A DMA that hits a recoverable stage-1 fault waits for the guest's page response like a
 //! device with PRI: the client thread parks it in the engine, releases the engine lock (the
 //! queue thread needs it to deliver the page request and to process PAGE_RESP), wakes the
@@ -16,6 +19,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,6 +33,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::backend::{lock, SharedEngine};
 use crate::engine::{Access, DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
 use crate::error::{Error, Result};
+use crate::limited;
 
 /// Largest DMA a control command may ask for.
 const MAX_DMA: u64 = 1 << 20;
@@ -36,6 +41,8 @@ const MAX_DMA: u64 = 1 << 20;
 const MAX_LINE: u64 = 4 << 20;
 /// How often a DMA waiting for a page response looks at the engine.
 const DMA_POLL: Duration = Duration::from_millis(1);
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Where the control socket finds the current connection's wake-up eventfd.
 pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
@@ -44,7 +51,12 @@ pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
 ///
 /// # Errors
 /// The socket cannot be bound.
-pub fn spawn(path: &Path, engine: SharedEngine, wake: WakeSlot) -> Result<()> {
+/// At most `max_clients` clients are served at once; each holds a thread and up to
+/// [`MAX_LINE`] of buffer.
+///
+/// # Errors
+/// The socket cannot be bound.
+pub fn spawn(path: &Path, max_clients: usize, engine: SharedEngine, wake: WakeSlot) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|err| Error::ControlSocket {
         path: path.to_owned(),
@@ -54,19 +66,68 @@ pub fn spawn(path: &Path, engine: SharedEngine, wake: WakeSlot) -> Result<()> {
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
             for conn in listener.incoming() {
                 match conn {
                     Ok(stream) => {
+                        let Some(slot) = ClientSlot::claim(&active, max_clients) else {
+                            refuse(&stream, max_clients);
+                            continue;
+                        };
                         let (v, w) = (engine.clone(), wake.clone());
-                        let _ = thread::Builder::new()
-                            .name("control-client".into())
-                            .spawn(move || serve_client(stream, &v, &w));
+                        // The slot is released when the thread ends, or here if it cannot start.
+                        let _ =
+                            thread::Builder::new()
+                                .name("control-client".into())
+                                .spawn(move || {
+                                    let _slot = slot;
+                                    serve_client(stream, &v, &w);
+                                });
                     }
-                    Err(e) => warn!("control socket accept: {e}"),
+                    Err(e) => {
+                        // E.g. EMFILE: the error repeats until an fd is freed; do not spin.
+                        limited!(Warn, "control socket accept: {e}");
+                        thread::sleep(ACCEPT_BACKOFF);
+                    }
                 }
             }
         })?;
     Ok(())
+}
+
+/// One of the `max_clients` places; released on drop.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    fn claim(active: &Arc<AtomicUsize>, max_clients: usize) -> Option<Self> {
+        active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max_clients).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(active)))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Tells a client past `max_clients` why it is closed. Never blocks: the line goes into the
+/// empty send buffer of a fresh connection or is dropped.
+fn refuse(mut stream: &UnixStream, max_clients: usize) {
+    limited!(
+        Warn,
+        "control socket: {max_clients} clients already connected, refusing one more"
+    );
+    let mut line =
+        json!({"ok": false, "error": format!("too many control clients (at most {max_clients})")})
+            .to_string();
+    line.push('\n');
+    let _ = stream.set_nonblocking(true);
+    let _ = stream.write_all(line.as_bytes());
 }
 
 fn serve_client(stream: UnixStream, engine: &SharedEngine, wake: &WakeSlot) {

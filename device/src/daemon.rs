@@ -146,7 +146,12 @@ impl Daemon {
         let engine = Arc::new(parking_lot::Mutex::new(engine));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
         if let Some(path) = &config.control_socket {
-            control::spawn(path, engine.clone(), wake.clone())?;
+            control::spawn(
+                path,
+                config.max_control_clients,
+                engine.clone(),
+                wake.clone(),
+            )?;
         }
         Ok(Daemon {
             config,

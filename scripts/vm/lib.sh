@@ -34,10 +34,12 @@ vm_initramfs() {
 
 # vm_daemon_start DIR [daemon options...]: starts a daemon with DIR/viommu.sock and
 # DIR/viommu.ctl, logging to DIR/daemon.log; waits until both sockets exist. Sets VM_DPID.
+# The daemon gets a session of its own (setsid: no fork, so $! is the daemon): a Ctrl-C on
+# the terminal must not kill it before QEMU, whose guest would hang on the dead backend.
 vm_daemon_start() {
     local dir=$1; shift
     rm -f "$dir/viommu.sock" "$dir/viommu.ctl"
-    RUST_LOG=${VM_RUST_LOG:-vhost_device_iommu=debug} "$VM_DAEMON" \
+    RUST_LOG=${VM_RUST_LOG:-vhost_device_iommu=debug} setsid "$VM_DAEMON" \
         --socket-path "$dir/viommu.sock" --control-socket "$dir/viommu.ctl" "$@" \
         >>"$dir/daemon.log" 2>&1 &
     VM_DPID=$!
@@ -65,15 +67,26 @@ vm_daemon_stop() {
     vm_forget "$1"
 }
 
-# Kills every daemon and QEMU this script started (for an EXIT trap).
+# vm_stop PID: SIGTERM, up to 10 s to exit, then SIGKILL; reaps it.
+vm_stop() {
+    local _
+    kill "$1" 2>/dev/null || return 0
+    for _ in $(seq 50); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.2
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+# Stops every QEMU and daemon this script started, newest first (each QEMU before the daemon
+# it uses: a guest whose backend dies first hangs), for the EXIT and signal traps.
 vm_cleanup() {
-    local p
-    for p in "${VM_PIDS[@]}"; do
-        kill "$p" 2>/dev/null || true
+    local i
+    for ((i = ${#VM_PIDS[@]} - 1; i >= 0; i--)); do
+        vm_stop "${VM_PIDS[i]}"
     done
-    for p in "${VM_PIDS[@]}"; do
-        wait "$p" 2>/dev/null || true
-    done
+    VM_PIDS=()
 }
 
 # vm_ctl CTL_SOCKET JSON: one control request, prints the one-line reply.
@@ -154,12 +167,15 @@ vm_wait_serial() {
 # vm_boot TIMEOUT SERIAL_LOG KIND KERNEL_CMDLINE_EXTRA [extra QEMU args...]
 # vm_qemu in the background. If the guest prints "VM-HOLD" (vm.hold=1), runs the shell
 # function `vm_on_hold` (if defined) while the guest is still up, then quits QEMU through its
-# monitor. Returns QEMU's exit status; QEMU's own output goes to SERIAL_LOG.qemu.
+# monitor. If VM_WATCH_PID is set and that process (the guest's daemon) exits, stops QEMU at
+# once rather than at the timeout. Returns QEMU's exit status; QEMU's own output goes to
+# SERIAL_LOG.qemu.
 vm_boot() {
     local serial=$2
     rm -f "$serial"
     vm_qemu_cmd "$@"
-    # `timeout` itself is the background job: the EXIT trap's kill reaches QEMU through it.
+    # `timeout` itself is the background job, in a process group of its own (so a terminal's
+    # Ctrl-C does not reach QEMU): the traps' SIGTERM reaches QEMU through it.
     "${VM_QEMU_CMD[@]}" >"$serial.qemu" 2>&1 </dev/null &
     local qpid=$! rc=0 held=0
     VM_PIDS+=("$qpid")
@@ -168,6 +184,11 @@ vm_boot() {
             held=1
             if declare -F vm_on_hold >/dev/null; then vm_on_hold || true; fi
             printf 'quit\n' | socat -t 2 - "UNIX-CONNECT:$serial.mon" >/dev/null 2>&1 || true
+        fi
+        if [ -n "${VM_WATCH_PID:-}" ] && ! kill -0 "$VM_WATCH_PID" 2>/dev/null; then
+            log "the daemon (pid $VM_WATCH_PID) exited: stopping QEMU"
+            kill "$qpid" 2>/dev/null || true
+            VM_WATCH_PID=
         fi
         sleep 0.2
     done

@@ -356,3 +356,63 @@ fn control_errors_keep_the_connection() {
         json!({"ok": true, "dump": {"bypass": true, "domains": []}})
     );
 }
+
+/// Threads of process `pid`.
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .count()
+}
+
+/// At most `--max-control-clients` clients at once: one more gets one error line and is
+/// closed (no thread for it), the refusals are logged rate-limited, the served clients keep
+/// working, and a freed place serves a new client.
+#[test]
+fn control_clients_are_capped() {
+    let d = virtio_iommu_e2e::Daemon::spawn(&["--max-control-clients", "8"]).unwrap();
+    let mut clients: Vec<_> = (0..8)
+        .map(|_| {
+            let mut c = d.control().unwrap();
+            assert_eq!(c.cmd("stats", Value::Null).unwrap()["ok"], json!(true));
+            c
+        })
+        .collect();
+    let threads = thread_count(d.pid());
+    for _ in 0..30 {
+        let s = UnixStream::connect(d.control_socket()).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v,
+            json!({"ok": false, "error": "too many control clients (at most 8)"})
+        );
+        line.clear();
+        assert_eq!(r.read_line(&mut line).unwrap(), 0, "closed after the error");
+    }
+    assert_eq!(thread_count(d.pid()), threads);
+    for c in &mut clients {
+        assert_eq!(c.cmd("stats", Value::Null).unwrap()["ok"], json!(true));
+    }
+    let logged = d.stderr().matches("refusing one more").count();
+    assert!((1..=10).contains(&logged), "{logged} refusal lines logged");
+
+    // The daemon sees the close asynchronously: the place comes back within a bound.
+    drop(clients.pop());
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        // A refused client may see the close before its request is written (EPIPE).
+        let mut c = d.control().unwrap();
+        let r = c.cmd("stats", Value::Null);
+        if matches!(&r, Ok(v) if v["ok"] == json!(true)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no place freed: {r:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -271,6 +271,35 @@ fn probe_properties() {
     assert_eq!(vm.send(&map(1, 0x2000, 0x2fff, 0)), Status::Ok);
 }
 
+/// The default MSI window makes a whole-space identity MAP overlap a reserved region;
+/// `--reserved none` removes it, and then the MAP and one UNMAP of everything succeed.
+#[test]
+fn whole_space_identity_map_with_reserved_none() {
+    let mut vm = Vm::start(&[]);
+    assert_eq!(vm.send(&attach(1, 5)), Status::Ok);
+    assert_eq!(vm.send(&map(1, 0, u64::MAX, 0)), Status::Inval);
+    assert_eq!(vm.domains(), json!([domain(1, &[5], &[])]));
+
+    let mut vm = Vm::start(&["--reserved", "none"]);
+    let (status, area) = vm.probe(5);
+    assert_eq!(status, Status::Ok);
+    assert_eq!(area, vec![0; 512], "no RESV_MEM property");
+    assert_eq!(vm.send(&attach(1, 5)), Status::Ok);
+    assert_eq!(vm.send(&map(1, 0, u64::MAX, 0)), Status::Ok);
+    assert_eq!(
+        vm.domains(),
+        json!([domain(1, &[5], &[mapping(0, u64::MAX, 0, 3)])])
+    );
+    for iova in [0, MSI_START, MSI_END, u64::MAX] {
+        let r = vm.cmd("translate", json!({"endpoint": 5, "iova": iova}));
+        assert_eq!(r["translation"]["gpa"], json!(iova), "{r}");
+    }
+    assert_eq!(vm.send(&unmap(1, 0, u64::MAX)), Status::Ok);
+    assert_eq!(vm.domains(), json!([domain(1, &[5], &[])]));
+    let r = vm.cmd("translate", json!({"endpoint": 5, "iova": MSI_START}));
+    assert_eq!(r["fault"]["reason"], "mapping", "{r}");
+}
+
 #[test]
 fn reserved_fields_and_unknown_types() {
     let mut vm = Vm::start(&[]);
