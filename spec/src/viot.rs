@@ -419,6 +419,11 @@ pub struct ViotNodes<'a> {
     left: u16,
 }
 
+/// The layout at the start of `bytes`, if they hold one.
+fn read<T: zerocopy::FromBytes>(bytes: &[u8]) -> Option<T> {
+    T::read_from_prefix(bytes).ok().map(|(v, _)| v)
+}
+
 /// Reads a VIOT: a whole table (it starts with "VIOT"; `length` and checksum are checked) or
 /// the header-less body `-acpitable data=` takes (as `mkviot --body` writes). Bytes past the
 /// table's `length` are ignored.
@@ -427,7 +432,7 @@ pub struct ViotNodes<'a> {
 /// A [`ViotError`] for the first problem found.
 pub fn parse(bytes: &[u8]) -> Result<ViotNodes<'_>, ViotError> {
     let (bytes, skip) = if bytes.starts_with(b"VIOT") {
-        let (header, _) = AcpiHeader::read_from_prefix(bytes).map_err(|_| ViotError::Truncated)?;
+        let header: AcpiHeader = read(bytes).ok_or(ViotError::Truncated)?;
         let len = usize::try_from(header.length.get()).map_err(|_| ViotError::Truncated)?;
         let table = bytes.get(..len).ok_or(ViotError::Truncated)?;
         if len < ACPI_HEADER_SIZE || table.iter().fold(0u8, |a, b| a.wrapping_add(*b)) != 0 {
@@ -438,10 +443,9 @@ pub fn parse(bytes: &[u8]) -> Result<ViotNodes<'_>, ViotError> {
         (bytes, ACPI_HEADER_SIZE)
     };
     let fixed_at = ACPI_HEADER_SIZE - skip;
-    let fixed = bytes
+    let fixed: ViotFixed = bytes
         .get(fixed_at..)
-        .and_then(|b| ViotFixed::read_from_prefix(b).ok())
-        .map(|(f, _)| f)
+        .and_then(read)
         .ok_or(ViotError::Truncated)?;
     let first = usize::from(fixed.node_offset.get());
     if first < FIRST_NODE_OFFSET {
@@ -477,7 +481,7 @@ impl ViotNodes<'_> {
         let node = rest.get(..len).filter(|_| len >= 4).ok_or(bad)?;
         let decoded = match node_type {
             NODE_PCI_RANGE => {
-                let (n, _) = NodePciRange::read_from_prefix(node).map_err(|_| bad)?;
+                let n: NodePciRange = read(node).ok_or(bad)?;
                 ViotNode::PciRange(PciRange {
                     endpoint_start: n.endpoint_start.get(),
                     segment_start: n.segment_start.get(),
@@ -487,21 +491,21 @@ impl ViotNodes<'_> {
                 })
             }
             NODE_MMIO_ENDPOINT => {
-                let (n, _) = NodeMmioEndpoint::read_from_prefix(node).map_err(|_| bad)?;
+                let n: NodeMmioEndpoint = read(node).ok_or(bad)?;
                 ViotNode::MmioEndpoint(MmioEndpoint {
                     endpoint: n.endpoint.get(),
                     base: n.base.get(),
                 })
             }
             NODE_VIRTIO_PCI_IOMMU => {
-                let (n, _) = NodeVirtioPciIommu::read_from_prefix(node).map_err(|_| bad)?;
+                let n: NodeVirtioPciIommu = read(node).ok_or(bad)?;
                 ViotNode::Iommu(IommuLocation::Pci {
                     segment: n.segment.get(),
                     bdf: n.bdf.get(),
                 })
             }
             NODE_VIRTIO_MMIO_IOMMU => {
-                let (n, _) = NodeVirtioMmioIommu::read_from_prefix(node).map_err(|_| bad)?;
+                let n: NodeVirtioMmioIommu = read(node).ok_or(bad)?;
                 ViotNode::Iommu(IommuLocation::Mmio { base: n.base.get() })
             }
             other => ViotNode::Unknown(other),
