@@ -58,7 +58,8 @@ VM_INITRD=$(vm_initramfs "$WORK/initrd.cpio.gz")
 vm_viot "$WORK/viot.bin"
 : >"$WORK/daemon.log"
 rm -f "$WORK/hold.stats" "$WORK/hold.dump" "$WORK/final.stats"
-VM_RUST_LOG=${RUST_LOG:-info} vm_daemon_start "$WORK" "${daemon_args[@]}"
+# The daemon takes its endpoints from the same VIOT the guest gets.
+VM_RUST_LOG=${RUST_LOG:-info} vm_daemon_start "$WORK" --viot "$WORK/viot.bin" "${daemon_args[@]}"
 CTL=$WORK/viommu.ctl
 log "daemon pid $VM_DPID: vhost-user $WORK/viommu.sock, control $CTL, log $WORK/daemon.log"
 

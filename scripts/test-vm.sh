@@ -41,8 +41,8 @@ vm_build
 VM_INITRD=$(vm_initramfs "$WORK/initrd.cpio.gz")
 VIOT=$WORK/viot.bin
 vm_viot "$VIOT"
-# Every request's type and status is logged at trace level: the request sequence.
-export VM_RUST_LOG=vhost_device_iommu=trace
+# Every request's type and status is logged at debug level: the request sequence.
+export VM_RUST_LOG=vhost_device_iommu=debug
 
 passed=0 failed=0
 pass() { passed=$((passed + 1)); log "PASS: $*"; }
@@ -65,9 +65,9 @@ groups_of() {
     serial "$1" | awk -v b="$2" '/^VM: boot /{n=$3+0} /^VM-GROUP: /&&n==b{$1="";$2=""; print}' \
         | sed 's/^ *//; s/ *$//' | sort | tr '\n' ';'
 }
-# Request types (MAP/UNMAP left out) from our daemon's trace log, boots separated by RESET.
+# Request types (MAP/UNMAP left out) from our daemon's debug log, boots separated by RESET.
 our_sequence() {
-    sed -n -e 's/.*TRACE vhost_device_iommu::engine\] \([A-Z_]*\) -> .*/\1/p' \
+    sed -n -e 's/.*DEBUG vhost_device_iommu::engine\] \([A-Z_]*\) .*: S_[A-Z]*$/\1/p' \
         -e 's/.*guest reset, resetting the device.*/RESET/p' "$1" \
         | grep -vE '^(MAP|UNMAP)$' | tr '\n' ' ' | sed 's/ $//'
 }
@@ -77,7 +77,7 @@ qemu_sequence() {
         -e 's/^virtio_iommu_attach .*/ATTACH/p' -e 's/^virtio_iommu_detach .*/DETACH/p' "$1" \
         | tr '\n' ' ' | sed 's/ $//'
 }
-our_count() { grep -c "TRACE vhost_device_iommu::engine\] $2 -> " "$1" || true; }
+our_count() { grep -c "DEBUG vhost_device_iommu::engine\] $2 .*: S_[A-Z]*$" "$1" || true; }
 qemu_count() { grep -c "^virtio_iommu_$2 " "$1" || true; }
 # Sum of every non-OK counter (all request types) plus unknown types.
 errors_of() {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use virtio_iommu_spec::ext::TableFormat;
 use virtio_iommu_spec::probe::ResvMemSubtype;
+use virtio_iommu_spec::viot::{self, ViotNode};
 
 use crate::engine::{EndpointConfig, EngineConfig, Limits, ReservedRegion};
 use crate::error::{Error, Result};
@@ -50,10 +51,15 @@ pub struct Args {
     #[arg(long, default_value_t = 16)]
     pub max_control_clients: usize,
 
-    /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xffff,0x10000`). Default: every
-    /// ID, because the firmware table (VIOT) given to the guest decides which IDs it uses.
-    #[arg(long, default_value = "0-0xffffffff")]
-    pub endpoints: String,
+    /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xff,0x300`). Other IDs get
+    /// S_NOENT. Default: the IDs of `--viot`, else segment 0's PCI requester IDs (0-0xffff).
+    #[arg(long, conflicts_with = "viot")]
+    pub endpoints: Option<String>,
+
+    /// The ACPI VIOT given to the guest (what `mkviot` writes, whole table or `--body`): its
+    /// PCI-range and MMIO-endpoint nodes name the endpoints that exist.
+    #[arg(long, value_name = "FILE")]
+    pub viot: Option<PathBuf>,
 
     /// Page sizes the device supports; the lowest set bit is the mapping granule.
     #[arg(long, default_value = "0xfffffffffffff000", value_parser = parse_u64)]
@@ -197,6 +203,65 @@ fn parse_u32_range(s: &str, what: &str) -> Result<RangeInclusive<u32>> {
     }
 }
 
+/// The endpoints without `--endpoints` or `--viot`: segment 0's PCI requester IDs (endpoint ID
+/// = BDF, as `mkviot` and QEMU's own VIOT number them).
+pub const DEFAULT_ENDPOINTS: RangeInclusive<u32> = 0..=0xffff;
+
+/// Largest VIOT file read (the table's offsets are 16-bit).
+const MAX_VIOT_FILE: u64 = 1 << 16;
+
+/// The endpoint IDs a VIOT file names: one range per PCI-range node and segment, one ID per
+/// MMIO endpoint, sorted and merged where they overlap or touch.
+///
+/// # Errors
+/// [`Error::Config`] naming the file: unreadable, too large, not a VIOT, IDs past 2^32 − 1,
+/// or no endpoint at all.
+pub fn viot_endpoints(path: &std::path::Path) -> Result<Vec<RangeInclusive<u32>>> {
+    let bad = |why: String| Error::Config(format!("--viot {}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_VIOT_FILE + 1),
+        &mut bytes,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > MAX_VIOT_FILE {
+        return Err(bad(format!("larger than {MAX_VIOT_FILE} bytes")));
+    }
+    let nodes = viot::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut ids = Vec::new();
+    for node in nodes {
+        match node {
+            ViotNode::PciRange(r) => {
+                if r.segment_end < r.segment_start {
+                    return Err(bad(format!("PCI range {r:x?} ends before it starts")));
+                }
+                for segment in r.segment_start..=r.segment_end {
+                    ids.push(r.segment_ids(segment).ok_or_else(|| {
+                        bad(format!("PCI range {r:x?} has no valid endpoint IDs"))
+                    })?);
+                }
+            }
+            ViotNode::MmioEndpoint(m) => ids.push(m.endpoint..=m.endpoint),
+            ViotNode::Iommu(_) | ViotNode::Unknown(_) => {}
+        }
+    }
+    ids.sort_by_key(|r| *r.start());
+    let mut merged: Vec<RangeInclusive<u32>> = Vec::with_capacity(ids.len());
+    for r in ids {
+        match merged.last_mut() {
+            Some(m) if u64::from(*r.start()) <= u64::from(*m.end()) + 1 => {
+                *m = *m.start()..=(*m.end()).max(*r.end());
+            }
+            _ => merged.push(r),
+        }
+    }
+    if merged.is_empty() {
+        return Err(bad("names no endpoint".into()));
+    }
+    Ok(merged)
+}
+
 /// Parses `msi:START-END` / `reserved:START-END`.
 ///
 /// # Errors
@@ -239,9 +304,17 @@ impl TryFrom<Args> for DaemonConfig {
                 .map(|r| parse_reserved(r))
                 .collect::<Result<Vec<_>>>()?,
         };
+        let ids = match (&a.viot, &a.endpoints) {
+            (Some(path), _) => viot_endpoints(path)?,
+            (None, Some(list)) => list
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| parse_u32_range(p.trim(), "endpoint range"))
+                .collect::<Result<Vec<_>>>()?,
+            (None, None) => vec![DEFAULT_ENDPOINTS],
+        };
         let mut endpoints = Vec::new();
-        for part in a.endpoints.split(',').filter(|p| !p.trim().is_empty()) {
-            let ids = parse_u32_range(part.trim(), "endpoint range")?;
+        for ids in ids {
             endpoints.push(EndpointConfig {
                 ids,
                 reserved: reserved.clone(),
@@ -348,7 +421,7 @@ mod tests {
         assert_eq!(c.engine.domain_range, (0, u32::MAX));
         assert!(c.engine.boot_bypass);
         assert_eq!(c.engine.endpoints.len(), 1);
-        assert_eq!(c.engine.endpoints[0].ids, 0..=u32::MAX);
+        assert_eq!(c.engine.endpoints[0].ids, 0..=0xffff);
         assert_eq!(
             c.engine.endpoints[0].reserved,
             vec![ReservedRegion::x86_msi()]
@@ -487,5 +560,112 @@ mod tests {
         );
         assert_eq!(parse_u64("0x1_000"), Ok(0x1000));
         assert_eq!(parse_u64("4096"), Ok(4096));
+    }
+
+    fn viot_file(
+        ranges: &[viot::PciRange],
+        mmio: &[viot::MmioEndpoint],
+        body: bool,
+    ) -> tempfile::NamedTempFile {
+        let v = viot::Viot {
+            iommu: viot::IommuLocation::Pci {
+                segment: 0,
+                bdf: viot::bdf(0, 3, 0),
+            },
+            pci_ranges: ranges,
+            mmio_endpoints: mmio,
+        };
+        let mut buf = vec![0u8; v.table_len()];
+        let n = if body {
+            v.write_body(&mut buf).unwrap()
+        } else {
+            v.write_table(&mut buf, *b"VIOMMU", *b"VIOMMUTB").unwrap()
+        };
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), &buf[..n]).unwrap();
+        f
+    }
+
+    fn range(endpoint_start: u32, segments: (u16, u16), bdfs: (u16, u16)) -> viot::PciRange {
+        viot::PciRange {
+            endpoint_start,
+            segment_start: segments.0,
+            segment_end: segments.1,
+            bdf_start: bdfs.0,
+            bdf_end: bdfs.1,
+        }
+    }
+
+    fn ids_of(c: &DaemonConfig) -> Vec<RangeInclusive<u32>> {
+        c.engine.endpoints.iter().map(|e| e.ids.clone()).collect()
+    }
+
+    #[test]
+    fn endpoints_from_a_viot() {
+        // What run-vm.sh writes: bus 0, endpoint ID = BDF, as a body.
+        let f = viot_file(&[range(0, (0, 0), (0, 0xff))], &[], true);
+        let c = DaemonConfig::try_from(args(&["--viot", f.path().to_str().unwrap()])).unwrap();
+        assert_eq!(ids_of(&c), vec![0..=0xff]);
+        // A whole table; overlapping and touching ranges merge; segments give 2^16 apart;
+        // MMIO endpoints count.
+        let f = viot_file(
+            &[
+                range(0x100, (0, 0), (0x10, 0x1f)),
+                range(0x105, (0, 0), (0, 0x20)),
+                range(0x126, (0, 0), (0, 0)),
+                range(0x8000, (1, 2), (0, 7)),
+            ],
+            &[viot::MmioEndpoint {
+                endpoint: 0x4000,
+                base: 0x1000_0000,
+            }],
+            false,
+        );
+        let c = DaemonConfig::try_from(args(&["--viot", f.path().to_str().unwrap()])).unwrap();
+        assert_eq!(
+            ids_of(&c),
+            vec![
+                0x100..=0x126,
+                0x4000..=0x4000,
+                0x8000..=0x8007,
+                0x1_8000..=0x1_8007
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_viots_are_refused_with_the_file_named() {
+        let err = |a: &[&str]| DaemonConfig::try_from(args(a)).unwrap_err().to_string();
+        let none = viot_file(&[], &[], true);
+        let p = none.path().to_str().unwrap();
+        assert!(
+            err(&["--viot", p]).contains("names no endpoint"),
+            "{}",
+            err(&["--viot", p])
+        );
+        let garbage = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(garbage.path(), [1u8, 0, 0x30]).unwrap();
+        let e = err(&["--viot", garbage.path().to_str().unwrap()]);
+        assert!(e.contains("--viot") && e.contains("truncated"), "{e}");
+        let e = err(&["--viot", "/nonexistent/viot.bin"]);
+        assert!(e.contains("/nonexistent/viot.bin"), "{e}");
+        let wide = viot_file(&[range(u32::MAX, (0, 0), (0, 1))], &[], true);
+        let e = err(&["--viot", wide.path().to_str().unwrap()]);
+        assert!(e.contains("no valid endpoint IDs"), "{e}");
+        let huge = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(huge.path(), vec![0u8; (1 << 16) + 1]).unwrap();
+        let e = err(&["--viot", huge.path().to_str().unwrap()]);
+        assert!(e.contains("larger than"), "{e}");
+        // --viot and --endpoints together are a usage error.
+        assert!(Args::try_parse_from([
+            "x",
+            "--socket-path",
+            "/tmp/x.sock",
+            "--viot",
+            p,
+            "--endpoints",
+            "0-1"
+        ])
+        .is_err());
     }
 }

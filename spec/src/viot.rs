@@ -367,6 +367,182 @@ impl Viot<'_> {
     }
 }
 
+/// Why bytes are not a VIOT this crate can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViotError {
+    /// Shorter than the fixed part, or than the header's `length`.
+    Truncated,
+    /// A whole table (signature "VIOT") whose bytes do not sum to 0.
+    BadChecksum,
+    /// `node_offset` points inside the fixed part.
+    BadNodeOffset,
+    /// A node's length is below 4, below its type's size, or reaches past the table.
+    BadNode {
+        /// Table offset of the node.
+        offset: usize,
+    },
+}
+
+impl core::fmt::Display for ViotError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ViotError::Truncated => f.write_str("the table is truncated"),
+            ViotError::BadChecksum => f.write_str("the table's checksum is wrong"),
+            ViotError::BadNodeOffset => f.write_str("node_offset points inside the fixed part"),
+            ViotError::BadNode { offset } => {
+                write!(f, "the node at table offset {offset} is malformed")
+            }
+        }
+    }
+}
+
+/// One node of a parsed VIOT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViotNode {
+    /// Type 1: a range of PCI endpoints.
+    PciRange(PciRange),
+    /// Type 2: one MMIO endpoint.
+    MmioEndpoint(MmioEndpoint),
+    /// Type 3 or 4: the IOMMU itself.
+    Iommu(IommuLocation),
+    /// A node type this crate does not know (skipped by its length, as ACPI allows).
+    Unknown(u8),
+}
+
+/// The nodes of a VIOT, checked by [`parse`]: iterating cannot fail.
+#[derive(Debug, Clone)]
+pub struct ViotNodes<'a> {
+    /// The table; `skip` bytes of it (the header of a body) are not in `bytes`.
+    bytes: &'a [u8],
+    skip: usize,
+    at: usize,
+    left: u16,
+}
+
+/// The layout at the start of `bytes`, if they hold one.
+fn read<T: zerocopy::FromBytes>(bytes: &[u8]) -> Option<T> {
+    T::read_from_prefix(bytes).ok().map(|(v, _)| v)
+}
+
+/// Reads a VIOT: a whole table (it starts with "VIOT"; `length` and checksum are checked) or
+/// the header-less body `-acpitable data=` takes (as `mkviot --body` writes). Bytes past the
+/// table's `length` are ignored.
+///
+/// # Errors
+/// A [`ViotError`] for the first problem found.
+pub fn parse(bytes: &[u8]) -> Result<ViotNodes<'_>, ViotError> {
+    let (bytes, skip) = if bytes.starts_with(b"VIOT") {
+        let header: AcpiHeader = read(bytes).ok_or(ViotError::Truncated)?;
+        let len = usize::try_from(header.length.get()).map_err(|_| ViotError::Truncated)?;
+        let table = bytes.get(..len).ok_or(ViotError::Truncated)?;
+        if len < ACPI_HEADER_SIZE || table.iter().fold(0u8, |a, b| a.wrapping_add(*b)) != 0 {
+            return Err(ViotError::BadChecksum);
+        }
+        (table, 0)
+    } else {
+        (bytes, ACPI_HEADER_SIZE)
+    };
+    let fixed_at = ACPI_HEADER_SIZE - skip;
+    let fixed: ViotFixed = bytes
+        .get(fixed_at..)
+        .and_then(read)
+        .ok_or(ViotError::Truncated)?;
+    let first = usize::from(fixed.node_offset.get());
+    if first < FIRST_NODE_OFFSET {
+        return Err(ViotError::BadNodeOffset);
+    }
+    let nodes = ViotNodes {
+        bytes,
+        skip,
+        at: first,
+        left: fixed.node_count.get(),
+    };
+    // Check every node once, so that iterating needs no error path.
+    let mut check = nodes.clone();
+    while check.left > 0 {
+        check.step()?;
+    }
+    Ok(nodes)
+}
+
+impl ViotNodes<'_> {
+    /// Decodes the node at `self.at` and moves past it.
+    fn step(&mut self) -> Result<ViotNode, ViotError> {
+        let offset = self.at;
+        let bad = ViotError::BadNode { offset };
+        let rest = offset
+            .checked_sub(self.skip)
+            .and_then(|o| self.bytes.get(o..))
+            .ok_or(bad)?;
+        let (node_type, len) = match rest {
+            [t, _, l0, l1, ..] => (*t, usize::from(u16::from_le_bytes([*l0, *l1]))),
+            _ => return Err(bad),
+        };
+        let node = rest.get(..len).filter(|_| len >= 4).ok_or(bad)?;
+        let decoded = match node_type {
+            NODE_PCI_RANGE => {
+                let n: NodePciRange = read(node).ok_or(bad)?;
+                ViotNode::PciRange(PciRange {
+                    endpoint_start: n.endpoint_start.get(),
+                    segment_start: n.segment_start.get(),
+                    segment_end: n.segment_end.get(),
+                    bdf_start: n.bdf_start.get(),
+                    bdf_end: n.bdf_end.get(),
+                })
+            }
+            NODE_MMIO_ENDPOINT => {
+                let n: NodeMmioEndpoint = read(node).ok_or(bad)?;
+                ViotNode::MmioEndpoint(MmioEndpoint {
+                    endpoint: n.endpoint.get(),
+                    base: n.base.get(),
+                })
+            }
+            NODE_VIRTIO_PCI_IOMMU => {
+                let n: NodeVirtioPciIommu = read(node).ok_or(bad)?;
+                ViotNode::Iommu(IommuLocation::Pci {
+                    segment: n.segment.get(),
+                    bdf: n.bdf.get(),
+                })
+            }
+            NODE_VIRTIO_MMIO_IOMMU => {
+                let n: NodeVirtioMmioIommu = read(node).ok_or(bad)?;
+                ViotNode::Iommu(IommuLocation::Mmio { base: n.base.get() })
+            }
+            other => ViotNode::Unknown(other),
+        };
+        self.at = offset + len;
+        self.left -= 1;
+        Ok(decoded)
+    }
+}
+
+impl Iterator for ViotNodes<'_> {
+    type Item = ViotNode;
+
+    fn next(&mut self) -> Option<ViotNode> {
+        if self.left == 0 {
+            return None;
+        }
+        // `parse` walked these nodes already.
+        self.step().ok()
+    }
+}
+
+impl PciRange {
+    /// The endpoint IDs of the range's functions on `segment` (consecutive: one per BDF), or
+    /// `None` if the segment is outside the range, `bdf_end < bdf_start`, or the IDs pass
+    /// 2^32 − 1.
+    #[must_use]
+    pub fn segment_ids(&self, segment: u16) -> Option<core::ops::RangeInclusive<u32>> {
+        if self.bdf_end < self.bdf_start {
+            return None;
+        }
+        let first = pci_endpoint_id(self, segment, self.bdf_start)?;
+        let last = pci_endpoint_id(self, segment, self.bdf_end)?;
+        Some(first..=last)
+    }
+}
+
 /// The endpoint ID Linux computes for a PCI function covered by `range`.
 #[must_use]
 pub fn pci_endpoint_id(range: &PciRange, segment: u16, bdf: u16) -> Option<u32> {
@@ -454,5 +630,159 @@ mod tests {
         assert_eq!(pci_endpoint_id(&r, 2, 8), None);
         assert_eq!(bdf(0, 3, 0), 0x18);
         assert_eq!(bdf(1, 0x1f, 7), 0x1ff);
+    }
+
+    fn example() -> Viot<'static> {
+        Viot {
+            iommu: IommuLocation::Pci {
+                segment: 0,
+                bdf: bdf(0, 3, 0),
+            },
+            pci_ranges: &[PciRange {
+                endpoint_start: 0x100,
+                segment_start: 0,
+                segment_end: 1,
+                bdf_start: 8,
+                bdf_end: 0x20,
+            }],
+            mmio_endpoints: &[MmioEndpoint {
+                endpoint: 7,
+                base: 0x2000_0000,
+            }],
+        }
+    }
+
+    fn nodes(bytes: &[u8]) -> [Option<ViotNode>; 4] {
+        let mut it = parse(bytes).unwrap();
+        [it.next(), it.next(), it.next(), it.next()]
+    }
+
+    #[test]
+    fn parses_what_the_builder_writes() {
+        let v = example();
+        let want = [
+            Some(ViotNode::Iommu(v.iommu)),
+            Some(ViotNode::PciRange(v.pci_ranges[0])),
+            Some(ViotNode::MmioEndpoint(v.mmio_endpoints[0])),
+            None,
+        ];
+        let mut body = [0u8; 76];
+        assert_eq!(v.write_body(&mut body), Ok(76));
+        assert_eq!(nodes(&body), want);
+        let mut table = [0u8; 120];
+        assert_eq!(v.write_table(&mut table, *b"VIOMMU", *b"VIOMMUTB"), Ok(112));
+        // Bytes past `length` are ignored.
+        assert_eq!(nodes(&table), want);
+    }
+
+    #[test]
+    fn worked_example_bytes() {
+        // PROTOCOL.md §10.5, as QEMU's `-acpitable data=` gets it.
+        let mut b = [0u8; 52];
+        b[0..4].copy_from_slice(&[0x02, 0x00, 0x30, 0x00]);
+        b[12..20].copy_from_slice(&[0x03, 0x00, 0x10, 0x00, 0x00, 0x00, 0x18, 0x00]);
+        b[28..32].copy_from_slice(&[0x01, 0x00, 0x18, 0x00]);
+        b[40..46].copy_from_slice(&[0x00, 0x00, 0xff, 0x00, 0x30, 0x00]);
+        let r = PciRange {
+            endpoint_start: 0,
+            segment_start: 0,
+            segment_end: 0,
+            bdf_start: 0,
+            bdf_end: 0xff,
+        };
+        assert_eq!(
+            nodes(&b)[..3],
+            [
+                Some(ViotNode::Iommu(IommuLocation::Pci {
+                    segment: 0,
+                    bdf: 0x18
+                })),
+                Some(ViotNode::PciRange(r)),
+                None
+            ]
+        );
+        assert_eq!(r.segment_ids(0), Some(0..=0xff));
+        assert_eq!(r.segment_ids(1), None);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_read() {
+        let v = example();
+        let mut table = [0u8; 112];
+        v.write_table(&mut table, *b"VIOMMU", *b"VIOMMUTB").unwrap();
+        let mut bad = table;
+        bad[50] ^= 1;
+        assert_eq!(parse(&bad).unwrap_err(), ViotError::BadChecksum);
+        assert_eq!(parse(&table[..111]).unwrap_err(), ViotError::Truncated);
+        assert_eq!(parse(&table[..20]).unwrap_err(), ViotError::Truncated);
+        let mut body = [0u8; 76];
+        v.write_body(&mut body).unwrap();
+        assert_eq!(parse(&body[..11]).unwrap_err(), ViotError::Truncated);
+        // A node cut short, a node of length 0 (it would loop), a node past the end.
+        assert_eq!(
+            parse(&body[..70]).unwrap_err(),
+            ViotError::BadNode { offset: 88 }
+        );
+        let mut zero = body;
+        zero[14] = 0;
+        assert_eq!(parse(&zero).unwrap_err(), ViotError::BadNode { offset: 48 });
+        let mut short = body;
+        short[30] = 16; // a PCI range node of 16 bytes
+        assert_eq!(
+            parse(&short).unwrap_err(),
+            ViotError::BadNode { offset: 64 }
+        );
+        let mut count = body;
+        count[0] = 4;
+        assert_eq!(
+            parse(&count).unwrap_err(),
+            ViotError::BadNode { offset: 112 }
+        );
+        let mut inside = body;
+        inside[2] = 40;
+        assert_eq!(parse(&inside).unwrap_err(), ViotError::BadNodeOffset);
+        // An unknown node type is skipped by its length.
+        let mut unknown = body;
+        unknown[28] = 9;
+        assert_eq!(nodes(&unknown)[1], Some(ViotNode::Unknown(9)));
+        assert_eq!(
+            nodes(&unknown)[2],
+            Some(ViotNode::MmioEndpoint(v.mmio_endpoints[0]))
+        );
+    }
+
+    #[test]
+    fn segment_ids() {
+        let r = example().pci_ranges[0];
+        assert_eq!(r.segment_ids(0), Some(0x100..=0x118));
+        assert_eq!(r.segment_ids(1), Some(0x1_0100..=0x1_0118));
+        assert_eq!(r.segment_ids(2), None);
+        let top = PciRange {
+            endpoint_start: u32::MAX - 1,
+            ..r
+        };
+        assert_eq!(top.segment_ids(0), None);
+        let inverted = PciRange {
+            bdf_start: 9,
+            bdf_end: 8,
+            ..r
+        };
+        assert_eq!(inverted.segment_ids(0), None);
+    }
+
+    #[test]
+    fn never_panics_on_damaged_tables() {
+        let mut body = [0u8; 76];
+        example().write_body(&mut body).unwrap();
+        for len in 0..body.len() {
+            let _ = parse(&body[..len]).map(Iterator::count);
+        }
+        for at in 0..body.len() {
+            for v in [0u8, 1, 0x7f, 0xff] {
+                let mut b = body;
+                b[at] = v;
+                let _ = parse(&b).map(Iterator::count);
+            }
+        }
     }
 }

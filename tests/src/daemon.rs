@@ -68,9 +68,25 @@ impl Daemon {
         Self::spawn_binary(&binary_path()?, extra_args)
     }
 
+    /// As [`Self::spawn`], with `RUST_LOG` set to `rust_log` instead of the test's own.
+    pub fn spawn_logging<S: AsRef<std::ffi::OsStr>>(
+        rust_log: &str,
+        extra_args: &[S],
+    ) -> Result<Self> {
+        Self::spawn_inner(&binary_path()?, Some(rust_log), extra_args)
+    }
+
     /// As [`Self::spawn`], with an explicit binary.
     pub fn spawn_binary<S: AsRef<std::ffi::OsStr>>(
         binary: &Path,
+        extra_args: &[S],
+    ) -> Result<Self> {
+        Self::spawn_inner(binary, None, extra_args)
+    }
+
+    fn spawn_inner<S: AsRef<std::ffi::OsStr>>(
+        binary: &Path,
+        rust_log: Option<&str>,
         extra_args: &[S],
     ) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("viommu-e2e").tempdir()?;
@@ -85,7 +101,10 @@ impl Daemon {
             .args(extra_args)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+                rust_log.map_or_else(
+                    || std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()),
+                    str::to_owned,
+                ),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -174,3 +174,60 @@ fn bypass_write_without_bypass_config() {
     assert_eq!(vm.bypass(), 1);
     vm.assert_alive();
 }
+
+/// Without `--endpoints` or `--viot` the endpoints are segment 0's PCI requester IDs: an ID
+/// above 0xffff names no device and gets S_NOENT, as QEMU's own device answers for a BDF with
+/// no device behind it.
+#[test]
+fn default_endpoints_are_segment_0_requester_ids() {
+    let mut vm = Vm::start(&[]);
+    assert_eq!(vm.send(&attach(1, 0xffff)), Status::Ok);
+    assert_eq!(vm.send(&attach(1, 0)), Status::Ok);
+    assert_eq!(vm.send(&attach(1, 0x1_0000)), Status::NoEnt);
+    assert_eq!(vm.send(&attach(1, u32::MAX)), Status::NoEnt);
+    assert_eq!(vm.probe(0x1_0000).0, Status::NoEnt);
+    assert_eq!(vm.probe(0xffff).0, Status::Ok);
+}
+
+/// `--viot` with the file `mkviot` writes for QEMU (the body, as `scripts/run-vm.sh` passes it,
+/// and the whole table): exactly the VIOT's endpoints exist.
+#[test]
+fn endpoints_come_from_the_viot_given_to_the_guest() {
+    let mkviot = virtio_iommu_e2e::daemon::binary_path()
+        .unwrap()
+        .with_file_name("mkviot");
+    let dir = tempfile::tempdir().unwrap();
+    for body in [true, false] {
+        let file = dir.path().join(if body { "body.bin" } else { "table.bin" });
+        let mut cmd = std::process::Command::new(&mkviot);
+        cmd.args([
+            "--iommu",
+            "00:03.0",
+            "--pci-range",
+            "00:00.0-00:1f.7",
+            "--out",
+        ])
+        .arg(&file);
+        if body {
+            cmd.arg("--body");
+        }
+        assert!(cmd.status().unwrap().success(), "{mkviot:?} runs");
+        let mut vm = Vm::start(&["--viot", file.to_str().unwrap()]);
+        // 00:04.0 and 00:1f.7 are behind the IOMMU; bus 1 and beyond are not.
+        assert_eq!(vm.send(&attach(1, 0x20)), Status::Ok);
+        assert_eq!(vm.send(&attach(1, 0xff)), Status::Ok);
+        assert_eq!(vm.send(&attach(2, 0x100)), Status::NoEnt);
+        assert_eq!(vm.probe(0x100).0, Status::NoEnt);
+        assert_eq!(vm.probe(0x20).0, Status::Ok);
+        assert_eq!(vm.domains(), json_domains(&[(1, &[0x20, 0xff])]));
+    }
+}
+
+fn json_domains(domains: &[(u32, &[u32])]) -> serde_json::Value {
+    serde_json::Value::Array(
+        domains
+            .iter()
+            .map(|(id, eps)| domain(*id, eps, &[]))
+            .collect(),
+    )
+}

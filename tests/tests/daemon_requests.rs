@@ -466,3 +466,57 @@ fn first_condition_in_table_order() {
     assert_eq!(vm.send(&mmio), Status::Inval);
     assert_eq!(vm.send(&map(2, 0x2000, 0x1fff, 0)), Status::Inval);
 }
+
+/// The daemon's request lines: `(level, message)` of every line the engine logged with a
+/// status at the end.
+fn request_lines(stderr: &str) -> Vec<(String, String)> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let (head, msg) = l.split_once("vhost_device_iommu::engine] ")?;
+            let level = head.split_whitespace().nth(1)?.to_owned();
+            msg.contains(": S_").then(|| (level, msg.to_owned()))
+        })
+        .collect()
+}
+
+/// At `RUST_LOG=debug` every request gets exactly one line with its type, domain, endpoint,
+/// range and status; at info no request is logged.
+#[test]
+fn one_debug_line_per_request_and_none_at_info() {
+    let requests = [
+        (attach(1, 8), "ATTACH domain 1 endpoint 0x8: S_OK"),
+        (
+            map(1, 0x10000, 0x10fff, 0x20000),
+            "MAP domain 1 [0x10000, 0x10fff] -> 0x20000 RW: S_OK",
+        ),
+        (
+            map(1, 0x10000, 0x10fff, 0x20000),
+            "MAP domain 1 [0x10000, 0x10fff] -> 0x20000 RW: S_INVAL",
+        ),
+        (
+            unmap(1, 0, u64::MAX),
+            "UNMAP domain 1 [0x0, 0xffffffffffffffff]: S_OK",
+        ),
+        (probe(0x1_0000), "PROBE endpoint 0x10000: S_NOENT"),
+        (detach(1, 8), "DETACH domain 1 endpoint 0x8: S_OK"),
+    ];
+    let mut vm = Vm::start_logging("debug", &[]);
+    for (r, _) in &requests {
+        vm.send(r);
+    }
+    let lines = request_lines(&vm.daemon.stderr());
+    let want: Vec<(String, String)> = requests
+        .iter()
+        .map(|(_, l)| ("DEBUG".to_owned(), (*l).to_owned()))
+        .collect();
+    assert_eq!(lines, want);
+
+    let mut vm = Vm::start_logging("info", &[]);
+    for (r, _) in &requests {
+        vm.send(r);
+    }
+    let log = vm.daemon.stderr();
+    assert!(request_lines(&log).is_empty(), "{log}");
+    assert!(!log.contains("domain 1"), "{log}");
+}

@@ -62,7 +62,8 @@ impl Domain {
 /// one that cannot do the thing at all (e.g. MMIO mappings on iommufd) is S_UNSUPP; anything
 /// else is an internal device error.
 pub(super) fn host_status(op: &str, e: HostError) -> Status {
-    warn!("host {op} failed: {e}");
+    // Rate-limited: a guest can repeat a request the host refuses.
+    crate::limited!(Warn, "host {op} failed: {e}");
     match e {
         HostError::NoMem => Status::NoMem,
         HostError::Unsupported => Status::Unsupp,

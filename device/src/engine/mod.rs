@@ -18,12 +18,13 @@ pub mod event_queue;
 pub mod mapping_store;
 mod probe_properties;
 mod prq;
+mod request_log;
 pub mod stats;
 mod tables;
 
 use std::time::Instant;
 
-use log::{debug, trace};
+use log::debug;
 use virtio_iommu_spec::config::BYPASS_OFFSET;
 use virtio_iommu_spec::request::TAIL_SIZE;
 use virtio_iommu_spec::{Config, Event, Features, Request, RequestType, Status};
@@ -47,6 +48,7 @@ use self::domain::{Ctx, Domains};
 use self::engine_config::EndpointTable;
 use self::event_queue::{Delivery, EventQueue};
 use self::prq::PageRequests;
+use self::request_log::RequestLine;
 use crate::host::HostIommu;
 
 /// Queues an event for the driver, dropping the oldest if the queue is full; a page request
@@ -283,6 +285,10 @@ impl Engine {
     pub fn handle_request(&mut self, readable: &[u8], writable: &mut [u8]) -> usize {
         let ty = Request::peek_type(readable).ok();
         let Some(tail_at) = writable.len().checked_sub(TAIL_SIZE) else {
+            match ty {
+                Some(ty) => debug!("{ty}: writable part under 4 bytes: no reply"),
+                None => debug!("request of unknown type: writable part under 4 bytes: no reply"),
+            }
             self.requests.no_reply(ty);
             return 0;
         };
@@ -299,20 +305,24 @@ impl Engine {
         writable.fill(0);
         let (area, tail) = writable.split_at_mut(tail_at);
         let status = match Request::parse(readable) {
-            Ok(req) => self.dispatch(&req, area),
+            Ok(req) => {
+                let status = self.dispatch(&req, area);
+                debug!("{}: S_{status}", RequestLine(&req));
+                status
+            }
             Err(e) => match e.status() {
                 Some(s) => {
-                    debug!("{ty}: malformed ({e}): {s}");
+                    debug!("{ty} (malformed: {e}): S_{s}");
                     s
                 }
                 None => {
+                    debug!("{ty}: {e}: no reply");
                     self.requests.no_reply(Some(ty));
                     return 0;
                 }
             },
         };
         tail[0] = status as u8;
-        trace!("{ty} -> {status}");
         self.requests.replied(ty, status);
         writable.len()
     }
@@ -341,7 +351,7 @@ impl Engine {
     }
 
     fn dispatch(&mut self, req: &Request, area: &mut [u8]) -> Status {
-        let status = match req {
+        match req {
             Request::Attach(a) => {
                 let (d, mut ctx) = self.split();
                 d.attach(&mut ctx, a)
@@ -374,11 +384,7 @@ impl Engine {
                     self.prq.respond(self.host.as_mut(), p)
                 }
             }
-        };
-        if status != Status::Ok {
-            debug!("{}: {status}", req.request_type());
         }
-        status
     }
 
     /// PROBE. The area check comes first: a driver that supplies less than `probe_size` gets

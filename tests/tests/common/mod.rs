@@ -61,7 +61,17 @@ impl Vm {
     /// As [`Vm::start`], the driver accepting `pick(offered features)`.
     pub fn start_with(args: &[&str], pick: impl FnOnce(u64) -> u64) -> Vm {
         init_log();
-        let daemon = Daemon::spawn(args).expect("daemon starts");
+        Self::start_daemon(Daemon::spawn(args).expect("daemon starts"), pick)
+    }
+
+    /// As [`Vm::start`], the daemon logging with `RUST_LOG=rust_log`.
+    pub fn start_logging(rust_log: &str, args: &[&str]) -> Vm {
+        init_log();
+        let daemon = Daemon::spawn_logging(rust_log, args).expect("daemon starts");
+        Self::start_daemon(daemon, |f| f)
+    }
+
+    fn start_daemon(daemon: Daemon, pick: impl FnOnce(u64) -> u64) -> Vm {
         let mem = GuestMemory::global();
         let mut fe = daemon.connect(mem.clone()).expect("frontend connects");
         let rq = RawQueue::new(mem.clone(), 0, RQ_SIZE).unwrap();

@@ -5,8 +5,6 @@
 use std::io;
 use std::path::PathBuf;
 
-use log::{debug, warn};
-
 use crate::host::HostError;
 
 /// Why the iommufd backend could not be set up or refused an operation.
@@ -162,10 +160,11 @@ pub(super) fn ioctl_err(op: &'static str) -> impl FnOnce(io::Error) -> IommufdEr
 /// Logs a failed ioctl and converts it for the engine.
 pub(super) fn host_err(op: &str, e: &io::Error) -> HostError {
     let h = host_error(e);
+    // Rate-limited: a guest can repeat a request the host refuses.
     if h == HostError::Invalid {
-        debug!("{op}: {e}");
+        crate::limited!(Debug, "{op}: {e}");
     } else {
-        warn!("{op}: {e}");
+        crate::limited!(Warn, "{op}: {e}");
     }
     h
 }

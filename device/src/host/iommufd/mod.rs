@@ -37,7 +37,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use iommufd_bindings as b;
-use log::{debug, error, info, warn};
+use log::{error, info, trace, warn};
 use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::request::{Invalidate, TableDesc};
 use virtio_iommu_spec::Event;
@@ -570,7 +570,7 @@ impl HostIommu for IommufdHost {
         let flags = map_flags(perm);
         if flags == 0 {
             // iommufd needs R or W; a mapping without either faults every access, as nothing.
-            debug!("map {iova:#x}-{last:#x} without permissions: nothing to program");
+            trace!("map {iova:#x}-{last:#x} without permissions: nothing to program");
             return Ok(());
         }
         sys::ioas_copy(&self.fd, space.0, iova, self.master.id(), phys, len, flags)
@@ -598,7 +598,7 @@ impl HostIommu for IommufdHost {
     ) -> Result<(), HostError> {
         self.ready(endpoint)?;
         let Some(mut dev) = self.devices.remove(&endpoint) else {
-            debug!("attach: endpoint {endpoint} has no host device; nothing to program");
+            trace!("attach: endpoint {endpoint} has no host device; nothing to program");
             return Ok(());
         };
         let pt = match target {
