@@ -10,6 +10,14 @@ use virtio_iommu_driver::sva::{
 };
 use virtio_iommu_driver::TableDesc;
 use virtio_iommu_spec::ext::VtdFlags;
+use virtio_iommu_spec::formats::aarch64::{
+    AF as A_AF, AP_EL0 as A_USER, AP_RO as A_RO, PXN as A_PXN, TABLE_OR_PAGE as A_TABLE_PAGE,
+    UXN as A_UXN, VALID as A_VALID,
+};
+use virtio_iommu_spec::formats::cd_table::{CD0_AA64 as CD_AA64, CD0_V as CD_V};
+use virtio_iommu_spec::formats::x86::{
+    A as X_A, D as X_D, P as X_P, PS as X_PS, RW as X_RW, US as X_US, XD as X_XD,
+};
 
 type Arm = Stage1Arm<FakeHal>;
 type X86 = X86FirstStage<FakeHal>;
@@ -44,15 +52,6 @@ fn x86_next(entry: u64) -> u64 {
     assert_eq!(entry >> 52, 0, "no XD or upper bits in {entry:#x}");
     entry & !0xfff
 }
-
-// Arm descriptor bits, spelled out for the expected words.
-const A_VALID: u64 = 1;
-const A_TABLE_PAGE: u64 = 2;
-const A_USER: u64 = 1 << 6;
-const A_RO: u64 = 1 << 7;
-const A_AF: u64 = 1 << 10;
-const A_PXN: u64 = 1 << 53;
-const A_UXN: u64 = 1 << 54;
 
 /// VA with index `l0`..`l3` at the four Arm levels (or PML4..PT on x86).
 fn va4(l0: u64, l1: u64, l2: u64, l3: u64) -> u64 {
@@ -293,9 +292,6 @@ fn arm_bad_arguments_and_overlaps_change_nothing() {
 
 // ---- SMMUv3 context descriptors ----------------------------------------------------------
 
-const CD_V: u64 = 1 << 31;
-const CD_AA64: u64 = 1 << 41;
-
 #[test]
 fn linear_cd_table_layout() {
     let s1 = Arm::new(48).unwrap();
@@ -422,14 +418,6 @@ fn two_level_cd_table_layout() {
 }
 
 // ---- x86-64 first stage ------------------------------------------------------------------
-
-const X_P: u64 = 1;
-const X_RW: u64 = 1 << 1;
-const X_US: u64 = 1 << 2;
-const X_A: u64 = 1 << 5;
-const X_D: u64 = 1 << 6;
-const X_PS: u64 = 1 << 7;
-const X_XD: u64 = 1 << 63;
 
 #[test]
 fn x86_four_level_entries_are_exact() {

@@ -13,19 +13,20 @@ use virtio_iommu_driver::sva::{PageRequestGroups, X86Levels};
 use virtio_iommu_driver::{AttachFlags, Error, PageRespCode, TableDesc};
 use virtio_iommu_e2e::GuestMemory;
 use virtio_iommu_spec::ext::{VtdFlags, S1DSS_TERM, S1FMT_4KL2, S1FMT_LINEAR};
+use virtio_iommu_spec::formats::{aarch64, cd_table, x86};
 
 /// A guest-physical address below guest RAM (which starts at 1 GiB): nothing is there.
 const OUTSIDE_RAM: u64 = 0x1000;
 
 // Descriptor bits the tests write by hand (spec/PROTOCOL.md §9.6).
 /// x86 table entry: P | R/W | U/S | A.
-const X86_TABLE: u64 = 0x27;
+const X86_TABLE: u64 = x86::P | x86::RW | x86::US | x86::A;
 /// AArch64 table descriptor (L0–L2) or page descriptor (L3): valid | table-or-page.
-const ARM_TABLE_OR_PAGE: u64 = 0b11;
+const ARM_TABLE_OR_PAGE: u64 = aarch64::VALID | aarch64::TABLE_OR_PAGE;
 /// AArch64 leaf: access flag, and AP[1] (unprivileged access).
-const ARM_AF_USER: u64 = (1 << 10) | (1 << 6);
+const ARM_AF_USER: u64 = aarch64::AF | aarch64::AP_EL0;
 /// CD word 0: T0SZ 16 (48-bit input), V, AA64, ASID 1.
-const CD_WORD0: u64 = 16 | (1 << 31) | (1 << 41) | (1 << 48);
+const CD_WORD0: u64 = 16 | cd_table::CD0_V | cd_table::CD0_AA64 | (1 << cd_table::CD0_ASID_SHIFT);
 
 fn write_u64(gpa: u64, v: u64) {
     GuestMemory::global()
