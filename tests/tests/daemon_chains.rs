@@ -6,10 +6,10 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use virtio_iommu_e2e::memory::{GLOBAL_BASE, GLOBAL_SIZE};
-use virtio_iommu_e2e::rawq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, POISON};
-use virtio_iommu_e2e::Chain;
 use virtio_iommu_spec::Status;
+use virtio_iommu_testkit::memory::{GLOBAL_BASE, GLOBAL_SIZE};
+use virtio_iommu_testkit::rawq::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, POISON};
+use virtio_iommu_testkit::Chain;
 
 /// Largest writable part the daemon answers (a 64 KiB PROBE area plus the tail).
 const MAX_WRITABLE: u32 = 64 * 1024 + 4;

@@ -8,10 +8,10 @@ use std::os::unix::net::UnixStream;
 
 use common::*;
 use serde_json::{json, Value};
-use virtio_iommu_e2e::rawq::POISON;
 use virtio_iommu_spec::event::FaultFlags;
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::{FaultEvent, FaultReason, Status};
+use virtio_iommu_testkit::rawq::POISON;
 
 /// The 24-byte upstream fault record, written out by hand.
 fn fault_record(reason: u8, flags: u32, endpoint: u32, address: u64) -> Vec<u8> {
@@ -83,7 +83,7 @@ fn faults_land_in_event_buffers() {
     let c = vm.eq.wait_used(WAIT).unwrap();
     assert_eq!((c.len, c.written), (0, vec![POISON; 16]));
     // So is a buffer with a device-readable part.
-    let odd = virtio_iommu_e2e::Chain::new()
+    let odd = virtio_iommu_testkit::Chain::new()
         .readable(vec![1])
         .writable(24);
     vm.eq.submit(&odd).unwrap();
@@ -224,7 +224,7 @@ fn stats_dump_and_translate() {
         assert_eq!(vm.send(req), *status, "{req:?}");
     }
     assert_eq!(vm.probe(1).0, Status::Ok);
-    let c = vm.submit(&virtio_iommu_e2e::Chain::request(&[42; 20], 4));
+    let c = vm.submit(&virtio_iommu_testkit::Chain::request(&[42; 20], 4));
     assert_eq!(c.len, 0);
 
     let s = vm.stats();

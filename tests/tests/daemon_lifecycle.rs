@@ -11,8 +11,9 @@ use serde_json::{json, Value};
 use vhost_device_iommu::args::{DaemonConfig, HostKind};
 use vhost_device_iommu::engine::EngineConfig;
 use virtio_iommu_e2e::watchdog::run_with_timeout;
-use virtio_iommu_e2e::{ControlClient, Daemon, Frontend, RawQueue};
+use virtio_iommu_e2e::{ControlClient, Daemon, Frontend};
 use virtio_iommu_spec::{Request, Status};
+use virtio_iommu_testkit::RawQueue;
 
 /// One started connection: frontend and raw queues.
 struct Guest {

@@ -6,10 +6,10 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use virtio_iommu_e2e::rawq::POISON;
-use virtio_iommu_e2e::Chain;
 use virtio_iommu_spec::request::{MapFlags, RequestType};
 use virtio_iommu_spec::{Features, Status};
+use virtio_iommu_testkit::rawq::POISON;
+use virtio_iommu_testkit::Chain;
 
 /// The default MSI window every endpoint reports.
 const MSI_START: u64 = 0xfee0_0000;

@@ -10,12 +10,12 @@ use vhost::vhost_user::VhostUserProtocolFeatures;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::{DeviceStatus, InterruptStatus, Transport};
 use virtio_iommu_e2e::frontend::{CONNECT_TIMEOUT, PROTOCOL_FEATURES_BIT};
-use virtio_iommu_e2e::memory::GuestMemory;
-use virtio_iommu_e2e::rawq::{Chain, RawQueue, DESC_F_WRITE, POISON};
 use virtio_iommu_e2e::watchdog::run_with_timeout;
-use virtio_iommu_e2e::{ControlClient, Daemon, Frontend, GuestHal, VhostUserTransport};
+use virtio_iommu_e2e::{ControlClient, Daemon, Frontend, VhostUserTransport};
 use virtio_iommu_spec::config::BYPASS_OFFSET;
 use virtio_iommu_spec::VIRTIO_ID_IOMMU;
+use virtio_iommu_testkit::rawq::{Chain, RawQueue, DESC_F_WRITE, POISON};
+use virtio_iommu_testkit::{GuestHal, GuestMemory};
 use zerocopy::IntoBytes;
 
 use mock::{MockServer, Seen, STATUS, VIRTIO_FEATURES};

@@ -11,9 +11,9 @@ use e2e_common::*;
 use serde_json::{json, Value};
 use virtio_iommu_driver::sva::{PageRequestGroups, X86Levels};
 use virtio_iommu_driver::{AttachFlags, Error, PageRespCode, TableDesc};
-use virtio_iommu_e2e::GuestMemory;
 use virtio_iommu_spec::ext::{VtdFlags, S1DSS_TERM, S1FMT_4KL2, S1FMT_LINEAR};
 use virtio_iommu_spec::formats::{aarch64, cd_table, x86};
+use virtio_iommu_testkit::GuestMemory;
 
 /// A guest-physical address below guest RAM (which starts at 1 GiB): nothing is there.
 const OUTSIDE_RAM: u64 = 0x1000;

@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use virtio_iommu_e2e::frontend::PROTOCOL_FEATURES_BIT;
-use virtio_iommu_e2e::{Chain, Completion, ControlClient, Daemon, Frontend, GuestMemory, RawQueue};
+use virtio_iommu_e2e::{ControlClient, Daemon, Frontend};
 use virtio_iommu_spec::request::{
     Attach, AttachFlags, Detach, Map, MapFlags, Probe, Unmap, TAIL_SIZE,
 };
 use virtio_iommu_spec::{Request, Status};
+use virtio_iommu_testkit::{Chain, Completion, GuestMemory, RawQueue};
 
 /// Bound of every wait (a completion, a connection, a reply).
 pub const WAIT: Duration = Duration::from_secs(10);

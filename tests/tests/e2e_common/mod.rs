@@ -16,9 +16,10 @@ use virtio_iommu_driver::sva::{
     CdLayout, CdTable, Perms, S1Dss, Stage1Arm, SvaError, X86FirstStage, X86Levels,
 };
 use virtio_iommu_driver::{AttachFlags, DriverOptions, Event, VirtIOIommu, EXTENSION_FEATURES};
-use virtio_iommu_e2e::{ControlClient, Daemon, GuestHal, GuestMemory, VhostUserTransport};
+use virtio_iommu_e2e::{ControlClient, Daemon, VhostUserTransport};
 use virtio_iommu_spec::ext::VtdFlags;
 use virtio_iommu_spec::{Config, Features, VIRTIO_ID_IOMMU};
+use virtio_iommu_testkit::{GuestHal, GuestMemory};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Bound on every wait of a test step (events, DMA replies).

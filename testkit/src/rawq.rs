@@ -3,27 +3,30 @@
 //! zero-length or missing writable parts, descriptors pointing anywhere.
 //!
 //! The three ring areas get separate pages (virtio-queue's `MockSplitQueue` overlaps them at
-//! 256 entries: vhost-user-notes.md trap 7).
+//! 256 entries). The queue is the driver's side only: whoever carries notifications to the
+//! device implements [`Notify`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::frontend::{Frontend, RingConfig};
 use crate::memory::{GuestMemory, PAGE_BYTES};
+use crate::ring::{Desc, RingConfig, DESC_SIZE};
+pub use crate::ring::{DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};
 
-/// `VIRTQ_DESC_F_NEXT`.
-pub const DESC_F_NEXT: u16 = 1;
-/// `VIRTQ_DESC_F_WRITE`: device-writable.
-pub const DESC_F_WRITE: u16 = 2;
-/// `VIRTQ_DESC_F_INDIRECT`: the buffer is a table of descriptors.
-pub const DESC_F_INDIRECT: u16 = 4;
 /// Byte every device-writable buffer holds before submission, so a test can tell which bytes
 /// the device wrote.
 pub const POISON: u8 = 0xa5;
 
-const DESC_SIZE: u64 = 16;
+/// Carries a queue notification (a kick) to the device.
+pub trait Notify {
+    /// Notifies the device that queue `index` has new buffers.
+    ///
+    /// # Errors
+    /// Whatever the transport reports.
+    fn notify(&self, index: usize) -> Result<()>;
+}
 
 /// One descriptor of a [`Chain`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,8 +173,7 @@ impl RawQueue {
         if !size.is_power_of_two() || size > 32768 {
             return Err(Error::Usage(format!("queue size {size}")));
         }
-        let n = u64::from(size);
-        let lens = [DESC_SIZE * n, 6 + 2 * n, 6 + 8 * n];
+        let lens = RingConfig::area_sizes(size);
         let mut ring_pages = [(0, 0); 3];
         for (slot, len) in ring_pages.iter_mut().zip(lens) {
             let len = usize::try_from(len).map_err(|_| Error::Usage("size".into()))?;
@@ -202,7 +204,7 @@ impl RawQueue {
         self.index
     }
 
-    /// The layout to give the frontend.
+    /// The layout to give the device.
     #[must_use]
     pub fn config(&self) -> RingConfig {
         self.config
@@ -217,7 +219,7 @@ impl RawQueue {
     /// Publishes `idx` as the avail index verbatim, as a hostile driver may (e.g. more chains
     /// than the ring holds). The queue's own bookkeeping is unchanged.
     pub fn publish_avail_idx(&self, idx: u16) -> Result<()> {
-        self.memory.store_u16(self.config.avail + 2, idx)
+        self.config.set_avail_idx(&*self.memory, idx)
     }
 
     /// The number of used entries consumed so far (mod 2^16).
@@ -228,7 +230,7 @@ impl RawQueue {
 
     /// The used index the device last published.
     pub fn device_used_idx(&self) -> Result<u16> {
-        self.memory.load_u16(self.config.used + 2)
+        self.config.used_idx(&*self.memory)
     }
 
     /// Chains submitted and not yet returned.
@@ -263,13 +265,10 @@ impl RawQueue {
                 return Err(e);
             }
         };
-        let slot = u64::from(self.avail_idx % self.config.size);
-        self.memory
-            .store_u16(self.config.avail + 4 + 2 * slot, head)?;
+        self.config.put_avail(&*self.memory, self.avail_idx, head)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         // Release ordering: the descriptors and ring entry are visible before the new index.
-        self.memory
-            .store_u16(self.config.avail + 2, self.avail_idx)?;
+        self.config.set_avail_idx(&*self.memory, self.avail_idx)?;
         self.in_flight.insert(head, flight);
         Ok(head)
     }
@@ -290,14 +289,13 @@ impl RawQueue {
             for (i, &(addr, len, flags)) in descs.iter().enumerate() {
                 let next = u16::try_from(i + 1).unwrap_or(0);
                 let flags = if i < last { flags | DESC_F_NEXT } else { flags };
-                write_desc(
-                    &self.memory,
-                    table + i as u64 * DESC_SIZE,
+                Desc {
                     addr,
                     len,
                     flags,
                     next,
-                )?;
+                }
+                .write_at(&*self.memory, table + i as u64 * DESC_SIZE)?;
             }
             let head = self.take_desc(flight)?;
             self.write_ring_desc(head, table, table_len, DESC_F_INDIRECT, 0)?;
@@ -353,13 +351,18 @@ impl RawQueue {
     }
 
     fn write_ring_desc(&self, id: u16, addr: u64, len: u32, flags: u16, next: u16) -> Result<()> {
-        let gpa = self.config.desc + u64::from(id) * DESC_SIZE;
-        write_desc(&self.memory, gpa, addr, len, flags, next)
+        let d = Desc {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        self.config.write_desc(&*self.memory, id, d)
     }
 
-    /// Signals the queue's kick eventfd.
-    pub fn kick(&self, frontend: &Frontend) -> Result<()> {
-        frontend.kick(self.index)
+    /// Notifies the device of this queue through `notify`.
+    pub fn kick(&self, notify: &impl Notify) -> Result<()> {
+        notify.notify(self.index)
     }
 
     /// Returns the next used entry if the device has published one.
@@ -367,13 +370,7 @@ impl RawQueue {
         if self.device_used_idx()? == self.last_used {
             return Ok(None);
         }
-        let slot = u64::from(self.last_used % self.config.size);
-        let elem = self.config.used + 4 + 8 * slot;
-        let mut raw = [0u8; 8];
-        self.memory.read(elem, &mut raw)?;
-        let [a, b, c, d, e, f, g, h] = raw;
-        let id = u32::from_le_bytes([a, b, c, d]);
-        let len = u32::from_le_bytes([e, f, g, h]);
+        let (id, len) = self.config.used_elem(&*self.memory, self.last_used)?;
         self.last_used = self.last_used.wrapping_add(1);
         let flight = u16::try_from(id)
             .ok()
@@ -422,12 +419,12 @@ impl RawQueue {
     /// Submits, kicks, and waits for the completion of that chain.
     pub fn submit_wait(
         &mut self,
-        frontend: &Frontend,
+        notify: &impl Notify,
         chain: &Chain,
         timeout: Duration,
     ) -> Result<Completion> {
         let head = self.submit(chain)?;
-        self.kick(frontend)?;
+        self.kick(notify)?;
         let c = self.wait_used(timeout)?;
         if c.head != head {
             return Err(Error::Protocol(format!(
@@ -474,20 +471,4 @@ impl Drop for RawQueue {
             }
         }
     }
-}
-
-fn write_desc(
-    memory: &GuestMemory,
-    gpa: u64,
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-) -> Result<()> {
-    let mut d = [0u8; 16];
-    d[0..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    d[14..16].copy_from_slice(&next.to_le_bytes());
-    memory.write(gpa, &d)
 }

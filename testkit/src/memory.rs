@@ -1,6 +1,7 @@
-//! Guest RAM: one memfd mapped shared into this process and handed to backends by SET_MEM_TABLE.
+//! Guest RAM: one memfd mapped shared into this process, which a vhost-user frontend hands to
+//! backends by SET_MEM_TABLE.
 //!
-//! The harness plays the guest, so it owns a page allocator over guest-physical addresses (GPAs).
+//! The tests play the guest, so it owns a page allocator over guest-physical addresses (GPAs).
 //! Guest RAM is shared with another process that writes it concurrently, so this module never
 //! hands out Rust references into it: bytes go in and out by copy, ring indices through atomics.
 
@@ -10,10 +11,10 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use vhost::VhostUserMemoryRegionInfo;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::error::{Error, Result};
+use crate::ring::RingMemory;
 
 /// Size of a guest page, the allocation unit.
 pub const PAGE_SIZE: u64 = 0x1000;
@@ -137,17 +138,16 @@ impl GuestMemory {
         self.offset_of(gpa, len).is_some()
     }
 
-    /// The region list for SET_MEM_TABLE. `userspace_addr` is this process's mapping, as QEMU
-    /// sends its own virtual addresses (vring addresses are then translated by the backend).
+    /// The memfd behind the RAM (offset 0 is [`Self::base`]).
     #[must_use]
-    pub fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
-        vec![VhostUserMemoryRegionInfo {
-            guest_phys_addr: self.base,
-            memory_size: self.size,
-            userspace_addr: self.host.as_ptr() as u64,
-            mmap_offset: 0,
-            mmap_handle: self.file.as_raw_fd(),
-        }]
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// This process's address of the first byte of RAM.
+    #[must_use]
+    pub fn host_base(&self) -> u64 {
+        self.host.as_ptr() as u64
     }
 
     /// Allocates `pages` contiguous zeroed pages and returns the GPA of the first.
@@ -369,6 +369,24 @@ impl Drop for GuestMemory {
     }
 }
 
+impl RingMemory for GuestMemory {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
+        GuestMemory::read(self, gpa, buf)
+    }
+
+    fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
+        GuestMemory::write(self, gpa, data)
+    }
+
+    fn load_u16(&self, gpa: u64) -> Result<u16> {
+        GuestMemory::load_u16(self, gpa)
+    }
+
+    fn store_u16(&self, gpa: u64, v: u16) -> Result<()> {
+        GuestMemory::store_u16(self, gpa, v)
+    }
+}
+
 fn bit(map: &[u64], i: usize) -> bool {
     map[i / 64] & (1 << (i % 64)) != 0
 }
@@ -418,11 +436,7 @@ mod tests {
         assert_eq!(m.read_vec(b, 2).unwrap(), [0xef, 0xbe]);
         assert_eq!(m.load_u16(b).unwrap(), 0xbeef);
         assert!(m.load_u16(b + 1).is_err());
-        let r = m.regions();
-        assert_eq!(r.len(), 1);
-        assert_eq!(
-            (r[0].guest_phys_addr, r[0].memory_size),
-            (0x10_0000, 4 * PAGE_SIZE)
-        );
+        assert_eq!((m.base(), m.size()), (0x10_0000, 4 * PAGE_SIZE));
+        assert_eq!(m.gpa_of(m.host_base() as *const u8), Some(0x10_0000));
     }
 }

@@ -3,7 +3,7 @@
 //! `Hal` methods have no `self`, so the memory must be reachable globally. The choice here is
 //! one process-wide guest RAM ([`GuestMemory::global`]) shared by every VM of the test process:
 //! unlike a thread-local "current VM", it keeps working when a driver runs in another thread
-//! (e.g. under [`crate::watchdog::run_with_timeout`]), and parallel tests stay apart because
+//! (e.g. under a watchdog thread), and parallel tests stay apart because
 //! each allocates its own pages. Every backend is given the whole memfd.
 //!
 //! The driver's own buffers live on the test's heap, outside guest RAM, so `share` bounces them

@@ -19,17 +19,15 @@
 //! Output: `GUEST-PCI: PASS <name>` / `GUEST-PCI: FAIL <name>: <why>` per check and a final
 //! `GUEST-PCI-RESULT: N passed, M failed`; exit status 0 only if nothing failed.
 
-mod guest_pci_driver {
-    pub mod alloc;
-    pub mod dma;
-    pub mod dma_checks;
-    pub mod hal;
-    pub mod raw;
-    pub mod raw_checks;
-    pub mod report;
-    pub mod scenario;
-    pub mod sysfs;
-}
+mod alloc;
+mod dma;
+mod dma_checks;
+mod hal;
+mod raw;
+mod raw_checks;
+mod report;
+mod scenario;
+mod sysfs;
 
 use std::process::ExitCode;
 use std::thread;
@@ -39,13 +37,13 @@ use virtio_drivers::transport::pci::bus::{Command, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_iommu_driver::{DriverOptions, Features};
 
-use guest_pci_driver::dma::Region;
-use guest_pci_driver::dma_checks::{self, Page};
-use guest_pci_driver::hal::{self, UserHal};
-use guest_pci_driver::raw::RawDevice;
-use guest_pci_driver::report::{expect, DeviceKind, Report};
-use guest_pci_driver::scenario::{self, Iommu, Setup};
-use guest_pci_driver::sysfs::{self, PciFunction, SysfsConfig};
+use crate::dma::Region;
+use crate::dma_checks::Page;
+use crate::hal::UserHal;
+use crate::raw::RawDevice;
+use crate::report::{expect, DeviceKind, Report};
+use crate::scenario::{Iommu, Setup};
+use crate::sysfs::{PciFunction, SysfsConfig};
 
 /// PCI ID of a modern virtio-iommu function.
 const IOMMU_ID: (u16, u16) = (0x1af4, 0x1057);
@@ -194,7 +192,7 @@ fn main() -> ExitCode {
     };
     match RawDevice::new(transport) {
         Ok(mut dev) => {
-            guest_pci_driver::raw_checks::run(&mut r, &mut dev, args.kind, setup.ep, target);
+            raw_checks::run(&mut r, &mut dev, args.kind, setup.ep, target);
         }
         Err(e) => r.check("raw-init", Err(e)),
     }
