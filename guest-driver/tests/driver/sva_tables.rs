@@ -1,10 +1,7 @@
 //! `sva` tables: the exact descriptors in guest memory for known mappings (read back through
-//! the fake's identity-mapped memory), block vs page choice, splits, unmap freeing, the
+//! the test kit's guest RAM), block vs page choice, splits, unmap freeing, the
 //! software walk, and the SMMUv3 CD table layouts.
 
-mod fake;
-
-use fake::FakeHal;
 use virtio_iommu_driver::sva::{
     CdLayout, CdTable, Perms, S1Dss, Stage1Arm, SvaError, Translation, X86FirstStage, X86Levels,
 };
@@ -18,20 +15,21 @@ use virtio_iommu_spec::formats::cd_table::{CD0_AA64 as CD_AA64, CD0_V as CD_V};
 use virtio_iommu_spec::formats::x86::{
     A as X_A, D as X_D, P as X_P, PS as X_PS, RW as X_RW, US as X_US, XD as X_XD,
 };
+use virtio_iommu_testkit::{GuestHal, GuestMemory};
 
-type Arm = Stage1Arm<FakeHal>;
-type X86 = X86FirstStage<FakeHal>;
-type Cds = CdTable<FakeHal>;
+type Arm = Stage1Arm<GuestHal>;
+type X86 = X86FirstStage<GuestHal>;
+type Cds = CdTable<GuestHal>;
 
 const K4: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
 const G1: u64 = 0x4000_0000;
 
-/// Word `idx` of the table page at guest-physical `pa` (the fake Hal maps 1:1).
+/// Word `idx` of the table page at guest-physical `pa`.
 fn word(pa: u64, idx: u64) -> u64 {
-    // SAFETY: `pa` is a live table page the test owns through its table object; the fake
-    // Hal's physical addresses are virtual addresses.
-    unsafe { std::ptr::read_volatile((pa + 8 * idx) as *const u64) }
+    GuestMemory::global()
+        .read_obj::<u64>(pa + 8 * idx)
+        .expect("table page in guest RAM")
 }
 
 /// Indices of the non-zero words of a 4 KiB table.

@@ -1,17 +1,13 @@
 //! Initialisation: feature negotiation, refusals, config reading, queue setup, reset on drop.
 
-mod fake;
-
-use fake::{all_features, config, default_config, standard_features, Fake, FakeHal, FakeTransport};
+use crate::fake::{all_features, config, default_config, standard_features, Fake, Iommu};
 use virtio_drivers::transport::{DeviceStatus, DeviceType};
 use virtio_iommu_driver::{
-    DriverOptions, Error, Features, IommuConfig, VirtIOIommu, EVENT_BUFFER_SIZE, EVENT_QUEUE_SIZE,
+    DriverOptions, Error, Features, IommuConfig, EVENT_BUFFER_SIZE, EVENT_QUEUE_SIZE,
 };
 use virtio_iommu_spec::features::{
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
 };
-
-type Iommu = VirtIOIommu<FakeHal, FakeTransport>;
 
 const RUNNING: DeviceStatus = DeviceStatus::ACKNOWLEDGE
     .union(DeviceStatus::DRIVER)

@@ -1,19 +1,15 @@
 //! Requests: exact bytes on the queue, status and used-length handling, pre-flight checks,
 //! PROBE decoding, the non-blocking API.
 
-mod fake;
-
-use fake::{all_features, default_config, Answer, Desc, Fake, FakeHal, FakeTransport, B};
+use crate::fake::{all_features, default_config, Answer, Desc, Fake, Iommu, B};
 use virtio_iommu_driver::{
     AttachFlags, DriverOptions, EndpointInfo, Error, Features, InterruptStatus, InvalCaches,
     InvalScope, Invalidate, MapFlags, Mapping, PageRequestInfo, PageResp, PageRespCode, Reply,
-    Request, ReservedRegion, ResvMemSubtype, TableDesc, VirtIOIommu, MAX_REQUESTS_IN_FLIGHT,
+    Request, ReservedRegion, ResvMemSubtype, TableDesc, MAX_REQUESTS_IN_FLIGHT,
 };
 use virtio_iommu_spec::ext::{PageRequestCaps, VtdFlags};
 use virtio_iommu_spec::request::{Attach, Detach};
 use virtio_iommu_spec::Property;
-
-type Iommu = VirtIOIommu<FakeHal, FakeTransport>;
 
 fn split(readable: usize, writable: u32) -> Vec<Desc> {
     vec![

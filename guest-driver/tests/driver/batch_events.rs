@@ -1,17 +1,13 @@
 //! Batches (one notification per ring-full, per-request results) and the event queue.
 
-mod fake;
-
-use fake::{Answer, Fake, FakeHal, FakeTransport};
+use crate::fake::{Answer, Fake, Iommu};
 use virtio_iommu_driver::iova::{IovaAllocator, MappingShadow};
 use virtio_iommu_driver::{
     AttachFlags, EndpointInfo, Error, Event, FaultEvent, FaultReason, MapFlags, Mapping,
-    PageRequest, Reply, Request, VirtIOIommu, EVENT_QUEUE_SIZE, MAX_REQUESTS_IN_FLIGHT,
+    PageRequest, Reply, Request, EVENT_QUEUE_SIZE, MAX_REQUESTS_IN_FLIGHT,
 };
 use virtio_iommu_spec::event::FaultFlags;
 use virtio_iommu_spec::request::{Attach, Probe};
-
-type Iommu = VirtIOIommu<FakeHal, FakeTransport>;
 
 fn page(i: u64) -> Mapping {
     Mapping {

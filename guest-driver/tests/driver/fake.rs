@@ -1,56 +1,23 @@
-//! A fake virtio-iommu for the driver's tests: an identity-mapped `Hal`, and a `Transport`
-//! whose `notify` plays the device on the split rings the driver set up, synchronously.
+//! A fake virtio-iommu for the driver's tests: a `Transport` whose `notify` plays the device,
+//! synchronously, on the split rings the driver set up with the test kit's `GuestHal`.
 //!
-//! The device side reads the rings and buffers through the addresses the driver published,
-//! exactly as a VMM would through guest memory.
+//! The device side reads the rings and buffers through the guest-physical addresses the driver
+//! published, exactly as a VMM would through guest memory.
 
-#![allow(dead_code)] // each test binary uses a different part
-
-use std::alloc::{alloc_zeroed, dealloc, Layout};
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_drivers::transport::{DeviceStatus, DeviceType, InterruptStatus, Transport};
-use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
+use virtio_drivers::PhysAddr;
+use virtio_iommu_driver::VirtIOIommu;
 use virtio_iommu_spec::features::VIRTIO_F_VERSION_1;
 use virtio_iommu_spec::request::TAIL_SIZE;
 use virtio_iommu_spec::{Config, Features, Status};
+use virtio_iommu_testkit::ring::{DESC_F_NEXT, DESC_F_WRITE};
+use virtio_iommu_testkit::{GuestHal, GuestMemory, RingConfig};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-/// DMA memory from the global allocator; physical address = virtual address.
-#[derive(Debug)]
-pub struct FakeHal;
-
-fn dma_layout(pages: usize) -> Layout {
-    Layout::from_size_align(pages * PAGE_SIZE, PAGE_SIZE).expect("valid layout")
-}
-
-// SAFETY: `dma_alloc` returns zeroed, page-aligned, exclusively owned memory, freed only by
-// `dma_dealloc`; `share` hands out the buffer's own address, valid while the driver keeps it.
-unsafe impl Hal for FakeHal {
-    fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        // SAFETY: the layout has a non-zero size (virtqueues need at least one page).
-        let ptr = NonNull::new(unsafe { alloc_zeroed(dma_layout(pages)) }).expect("DMA alloc");
-        (ptr.as_ptr() as PhysAddr, ptr)
-    }
-
-    unsafe fn dma_dealloc(_paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        // SAFETY: the caller passes back what `dma_alloc` returned for `pages`.
-        unsafe { dealloc(vaddr.as_ptr(), dma_layout(pages)) };
-        0
-    }
-
-    unsafe fn mmio_phys_to_virt(paddr: PhysAddr, _size: usize) -> NonNull<u8> {
-        NonNull::new(paddr as *mut u8).expect("non-null MMIO address")
-    }
-
-    unsafe fn share(buffer: NonNull<[u8]>, _direction: BufferDirection) -> PhysAddr {
-        buffer.as_ptr().cast::<u8>() as PhysAddr
-    }
-
-    unsafe fn unshare(_paddr: PhysAddr, _buffer: NonNull<[u8]>, _direction: BufferDirection) {}
-}
+/// The driver under test: on the test kit's guest RAM, talking to the fake.
+pub type Iommu = VirtIOIommu<GuestHal, FakeTransport>;
 
 /// What the device answers: `data` is written at the start of the writable part, and the
 /// used length is reported as `used_len`.
@@ -95,16 +62,6 @@ pub struct Seen {
     pub descs: Vec<Desc>,
 }
 
-impl Seen {
-    pub fn writable_len(&self) -> usize {
-        self.descs
-            .iter()
-            .filter(|d| d.write)
-            .map(|d| d.len as usize)
-            .sum()
-    }
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 pub struct QueueRegs {
     pub size: u32,
@@ -113,6 +70,18 @@ pub struct QueueRegs {
     pub used: u64,
     /// Device's next available-ring index.
     pub last_avail: u16,
+}
+
+impl QueueRegs {
+    /// The ring the driver published.
+    fn ring(&self) -> RingConfig {
+        RingConfig {
+            size: u16::try_from(self.size).expect("queue size fits u16"),
+            desc: self.desc,
+            avail: self.avail,
+            used: self.used,
+        }
+    }
 }
 
 /// A chain taken from the ring but not yet returned.
@@ -265,26 +234,23 @@ impl Fake {
     pub fn inject_event(&self, bytes: &[u8], used_len: u32) -> bool {
         let mut s = self.lock();
         let q = s.queues[1];
-        // SAFETY: the driver published these ring addresses with `queue_set`; they stay valid
-        // until it unsets the queue.
-        unsafe {
-            let avail_idx = ring_idx(q.avail).load(Ordering::Acquire);
-            if avail_idx == q.last_avail {
-                return false;
-            }
-            let slot = u64::from(q.last_avail) % u64::from(q.size);
-            let head = read_u16(q.avail + 4 + 2 * slot);
-            let d = read_desc(q.desc, head);
-            assert!(
-                d.flags & DESC_F_WRITE != 0,
-                "event buffers are device-writable"
-            );
-            assert_eq!(d.flags & DESC_F_NEXT, 0, "one descriptor per event buffer");
-            assert_eq!(d.len, 48, "event buffers hold the extended record");
-            let n = bytes.len().min(d.len as usize);
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), d.addr as *mut u8, n);
-            push_used(q, u32::from(head), used_len);
+        let (ring, mem) = (q.ring(), GuestMemory::global());
+        let avail_idx = ring.avail_idx(&*mem).expect("avail index");
+        if avail_idx == q.last_avail {
+            return false;
         }
+        let head = ring.avail_head(&*mem, q.last_avail).expect("avail ring");
+        let d = ring.read_desc(&*mem, head).expect("descriptor");
+        assert!(
+            d.flags & DESC_F_WRITE != 0,
+            "event buffers are device-writable"
+        );
+        assert_eq!(d.flags & DESC_F_NEXT, 0, "one descriptor per event buffer");
+        assert_eq!(d.len, 48, "event buffers hold the extended record");
+        let n = bytes.len().min(d.len as usize);
+        mem.write(d.addr, &bytes[..n]).expect("event buffer");
+        ring.push_used(&*mem, u32::from(head), used_len)
+            .expect("used ring");
         s.queues[1].last_avail = s.queues[1].last_avail.wrapping_add(1);
         s.interrupt_pending = true;
         true
@@ -294,60 +260,11 @@ impl Fake {
     pub fn posted_events(&self) -> u16 {
         let s = self.lock();
         let q = s.queues[1];
-        // SAFETY: as in `inject_event`.
-        let idx = unsafe { ring_idx(q.avail).load(Ordering::Acquire) };
+        let idx = q
+            .ring()
+            .avail_idx(&*GuestMemory::global())
+            .expect("avail index");
         idx.wrapping_sub(q.last_avail)
-    }
-}
-
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
-
-struct RawDesc {
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-}
-
-/// # Safety
-/// `addr` must be a published ring address.
-unsafe fn ring_idx<'a>(ring: u64) -> &'a AtomicU16 {
-    // SAFETY: per the caller, `ring + 2` is the ring's aligned 16-bit `idx`.
-    unsafe { AtomicU16::from_ptr((ring + 2) as *mut u16) }
-}
-
-/// # Safety
-/// `addr` must be readable for 2 bytes.
-unsafe fn read_u16(addr: u64) -> u16 {
-    // SAFETY: per the caller.
-    unsafe { std::ptr::read_volatile(addr as *const u16) }
-}
-
-/// # Safety
-/// `table` must be a published descriptor table and `i` below its size.
-unsafe fn read_desc(table: u64, i: u16) -> RawDesc {
-    // SAFETY: per the caller; descriptors are 16 bytes.
-    let raw: [u8; 16] = unsafe { std::ptr::read_volatile((table + 16 * u64::from(i)) as *const _) };
-    RawDesc {
-        addr: u64::from_le_bytes(raw[0..8].try_into().unwrap()),
-        len: u32::from_le_bytes(raw[8..12].try_into().unwrap()),
-        flags: u16::from_le_bytes(raw[12..14].try_into().unwrap()),
-        next: u16::from_le_bytes(raw[14..16].try_into().unwrap()),
-    }
-}
-
-/// # Safety
-/// `q` must describe published rings.
-unsafe fn push_used(q: QueueRegs, id: u32, len: u32) {
-    // SAFETY: per the caller; used elements are 8 bytes after the 4-byte header.
-    unsafe {
-        let idx = ring_idx(q.used).load(Ordering::Acquire);
-        let slot = u64::from(idx) % u64::from(q.size);
-        let elem = q.used + 4 + 8 * slot;
-        std::ptr::write_volatile(elem as *mut u32, id);
-        std::ptr::write_volatile((elem + 4) as *mut u32, len);
-        ring_idx(q.used).store(idx.wrapping_add(1), Ordering::Release);
     }
 }
 
@@ -355,22 +272,19 @@ impl DevState {
     /// Takes every new chain off the request queue and answers it.
     fn process_requests(&mut self) {
         let q = self.queues[0];
-        // SAFETY: the driver published these rings with `queue_set`.
-        let avail_idx = unsafe { ring_idx(q.avail).load(Ordering::Acquire) };
+        let (ring, mem) = (q.ring(), GuestMemory::global());
+        let avail_idx = ring.avail_idx(&*mem).expect("avail index");
         let mut taken = Vec::new();
         while self.queues[0].last_avail != avail_idx {
-            let slot = u64::from(self.queues[0].last_avail) % u64::from(q.size);
-            // SAFETY: as above.
-            let head = unsafe { read_u16(q.avail + 4 + 2 * slot) };
+            let head = ring
+                .avail_head(&*mem, self.queues[0].last_avail)
+                .expect("avail ring");
             self.queues[0].last_avail = self.queues[0].last_avail.wrapping_add(1);
             let mut readable = Vec::new();
             let mut writable = Vec::new();
             let mut descs = Vec::new();
-            let mut i = head;
-            for _ in 0..q.size {
-                // SAFETY: the driver only links descriptors inside its table.
-                let d = unsafe { read_desc(q.desc, i) };
-                let write = d.flags & DESC_F_WRITE != 0;
+            for d in ring.read_chain(&*mem, head).expect("descriptor chain") {
+                let write = d.is_write();
                 descs.push(Desc { len: d.len, write });
                 if write {
                     writable.push((d.addr, d.len));
@@ -379,15 +293,9 @@ impl DevState {
                         writable.is_empty(),
                         "readable descriptor after a writable one"
                     );
-                    // SAFETY: the descriptor names `len` readable bytes of driver memory.
-                    readable.extend_from_slice(unsafe {
-                        std::slice::from_raw_parts(d.addr as *const u8, d.len as usize)
-                    });
+                    let bytes = mem.read_vec(d.addr, d.len as usize).expect("readable part");
+                    readable.extend_from_slice(&bytes);
                 }
-                if d.flags & DESC_F_NEXT == 0 {
-                    break;
-                }
-                i = d.next;
             }
             let wlen: usize = writable.iter().map(|(_, l)| *l as usize).sum();
             self.seen.push(Seen {
@@ -416,15 +324,17 @@ impl DevState {
 
     fn complete(&mut self, h: Held) {
         let Some(answer) = h.answer else { return };
+        let mem = GuestMemory::global();
         let mut data = &answer.data[..];
         for (addr, len) in &h.writable {
             let n = data.len().min(*len as usize);
-            // SAFETY: the descriptor names `len` writable bytes of driver memory.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), *addr as *mut u8, n) };
+            mem.write(*addr, &data[..n]).expect("writable part");
             data = &data[n..];
         }
-        // SAFETY: the rings were published with `queue_set`.
-        unsafe { push_used(self.queues[0], u32::from(h.head), answer.used_len) };
+        self.queues[0]
+            .ring()
+            .push_used(&*mem, u32::from(h.head), answer.used_len)
+            .expect("used ring");
         self.interrupt_pending = true;
     }
 }

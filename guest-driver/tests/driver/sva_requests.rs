@@ -1,22 +1,19 @@
 //! `sva` requests: binding (PROBE checks, then ATTACH_TABLE), the INVALIDATE helpers and
 //! page-request handling, checked byte for byte on the request queue of the fake device.
 
-mod fake;
-
-use fake::{all_features, default_config, Answer, Fake, FakeHal, FakeTransport, B};
+use crate::fake::{all_features, default_config, Answer, Fake, Iommu, B};
 use virtio_iommu_driver::sva::{
     check_table, CdLayout, CdTable, Drained, PageRequestGroups, Perms, S1Dss, Stage1Arm, SvaError,
     X86FirstStage, X86Levels,
 };
 use virtio_iommu_driver::{
     DriverOptions, EndpointInfo, Error, FaultEvent, FaultReason, Features, PageRequest, PageResp,
-    PageRespCode, TableDesc, VirtIOIommu,
+    PageRespCode, TableDesc,
 };
 use virtio_iommu_spec::event::FaultFlags;
 use virtio_iommu_spec::ext::{TableFormat, VtdFlags};
 use virtio_iommu_spec::{Property, Status};
-
-type Iommu = VirtIOIommu<FakeHal, FakeTransport>;
+use virtio_iommu_testkit::GuestHal;
 
 fn props(list: &[Property]) -> Vec<u8> {
     let mut area = Vec::new();
@@ -63,12 +60,12 @@ fn types(fake: &Fake) -> Vec<u8> {
 #[test]
 fn bind_probes_then_sends_attach_table() {
     let (fake, mut iommu) = device(&sva_endpoint());
-    let s1 = Stage1Arm::<FakeHal>::new(48).unwrap();
-    let mut cds = CdTable::<FakeHal>::new(CdLayout::TwoLevel, 16, S1Dss::Ssid0).unwrap();
+    let s1 = Stage1Arm::<GuestHal>::new(48).unwrap();
+    let mut cds = CdTable::<GuestHal>::new(CdLayout::TwoLevel, 16, S1Dss::Ssid0).unwrap();
     cds.set_cd(0, &s1, 1).unwrap();
     iommu.bind_table(3, 9, &cds.desc()).unwrap();
 
-    let x86 = X86FirstStage::<FakeHal>::new(X86Levels::Five).unwrap();
+    let x86 = X86FirstStage::<GuestHal>::new(X86Levels::Five).unwrap();
     iommu
         .bind_table(3, 9, &x86.desc(0xffff, VtdFlags::SRE))
         .unwrap();
@@ -111,12 +108,12 @@ fn bind_probes_then_sends_attach_table() {
 fn bind_refuses_what_the_endpoint_did_not_advertise() {
     // Only the Arm format, 8 PASID bits.
     let (fake, mut iommu) = device(&[Property::PasidSize(8), Property::PasidTableFormat(2)]);
-    let x86 = X86FirstStage::<FakeHal>::new(X86Levels::Four).unwrap();
+    let x86 = X86FirstStage::<GuestHal>::new(X86Levels::Four).unwrap();
     assert_eq!(
         iommu.bind_table(1, 2, &x86.desc(1, VtdFlags::empty())),
         Err(SvaError::FormatNotAdvertised(TableFormat::Vtd))
     );
-    let cds = CdTable::<FakeHal>::new(CdLayout::TwoLevel, 9, S1Dss::Terminate).unwrap();
+    let cds = CdTable::<GuestHal>::new(CdLayout::TwoLevel, 9, S1Dss::Terminate).unwrap();
     assert_eq!(
         iommu.bind_table(1, 2, &cds.desc()),
         Err(SvaError::PasidBitsTooFew {
@@ -124,7 +121,7 @@ fn bind_refuses_what_the_endpoint_did_not_advertise() {
             supported: 8
         })
     );
-    let ok = CdTable::<FakeHal>::new(CdLayout::Linear, 8, S1Dss::Terminate).unwrap();
+    let ok = CdTable::<GuestHal>::new(CdLayout::Linear, 8, S1Dss::Terminate).unwrap();
     iommu.bind_table(1, 2, &ok.desc()).unwrap();
     // Each refusal sent its PROBE and nothing else.
     assert_eq!(types(&fake), vec![5, 5, 5, 6]);
@@ -213,7 +210,7 @@ fn check_table_rules() {
 fn bind_needs_the_features() {
     let fake = Fake::new(all_features(), default_config());
     let mut iommu = Iommu::new(fake.transport()).unwrap(); // no extensions accepted
-    let x86 = X86FirstStage::<FakeHal>::new(X86Levels::Four).unwrap();
+    let x86 = X86FirstStage::<GuestHal>::new(X86Levels::Four).unwrap();
     assert_eq!(
         iommu.bind_table(1, 2, &x86.desc(0, VtdFlags::empty())),
         Err(SvaError::Driver(Error::NotNegotiated(
@@ -501,7 +498,7 @@ fn groups_are_scoped_to_their_endpoint() {
 fn a_resolver_can_map_the_faulting_page() {
     // The whole guest-side flow of a page request against a real table.
     let (fake, mut iommu) = device(&sva_endpoint());
-    let mut process = X86FirstStage::<FakeHal>::new(X86Levels::Four).unwrap();
+    let mut process = X86FirstStage::<GuestHal>::new(X86Levels::Four).unwrap();
     iommu
         .bind_table(1, 9, &process.desc(1, VtdFlags::empty()))
         .unwrap();
