@@ -1,7 +1,6 @@
-//! Shared helpers of the daemon end-to-end tests: a daemon plus a started frontend with raw
-//! queues ([`Vm`]), request builders, reply checks and control-socket shortcuts.
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+//! What the daemon end-to-end tests share: a daemon plus a started frontend with raw queues
+//! ([`Vm`]), reply checks and control-socket shortcuts; the request builders are the test
+//! kit's.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +8,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use virtio_iommu_e2e::frontend::PROTOCOL_FEATURES_BIT;
 use virtio_iommu_e2e::{ControlClient, Daemon, Frontend};
-use virtio_iommu_spec::request::{
-    Attach, AttachFlags, Detach, Map, MapFlags, Probe, Unmap, TAIL_SIZE,
-};
+use virtio_iommu_spec::request::TAIL_SIZE;
 use virtio_iommu_spec::{Request, Status};
+pub use virtio_iommu_testkit::requests::*;
 use virtio_iommu_testkit::{Chain, Completion, GuestMemory, RawQueue};
 
 /// Bound of every wait (a completion, a connection, a reply).
@@ -152,12 +150,6 @@ pub fn chain_of(req: &Request) -> Chain {
     Chain::request(req.encode().as_bytes(), len)
 }
 
-/// The readable bytes of a request.
-#[must_use]
-pub fn bytes(req: &Request) -> Vec<u8> {
-    req.encode().as_bytes().to_vec()
-}
-
 /// Checks a non-PROBE reply of `writable` bytes and returns its status.
 pub fn reply_status(c: &Completion, writable: usize) -> Status {
     assert_eq!(c.len as usize, writable, "used length = writable size");
@@ -181,78 +173,6 @@ pub fn probe_reply(c: &Completion) -> (Status, Vec<u8>) {
         Status::try_from(tail[0]).expect("known status"),
         area.to_vec(),
     )
-}
-
-/// ATTACH `endpoint` to `domain`.
-#[must_use]
-pub fn attach(domain: u32, endpoint: u32) -> Request {
-    Request::Attach(Attach {
-        domain,
-        endpoint,
-        flags: AttachFlags::empty(),
-    })
-}
-
-/// ATTACH to a bypass domain.
-#[must_use]
-pub fn attach_bypass(domain: u32, endpoint: u32) -> Request {
-    Request::Attach(Attach {
-        domain,
-        endpoint,
-        flags: AttachFlags::BYPASS,
-    })
-}
-
-/// DETACH.
-#[must_use]
-pub fn detach(domain: u32, endpoint: u32) -> Request {
-    Request::Detach(Detach { domain, endpoint })
-}
-
-/// MAP `[virt_start, virt_end]` → `phys_start`, READ | WRITE.
-#[must_use]
-pub fn map(domain: u32, virt_start: u64, virt_end: u64, phys_start: u64) -> Request {
-    map_flags(
-        domain,
-        virt_start,
-        virt_end,
-        phys_start,
-        MapFlags::READ | MapFlags::WRITE,
-    )
-}
-
-/// MAP with explicit flags.
-#[must_use]
-pub fn map_flags(
-    domain: u32,
-    virt_start: u64,
-    virt_end: u64,
-    phys_start: u64,
-    flags: MapFlags,
-) -> Request {
-    Request::Map(Map {
-        domain,
-        virt_start,
-        virt_end,
-        phys_start,
-        flags,
-    })
-}
-
-/// UNMAP `[virt_start, virt_end]`.
-#[must_use]
-pub fn unmap(domain: u32, virt_start: u64, virt_end: u64) -> Request {
-    Request::Unmap(Unmap {
-        domain,
-        virt_start,
-        virt_end,
-    })
-}
-
-/// PROBE.
-#[must_use]
-pub fn probe(endpoint: u32) -> Request {
-    Request::Probe(Probe { endpoint })
 }
 
 /// A dump mapping entry (READ | WRITE unless the caller says otherwise).

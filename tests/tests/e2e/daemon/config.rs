@@ -1,9 +1,7 @@
 //! The daemon through its vhost-user socket: feature and protocol negotiation, queue count,
 //! the config space for various options, and `bypass` writes via SET_CONFIG.
 
-mod common;
-
-use common::*;
+use super::vm::*;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
 use virtio_iommu_e2e::frontend::PROTOCOL_FEATURES_BIT;
 use virtio_iommu_e2e::Daemon;

@@ -2,11 +2,9 @@
 //! leak no fds; a guest reset drops the domains while a VM pause keeps them; the daemon also
 //! runs in-process through the library, and SIGTERM ends it cleanly.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
-use common::*;
+use super::vm::*;
 use serde_json::{json, Value};
 use vhost_device_iommu::args::{DaemonConfig, HostKind};
 use vhost_device_iommu::engine::EngineConfig;

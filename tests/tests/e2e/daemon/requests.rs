@@ -2,9 +2,7 @@
 //! each step as the control socket's `dump` shows it: ATTACH / DETACH / MAP / UNMAP / PROBE,
 //! the seven UNMAP examples of the specification, reserved fields, type gating and limits.
 
-mod common;
-
-use common::*;
+use super::vm::*;
 use serde_json::json;
 use virtio_iommu_spec::request::{MapFlags, RequestType};
 use virtio_iommu_spec::{Features, Status};

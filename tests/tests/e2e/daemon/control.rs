@@ -1,12 +1,10 @@
 //! The daemon's control socket (stats, dump, translate, DMA, errors) and the fault events it
 //! makes the device raise on the event queue.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
-use common::*;
+use super::vm::*;
 use serde_json::{json, Value};
 use virtio_iommu_spec::event::FaultFlags;
 use virtio_iommu_spec::request::MapFlags;

@@ -4,12 +4,11 @@
 //! SUCCESS and the DMA completes, or answers INVALID / FAILURE and the DMA fails with a fault
 //! carrying the PASID, or does not answer and the device times the group out.
 
-mod e2e_common;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use e2e_common::*;
+use super::guest::*;
+use crate::driver::vm::*;
 use serde_json::{json, Value};
 use virtio_iommu_driver::sva::{response_for, Drained, PageRequestGroups};
 use virtio_iommu_driver::{Error, Event, FaultEvent, FaultReason, PageRequest, PageRespCode};

@@ -1,9 +1,7 @@
 //! Every device status the daemon can produce, surfaced by the unmodified driver as its typed
 //! `Error`, with the state left as the protocol says (checked through the control socket).
 
-mod e2e_common;
-
-use e2e_common::*;
+use super::vm::*;
 use serde_json::json;
 use virtio_iommu_driver::{AttachFlags, Error, MapFlags, Mapping, TableDesc};
 use virtio_iommu_spec::ext::{S1DSS_TERM, S1FMT_64KL2};

@@ -3,9 +3,8 @@
 //! first stage with 4 and 5 levels), the stage-1 IOTLB going stale until INVALIDATE, two
 //! PASIDs of one endpoint, and what DMA without a PASID does under each Arm `s1dss`.
 
-mod e2e_common;
-
-use e2e_common::*;
+use super::guest::*;
+use crate::driver::vm::*;
 use serde_json::json;
 use virtio_iommu_driver::sva::{CdLayout, S1Dss};
 use virtio_iommu_driver::{AttachFlags, MapFlags, Mapping, PageRequestInfo};

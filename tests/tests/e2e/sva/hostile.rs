@@ -2,12 +2,11 @@
 //! self-referencing tables, and a flood of page requests nobody answers. Every DMA ends with
 //! an exact, bounded outcome and the daemon keeps serving.
 
-mod e2e_common;
-
 use std::thread;
 use std::time::{Duration, Instant};
 
-use e2e_common::*;
+use super::guest::*;
+use crate::driver::vm::*;
 use serde_json::{json, Value};
 use virtio_iommu_driver::sva::{PageRequestGroups, X86Levels};
 use virtio_iommu_driver::{AttachFlags, Error, PageRespCode, TableDesc};

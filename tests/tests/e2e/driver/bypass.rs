@@ -2,9 +2,7 @@
 //! `set_bypass` with config read-back, and an unattached endpoint faulting with DOMAIN once
 //! bypass is off.
 
-mod e2e_common;
-
-use e2e_common::*;
+use super::vm::*;
 use serde_json::json;
 use virtio_iommu_driver::{
     AttachFlags, Error, Event, FaultEvent, FaultReason, Features, MapFlags, Mapping,

@@ -2,9 +2,7 @@
 //! translations and DMA seen through the control socket, UNMAP, the fault event delivered to
 //! `poll_event`, and a batch of 1000 MAPs with one notification per ring-full.
 
-mod e2e_common;
-
-use e2e_common::*;
+use super::vm::*;
 use serde_json::json;
 use virtio_iommu_driver::{
     AttachFlags, Event, FaultEvent, FaultReason, MapFlags, Mapping, ReservedRegion, ResvMemSubtype,

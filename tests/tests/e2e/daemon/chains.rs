@@ -2,9 +2,7 @@
 //! chains. Each is answered exactly (a status, or used length 0 with nothing written) and the
 //! daemon keeps serving afterwards.
 
-mod common;
-
-use common::*;
+use super::vm::*;
 use serde_json::json;
 use virtio_iommu_spec::Status;
 use virtio_iommu_testkit::memory::{GLOBAL_BASE, GLOBAL_SIZE};
