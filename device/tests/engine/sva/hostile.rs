@@ -3,12 +3,11 @@
 //! guest that answers SUCCESS without fixing anything. Always a bounded outcome, never a hang,
 //! a panic or unbounded memory.
 
-mod sva_common;
-
 use std::time::{Duration, Instant};
 
+use super::guest::*;
+use crate::common::attach;
 use proptest::prelude::*;
-use sva_common::*;
 use vhost_device_iommu::engine::{
     DmaAttrs, DmaOp, DmaOutcome, DmaRequest, Engine, Limits, PAGE_REQUESTS_PER_PAGE,
 };
@@ -40,7 +39,7 @@ fn tables_outside_ram_fault_unknown() {
     // VT-d root outside RAM.
     let (mut v, _) = device(config());
     assert_eq!(attach(&mut v, 1, 4), Status::Ok);
-    let d = vtd_desc(1, 48, outside, VtdFlags::empty());
+    let d = vtd_table(1, 48, outside, VtdFlags::empty());
     assert_eq!(attach_table(&mut v, 1, 4, d), Status::Ok);
     assert_eq!(
         fault_reason(start(&mut v, 4, 1, 0, Instant::now())),
@@ -52,7 +51,7 @@ fn tables_outside_ram_fault_unknown() {
         (S1FMT_4KL2, outside),
         (S1FMT_LINEAR, !0xfffu64),
     ] {
-        let d = arm_desc(fmt, S1DSS_SSID0, ptr, 8);
+        let d = arm_table(fmt, S1DSS_SSID0, ptr, 8);
         assert_eq!(attach_table(&mut v, 1, 4, d), Status::Ok);
         assert_eq!(
             fault_reason(start(&mut v, 4, 255, 0, Instant::now())),

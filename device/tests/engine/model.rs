@@ -3,11 +3,9 @@
 //! the whole state (dump) and the counters must agree; translations check that the host mirror
 //! (the emulated IOMMU, with its own interval tree and IOTLB) agrees too.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use vhost_device_iommu::engine::{DomainDump, Dump, Engine, EngineConfig, Limits, MappingDump};
 use vhost_device_iommu::host::Access;

@@ -3,14 +3,12 @@
 //! event queue, mapping the page, INVALIDATE + PAGE_RESP through `handle_request`), and end
 //! with the device's own FAILURE when nobody answers.
 
-mod sva_common;
-
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use super::guest::*;
 use serde_json::json;
-use sva_common::*;
 use vhost_device_iommu::control::{handle, WakeSlot};
 use vhost_device_iommu::engine::Limits;
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode};

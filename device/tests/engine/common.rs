@@ -1,7 +1,5 @@
-//! Helpers shared by the engine's integration tests: a device on the emulated host, request
-//! senders, and a host wrapper that can be told to fail.
-// Each test binary uses a different subset of the helpers.
-#![allow(dead_code)]
+//! Helpers shared by the engine's tests: a device on the emulated host, request senders (on
+//! the test kit's request builders), and a host wrapper that can be told to fail.
 
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
@@ -14,11 +12,11 @@ use vhost_device_iommu::host::{
 };
 use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::probe::ResvMemSubtype;
-use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Map, MapFlags, Probe, Unmap};
+use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::{Event, Features, Request, Status};
+use virtio_iommu_testkit::requests as req;
+pub use virtio_iommu_testkit::requests::RW;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-
-pub const RW: MapFlags = MapFlags::READ.union(MapFlags::WRITE);
 
 /// Endpoints `ids` with the given reserved regions.
 pub fn eps(ids: RangeInclusive<u32>, reserved: Vec<ReservedRegion>) -> EndpointConfig {
@@ -84,67 +82,41 @@ pub fn send(v: &mut Engine, r: Request) -> Status {
     Status::try_from(w[n - 4]).unwrap()
 }
 
+/// ATTACH `endpoint` to `domain`.
 pub fn attach(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
-    send(
-        v,
-        Request::Attach(Attach {
-            domain,
-            endpoint,
-            flags: AttachFlags::empty(),
-        }),
-    )
+    send(v, req::attach(domain, endpoint))
 }
 
+/// ATTACH `endpoint` to the bypass domain `domain`.
 pub fn attach_bypass(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
-    send(
-        v,
-        Request::Attach(Attach {
-            domain,
-            endpoint,
-            flags: AttachFlags::BYPASS,
-        }),
-    )
+    send(v, req::attach_bypass(domain, endpoint))
 }
 
+/// DETACH `endpoint` from `domain`.
 pub fn detach(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
-    send(v, Request::Detach(Detach { domain, endpoint }))
+    send(v, req::detach(domain, endpoint))
 }
 
+/// MAP `[start, last]` → `phys` with `flags`.
 pub fn map(
     v: &mut Engine,
     domain: u32,
     start: u64,
-    end: u64,
+    last: u64,
     phys: u64,
     flags: MapFlags,
 ) -> Status {
-    send(
-        v,
-        Request::Map(Map {
-            domain,
-            virt_start: start,
-            virt_end: end,
-            phys_start: phys,
-            flags,
-        }),
-    )
+    send(v, req::map_flags(domain, start, last, phys, flags))
 }
 
-pub fn unmap(v: &mut Engine, domain: u32, start: u64, end: u64) -> Status {
-    send(
-        v,
-        Request::Unmap(Unmap {
-            domain,
-            virt_start: start,
-            virt_end: end,
-        }),
-    )
+/// UNMAP `[start, last]`.
+pub fn unmap(v: &mut Engine, domain: u32, start: u64, last: u64) -> Status {
+    send(v, req::unmap(domain, start, last))
 }
 
 /// PROBE with a properties area of `area` bytes; returns (used, writable).
 pub fn probe(v: &mut Engine, endpoint: u32, area: usize) -> (usize, Vec<u8>) {
-    let enc = Request::Probe(Probe { endpoint }).encode();
-    raw(v, enc.as_bytes(), area + 4)
+    raw(v, &req::bytes(&req::probe(endpoint)), area + 4)
 }
 
 /// The (start, end, phys, flags) of every mapping of `domain` in the dump.

@@ -1,11 +1,10 @@
 //! Every status of ATTACH_TABLE, INVALIDATE and PAGE_RESP, the lifetime of bound tables, and
 //! the PROBE property that advertises the page-request limit.
 
-mod sva_common;
-
 use std::time::Instant;
 
-use sva_common::*;
+use super::guest::*;
+use crate::common::{attach, send};
 use vhost_device_iommu::engine::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
 use virtio_iommu_spec::ext::{
     InvalCaches, InvalScope, PageRequestCaps, PageRespCode, VtdFlags, S1DSS_SSID0, S1FMT_4KL2,
@@ -25,8 +24,8 @@ fn attach_table_statuses() {
         flags: AttachFlags::BYPASS,
     });
     assert_eq!(send(&mut v, bypass), Status::Ok);
-    let vtd = |pasid, w, pgd| vtd_desc(pasid, w, pgd, VtdFlags::empty());
-    let arm = |fmt, ptr, cdmax| arm_desc(fmt, S1DSS_SSID0, ptr, cdmax);
+    let vtd = |pasid, w, pgd| vtd_table(pasid, w, pgd, VtdFlags::empty());
+    let arm = |fmt, ptr, cdmax| arm_table(fmt, S1DSS_SSID0, ptr, cdmax);
     let cases = [
         // Unknown endpoint.
         (1, 99, vtd(1, 48, 0x1000), Status::NoEnt),
@@ -129,7 +128,7 @@ fn invalidate_statuses() {
     );
     // With tables bound too.
     assert_eq!(
-        attach_table(&mut v, 1, 0, vtd_desc(1, 48, 0x1000, VtdFlags::empty())),
+        attach_table(&mut v, 1, 0, vtd_table(1, 48, 0x1000, VtdFlags::empty())),
         Status::Ok
     );
     assert_eq!(

@@ -1,19 +1,21 @@
 //! Helpers of the vSVA tests: guest RAM with a page allocator, hand-built guest tables in the
-//! two formats of `PROTOCOL.md` §9.6 (SMMUv3 CDs + AArch64 stage 1, x86-64 first stage), and
-//! senders for ATTACH / ATTACH_TABLE / INVALIDATE / PAGE_RESP.
-// Each test binary uses a different subset of the helpers.
-#![allow(dead_code)]
+//! two formats of `PROTOCOL.md` §9.6 (SMMUv3 CDs + AArch64 stage 1, x86-64 first stage, bits
+//! from `spec::formats`), and senders for ATTACH_TABLE / INVALIDATE / PAGE_RESP.
 
 use vhost_device_iommu::engine::{EndpointConfig, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::EmulatedHost;
 use virtio_iommu_spec::ext::{
     InvalCaches, InvalScope, PageRespCode, TableFormat, VtdFlags, S1DSS_SSID0, S1FMT_LINEAR,
 };
-use virtio_iommu_spec::request::{
-    Attach, AttachFlags, AttachTable, Invalidate, PageResp, TableDesc,
-};
-use virtio_iommu_spec::{Request, Status};
+use virtio_iommu_spec::formats::cd_table::{CD0_AA64, CD0_ASID_SHIFT, CD0_V};
+use virtio_iommu_spec::formats::x86;
+use virtio_iommu_spec::request::TableDesc;
+use virtio_iommu_spec::Status;
+use virtio_iommu_testkit::requests as req;
+pub use virtio_iommu_testkit::requests::{arm_table, vtd_table};
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+use crate::common::{attach, send};
 
 /// Guest RAM: [0, 16 MiB).
 pub const RAM_SIZE: u64 = 16 << 20;
@@ -111,13 +113,10 @@ impl Guest {
 
 // ---- AArch64 stage 1 / SMMUv3 CD ---------------------------------------------------------
 
-pub const ARM_VALID: u64 = 1 << 0;
-pub const ARM_TABLE: u64 = 1 << 1;
-pub const ARM_AP_EL0: u64 = 1 << 6;
-pub const ARM_AP_RO: u64 = 1 << 7;
-pub const ARM_AF: u64 = 1 << 10;
-pub const ARM_PXN: u64 = 1 << 53;
-pub const ARM_UXN: u64 = 1 << 54;
+pub use virtio_iommu_spec::formats::aarch64::{
+    AF as ARM_AF, AP_EL0 as ARM_AP_EL0, AP_RO as ARM_AP_RO, TABLE_OR_PAGE as ARM_TABLE,
+    UXN as ARM_UXN, VALID as ARM_VALID,
+};
 /// A user read-write 4 KiB page.
 pub const ARM_PAGE_RW: u64 = ARM_VALID | ARM_TABLE | ARM_AF | ARM_AP_EL0;
 /// A user read-only 4 KiB page.
@@ -125,7 +124,7 @@ pub const ARM_PAGE_RO: u64 = ARM_PAGE_RW | ARM_AP_RO;
 
 /// Words 0 and 1 of a valid CD with a 48-bit input space.
 pub fn cd_words(asid: u16, ttb0: u64) -> (u64, u64) {
-    let w0 = 16 | (1 << 31) | (1 << 41) | (u64::from(asid) << 48);
+    let w0 = 16 | CD0_V | CD0_AA64 | (u64::from(asid) << CD0_ASID_SHIFT);
     (w0, ttb0)
 }
 
@@ -137,11 +136,9 @@ pub fn write_cd(g: &Guest, cd: u64, asid: u16, ttb0: u64) {
 
 // ---- x86-64 first stage ------------------------------------------------------------------
 
-pub const X86_P: u64 = 1 << 0;
-pub const X86_RW: u64 = 1 << 1;
-pub const X86_US: u64 = 1 << 2;
-pub const X86_PS: u64 = 1 << 7;
-pub const X86_XD: u64 = 1 << 63;
+pub use virtio_iommu_spec::formats::x86::{
+    P as X86_P, PS as X86_PS, RW as X86_RW, US as X86_US, XD as X86_XD,
+};
 /// A user read-write page / table entry.
 pub const X86_PAGE_RW: u64 = X86_P | X86_RW | X86_US;
 /// A user read-only page.
@@ -212,7 +209,7 @@ impl PageTable {
                 g.put(slot, t | self.fmt.table_bits());
                 t
             } else {
-                e & 0x000f_ffff_ffff_f000
+                e & x86::ADDR_MASK
             };
         }
         unreachable!()
@@ -237,68 +234,17 @@ impl PageTable {
 
 // ---- requests ----------------------------------------------------------------------------
 
-/// Sends a request and returns its status (asserting a full reply).
-pub fn send(v: &mut Engine, r: Request) -> Status {
-    let enc = r.encode();
-    let mut w = vec![0u8; r.writable_len(v.config_space().probe_size.get())];
-    let n = v.handle_request(enc.as_bytes(), &mut w);
-    assert_eq!(n, w.len(), "{r:?}: used length");
-    Status::try_from(w[n - 4]).unwrap()
-}
-
-pub fn attach(v: &mut Engine, domain: u32, endpoint: u32) -> Status {
-    send(
-        v,
-        Request::Attach(Attach {
-            domain,
-            endpoint,
-            flags: AttachFlags::empty(),
-        }),
-    )
-}
-
+/// ATTACH_TABLE of `table` for `endpoint` in `domain`.
 pub fn attach_table(v: &mut Engine, domain: u32, endpoint: u32, table: TableDesc) -> Status {
-    send(
-        v,
-        Request::AttachTable(AttachTable {
-            domain,
-            endpoint,
-            table,
-        }),
-    )
+    send(v, req::attach_table(domain, endpoint, table))
 }
 
-pub fn arm_desc(s1fmt: u8, s1dss: u8, ptr: u64, s1cdmax: u32) -> TableDesc {
-    TableDesc::ArmSmmuV3 {
-        s1fmt,
-        s1dss,
-        s1contextptr: ptr,
-        s1cdmax,
-    }
-}
-
-pub fn vtd_desc(pasid: u32, addr_width: u32, pgd: u64, flags: VtdFlags) -> TableDesc {
-    TableDesc::Vtd {
-        pasid,
-        addr_width,
-        pgd,
-        flags,
-    }
-}
-
+/// INVALIDATE of `caches` in `scope` of `domain`.
 pub fn invalidate(v: &mut Engine, domain: u32, caches: InvalCaches, scope: InvalScope) -> Status {
-    send(
-        v,
-        Request::Invalidate(Invalidate {
-            domain,
-            caches,
-            scope,
-            archid: None,
-            leaf: false,
-        }),
-    )
+    send(v, req::invalidate(domain, caches, scope))
 }
 
+/// PAGE_RESP of group `group_id` of `endpoint`.
 pub fn page_resp(
     v: &mut Engine,
     endpoint: u32,
@@ -306,15 +252,7 @@ pub fn page_resp(
     group_id: u16,
     code: PageRespCode,
 ) -> Status {
-    send(
-        v,
-        Request::PageResp(PageResp {
-            endpoint,
-            pasid,
-            group_id,
-            code,
-        }),
-    )
+    send(v, req::page_resp(endpoint, pasid, group_id, code))
 }
 
 /// All caches.
@@ -357,7 +295,7 @@ impl Sva {
             for _ in 0..3 {
                 g.page();
             }
-            let d = arm_desc(S1FMT_LINEAR, S1DSS_SSID0, cds, 8);
+            let d = arm_table(S1FMT_LINEAR, S1DSS_SSID0, cds, 8);
             assert_eq!(attach_table(&mut v, 1, ep, d), Status::Ok);
         }
         Sva { v, g, fmt, ep, cds }
@@ -375,7 +313,7 @@ impl Sva {
                 assert_eq!(st, Status::Ok);
             }
             Fmt::Vtd(w) => {
-                let d = vtd_desc(pasid, w, pt.root, VtdFlags::empty());
+                let d = vtd_table(pasid, w, pt.root, VtdFlags::empty());
                 assert_eq!(attach_table(&mut self.v, 1, self.ep, d), Status::Ok);
             }
         }

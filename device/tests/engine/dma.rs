@@ -2,9 +2,7 @@
 //! at the right guest-physical bytes, unmapped or forbidden accesses fault with the right
 //! record, and the IOTLB never serves a stale translation.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::{Access, ReservedRegion};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};

@@ -1,9 +1,7 @@
 //! Guest-controlled bytes never panic the engine: arbitrary request bytes and buffer sizes,
 //! config writes, and DMA parameters at the edges of the address space.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use proptest::prelude::*;
 use vhost_device_iommu::engine::EngineConfig;
 use vhost_device_iommu::host::Access;

@@ -2,9 +2,7 @@
 //! examples of the specification, and the status choices this device makes where the
 //! specification is loose.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use vhost_device_iommu::engine::{DomainDump, Dump, EngineConfig};
 use vhost_device_iommu::host::{Access, ReservedRegion};
 use virtio_iommu_spec::event::FaultReason;

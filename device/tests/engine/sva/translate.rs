@@ -3,11 +3,10 @@
 //! raised, answered and retried, INVALID fails the DMA with the right record, the stage-1 IOTLB
 //! serves stale translations until INVALIDATE, and PASIDs have separate tables.
 
-mod sva_common;
-
 use std::time::Instant;
 
-use sva_common::*;
+use super::guest::*;
+use crate::common::{attach, send};
 use vhost_device_iommu::engine::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest, DmaTicket, Engine};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode, S1DSS_SSID0, S1FMT_LINEAR};
@@ -235,7 +234,7 @@ fn failure_stops_page_requests_until_reset() {
         s.v.reset();
         assert_eq!(attach(&mut s.v, 1, 0), Status::Ok);
         if fmt == Fmt::Arm {
-            let d = arm_desc(S1FMT_LINEAR, S1DSS_SSID0, s.cds, 8);
+            let d = arm_table(S1FMT_LINEAR, S1DSS_SSID0, s.cds, 8);
             assert_eq!(attach_table(&mut s.v, 1, 0, d), Status::Ok);
         } else {
             s.bind(1);

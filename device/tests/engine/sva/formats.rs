@@ -2,11 +2,10 @@
 //! CD cache and ASID (ARCHID) invalidation, EPD0, access flag and AP bits; VT-d large pages,
 //! U/S, SRE / WPE, XD and canonical addresses.
 
-mod sva_common;
-
 use std::time::Instant;
 
-use sva_common::*;
+use super::guest::*;
+use crate::common::{attach, send};
 use vhost_device_iommu::engine::{DmaAttrs, DmaOp, DmaOutcome, DmaRequest, Engine};
 use virtio_iommu_spec::event::FaultReason;
 use virtio_iommu_spec::ext::{
@@ -73,7 +72,7 @@ fn arm(s1fmt: u8, s1dss: u8) -> (Engine, Guest, u64, PageTable) {
     };
     write_cd(&g, cd0, 1, pt.root);
     assert_eq!(
-        attach_table(&mut v, 1, 4, arm_desc(s1fmt, s1dss, ptr, 8)),
+        attach_table(&mut v, 1, 4, arm_table(s1fmt, s1dss, ptr, 8)),
         Status::Ok
     );
     (v, g, ptr, pt)
@@ -237,7 +236,7 @@ fn vtd(width: u32, flags: VtdFlags) -> (Engine, Guest, PageTable) {
     assert_eq!(attach(&mut v, 1, 4), Status::Ok);
     let pt = PageTable::new(&mut g, Fmt::Vtd(width));
     assert_eq!(
-        attach_table(&mut v, 1, 4, vtd_desc(1, width, pt.root, flags)),
+        attach_table(&mut v, 1, 4, vtd_table(1, width, pt.root, flags)),
         Status::Ok
     );
     (v, g, pt)

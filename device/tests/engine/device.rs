@@ -1,9 +1,7 @@
 //! Device-level behaviour: framing, feature gating, config space and bypass, reset, limits,
 //! host failures, the event queue, counters and the dump.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use vhost_device_iommu::engine::{ConfigError, ConfigWriteError, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::{Access, EmulatedHost, HostError};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
