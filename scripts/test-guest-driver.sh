@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Our no_std guest driver (virtio-iommu-driver) on real virtio-pci inside a Linux guest: the
-# static program tests/src/bin/guest-pci-driver.rs takes the virtio-iommu PCI function from
+# static program guest-programs/src/bin/guest-pci-driver/ takes the virtio-iommu PCI function from
 # the kernel and drives it from user space (sysfs config space, mmap'd BARs, hugetlb DMA).
 # Boots the Debian 6.12 guest (TCG, q35, two `edu` functions as endpoints, virtio_iommu
 # module NOT loaded) twice:
@@ -35,7 +35,7 @@ BIN=${GPD_BIN:-}
 if [ -z "$BIN" ]; then
     log "building the static guest program (target dir target/guest)"
     (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
-        --target x86_64-unknown-linux-gnu -p virtio-iommu-e2e --bin guest-pci-driver \
+        --target x86_64-unknown-linux-gnu -p virtio-iommu-guest-programs --bin guest-pci-driver \
         --target-dir "$ROOT/target/guest") >&2
     BIN=$ROOT/target/guest/x86_64-unknown-linux-gnu/release/guest-pci-driver
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The iommufd host backend against real kernels: boots the IOMMUFD test kernel
-# (scripts/build-test-kernel.sh) under QEMU/TCG and runs tests/src/bin/iommufd-guest-test.rs,
+# (scripts/build-test-kernel.sh) under QEMU/TCG and runs guest-programs/src/bin/iommufd-guest-test/,
 # a static binary linked with the daemon's backend, inside the guest.
 #
 # Usage: scripts/test-iommufd.sh [MODE...]   MODE: mock | vfio | virtio | eperm | all (default: all)
@@ -68,7 +68,7 @@ mkdir -p "$W"
 log "building the static guest test program and daemon (target dir $W/target)"
 (cd "$ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
    --target x86_64-unknown-linux-gnu --target-dir "$W/target" \
-   -p virtio-iommu-e2e --bin iommufd-guest-test \
+   -p virtio-iommu-guest-programs --bin iommufd-guest-test \
    -p vhost-device-iommu --bin vhost-device-iommu --bin mkviot >&2)
 BIN=$W/target/x86_64-unknown-linux-gnu/release/iommufd-guest-test
 DAEMON=$W/target/x86_64-unknown-linux-gnu/release/vhost-device-iommu

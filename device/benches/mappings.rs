@@ -15,8 +15,7 @@ use common::{map_req, send, unmap_req, PAGE};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vhost_device_iommu::engine::{EndpointConfig, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::{Access, EmulatedHost};
-use virtio_iommu_spec::request::{Attach, AttachFlags};
-use virtio_iommu_spec::Request;
+use virtio_iommu_testkit::requests as req;
 
 /// Random mappings live below this IOVA; benchmark pairs use IOVAs above it.
 const SPLIT: u64 = 1 << 47;
@@ -57,11 +56,7 @@ fn device(n: u64, random: bool) -> (Engine, Vec<u64>) {
     };
     let mut v = Engine::new(cfg, Box::new(EmulatedHost::new())).unwrap();
     v.negotiate(v.offered_features());
-    let attach = Request::Attach(Attach {
-        domain: 1,
-        endpoint: 0,
-        flags: AttachFlags::empty(),
-    });
+    let attach = req::attach(1, 0);
     assert_eq!(send(&mut v, &attach), 0);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut iovas = Vec::new();

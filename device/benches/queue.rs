@@ -23,8 +23,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::queue::{process_request, Scratch};
-use virtio_iommu_spec::request::{Attach, AttachFlags, Detach, Probe};
 use virtio_iommu_spec::Request;
+use virtio_iommu_testkit::requests as req;
+use virtio_iommu_testkit::ring::{Desc, RingConfig, DESC_F_NEXT, DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -48,8 +49,13 @@ const REQ_STRIDE: u64 = 0x80;
 const RESP_AREA: u64 = 0x2_0000;
 const RESP_STRIDE: u64 = 0x400;
 
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
+/// The ring at those addresses.
+const RING: RingConfig = RingConfig {
+    size: QSIZE,
+    desc: DESC_TABLE,
+    avail: AVAIL_RING,
+    used: USED_RING,
+};
 
 /// Seq IOVAs start above the x86 MSI window the default endpoint reserves.
 const SEQ_BASE: u64 = 1 << 32;
@@ -168,27 +174,24 @@ impl Rig {
                 .write_slice(&vec![0xa5u8; w], GuestAddress(wr))
                 .unwrap();
             let len = u32::try_from(r.readable.len()).unwrap();
-            self.desc(head, rd, len, VRING_DESC_F_NEXT, head + 1);
-            self.desc(head + 1, wr, r.writable, VRING_DESC_F_WRITE, 0);
-            let slot = u64::from(self.avail % QSIZE);
-            self.mem
-                .write_obj(head, GuestAddress(AVAIL_RING + 4 + 2 * slot))
-                .unwrap();
+            let readable = Desc {
+                addr: rd,
+                len,
+                flags: DESC_F_NEXT,
+                next: head + 1,
+            };
+            let writable = Desc {
+                addr: wr,
+                len: r.writable,
+                flags: DESC_F_WRITE,
+                next: 0,
+            };
+            RING.write_desc(&self.mem, head, readable).unwrap();
+            RING.write_desc(&self.mem, head + 1, writable).unwrap();
+            RING.put_avail(&self.mem, self.avail, head).unwrap();
             self.avail = self.avail.wrapping_add(1);
         }
-        self.mem
-            .write_obj(self.avail, GuestAddress(AVAIL_RING + 2))
-            .unwrap();
-    }
-
-    fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = GuestAddress(DESC_TABLE + 16 * u64::from(i));
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&d, at).unwrap();
+        RING.set_avail_idx(&self.mem, self.avail).unwrap();
     }
 
     /// The timed part: what `IommuBackend::process_requests` does per chain.
@@ -205,16 +208,13 @@ impl Rig {
 
     /// Checks every used element of the batch: the expected length and, for a reply, S_OK.
     fn check(&mut self, reqs: &[Posted]) {
-        let used_idx: u16 = self.mem.read_obj(GuestAddress(USED_RING + 2)).unwrap();
+        let used_idx = RING.used_idx(&self.mem).unwrap();
         assert_eq!(
             used_idx.wrapping_sub(self.used),
             u16::try_from(reqs.len()).unwrap()
         );
         for (k, r) in (0u64..).zip(reqs) {
-            let slot = u64::from(self.used % QSIZE);
-            let elem = USED_RING + 4 + 8 * slot;
-            let id: u32 = self.mem.read_obj(GuestAddress(elem)).unwrap();
-            let len: u32 = self.mem.read_obj(GuestAddress(elem + 4)).unwrap();
+            let (id, len) = RING.used_elem(&self.mem, self.used).unwrap();
             assert_eq!(u64::from(id), 2 * k);
             assert_eq!(len, r.expect_used);
             if len > 0 {
@@ -232,11 +232,7 @@ impl Rig {
 fn rig(live: &[u64]) -> Rig {
     let mut v = Engine::new(EngineConfig::default(), Box::new(EmulatedHost::new())).unwrap();
     v.negotiate(v.offered_features());
-    let attach = Request::Attach(Attach {
-        domain: 1,
-        endpoint: 0,
-        flags: AttachFlags::empty(),
-    });
+    let attach = req::attach(1, 0);
     assert_eq!(send(&mut v, &attach), 0);
     for iova in live {
         assert_eq!(send(&mut v, &map_req(*iova)), 0);
@@ -365,7 +361,7 @@ fn fixed(c: &mut Criterion) {
     let mut rig = rig(&[]);
 
     g.bench_function("probe", |b| {
-        let probe = Request::Probe(Probe { endpoint: 0 });
+        let probe = req::probe(0);
         b.iter_custom(|iters| {
             timed(&mut rig, iters, BATCH_U64, |_, k| {
                 ((0..k).map(|_| Posted::req(&probe)).collect(), Vec::new())
@@ -375,15 +371,8 @@ fn fixed(c: &mut Criterion) {
 
     // ATTACH of endpoint 1 to a new domain 2, then DETACH (frees the domain); per pair.
     g.bench_function("attach_detach_pair", |b| {
-        let attach = Request::Attach(Attach {
-            domain: 2,
-            endpoint: 1,
-            flags: AttachFlags::empty(),
-        });
-        let detach = Request::Detach(Detach {
-            domain: 2,
-            endpoint: 1,
-        });
+        let attach = req::attach(2, 1);
+        let detach = req::detach(2, 1);
         b.iter_custom(|iters| {
             timed(&mut rig, iters, BATCH_U64 / 2, |_, k| {
                 let reqs = (0..k)

@@ -72,11 +72,7 @@ impl IommuConfig {
     pub fn granule(&self) -> u64 {
         // `page_size_mask` is never zero once the driver accepted the device; fall back to one
         // byte for a config built by hand.
-        if self.page_size_mask == 0 {
-            1
-        } else {
-            1u64 << self.page_size_mask.trailing_zeros()
-        }
+        virtio_iommu_spec::config::granule(self.page_size_mask).unwrap_or(1)
     }
 
     /// Whether `[start, end]` lies inside the input range.

@@ -1,50 +1,57 @@
 //! The device configuration space (`struct virtio_iommu_config`, 40 bytes).
 
 use zerocopy::little_endian::{U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::assert_size;
+use crate::wire::wire;
 
 /// Offset of the `bypass` byte, the only field a driver may write.
 pub const BYPASS_OFFSET: usize = 36;
 
-/// `struct virtio_iommu_config`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct Config {
-    /// Supported page sizes; the lowest set bit is the mapping granule.
-    pub page_size_mask: U64,
-    /// First valid input address (with `Features::INPUT_RANGE`).
-    pub input_range_start: U64,
-    /// Last valid input address, inclusive.
-    pub input_range_end: U64,
-    /// First valid domain ID (with `Features::DOMAIN_RANGE`).
-    pub domain_range_start: U32,
-    /// Last valid domain ID, inclusive.
-    pub domain_range_end: U32,
-    /// Size of the PROBE properties area (with `Features::PROBE`).
-    pub probe_size: U32,
-    /// 1: unattached endpoints bypass the IOMMU (with `Features::BYPASS_CONFIG`). Only 0 or 1.
-    pub bypass: u8,
-    /// Reserved, zero.
-    pub reserved: [u8; 3],
+wire! {
+    /// `struct virtio_iommu_config`.
+    pub struct Config: 40 {
+        /// Supported page sizes; the lowest set bit is the mapping granule.
+        pub page_size_mask: U64,
+        /// First valid input address (with `Features::INPUT_RANGE`).
+        pub input_range_start: U64,
+        /// Last valid input address, inclusive.
+        pub input_range_end: U64,
+        /// First valid domain ID (with `Features::DOMAIN_RANGE`).
+        pub domain_range_start: U32,
+        /// Last valid domain ID, inclusive.
+        pub domain_range_end: U32,
+        /// Size of the PROBE properties area (with `Features::PROBE`).
+        pub probe_size: U32,
+        /// 1: unattached endpoints bypass the IOMMU (with `Features::BYPASS_CONFIG`). Only 0 or 1.
+        pub bypass: u8,
+        /// Reserved, zero.
+        pub reserved: [u8; 3],
+    }
 }
-assert_size!(Config, 40);
+
+/// The mapping granule of a page-size mask: its smallest page size (lowest set bit), or `None`
+/// if the mask is zero.
+#[must_use]
+pub const fn granule(page_size_mask: u64) -> Option<u64> {
+    if page_size_mask == 0 {
+        None
+    } else {
+        Some(1u64 << page_size_mask.trailing_zeros())
+    }
+}
 
 impl Config {
     /// The granule: the smallest page size in `page_size_mask`, or `None` if the mask is zero.
     #[must_use]
     pub fn granule(&self) -> Option<u64> {
-        let m = self.page_size_mask.get();
-        (m != 0).then(|| 1u64 << m.trailing_zeros())
+        granule(self.page_size_mask.get())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zerocopy::{FromBytes, IntoBytes};
 
     #[test]
     fn byte_layout() {
@@ -75,5 +82,13 @@ mod tests {
     fn granule_of_zero_mask() {
         let c = <Config as zerocopy::FromZeros>::new_zeroed();
         assert_eq!(c.granule(), None);
+    }
+
+    #[test]
+    fn granule_of_masks() {
+        assert_eq!(granule(0xffff_f000), Some(0x1000));
+        assert_eq!(granule(1 << 63), Some(1 << 63));
+        assert_eq!(granule(!0), Some(1));
+        assert_eq!(granule(0), None);
     }
 }

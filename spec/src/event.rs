@@ -3,83 +3,59 @@
 
 use bitflags::bitflags;
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, IntoBytes};
 
-use crate::assert_size;
 use crate::request::DecodeError;
+use crate::wire::wire;
 
 /// Size of the upstream fault record.
 pub const FAULT_SIZE: usize = 24;
 /// Size of the extended fault / page-request record.
 pub const EXT_EVENT_SIZE: usize = 48;
 
-/// `struct virtio_iommu_fault` (24 bytes).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-    Default,
-)]
-#[repr(C)]
-pub struct WireFault {
-    /// [`FaultReason`] code.
-    pub reason: u8,
-    /// Reserved: must be zero (drivers drop the event otherwise).
-    pub reserved: [u8; 3],
-    /// [`FaultFlags`].
-    pub flags: U32,
-    /// Endpoint ID.
-    pub endpoint: U32,
-    /// Reserved in the upstream record; the PASID in the extended record.
-    pub reserved1: U32,
-    /// Faulting address (valid with `FaultFlags::ADDRESS`).
-    pub address: U64,
+wire! {
+    /// `struct virtio_iommu_fault` (24 bytes).
+    #[derive(Default)]
+    pub struct WireFault: FAULT_SIZE {
+        /// [`FaultReason`] code.
+        pub reason: u8,
+        /// Reserved: must be zero (drivers drop the event otherwise).
+        pub reserved: [u8; 3],
+        /// [`FaultFlags`].
+        pub flags: U32,
+        /// Endpoint ID.
+        pub endpoint: U32,
+        /// Reserved in the upstream record; the PASID in the extended record.
+        pub reserved1: U32,
+        /// Faulting address (valid with `FaultFlags::ADDRESS`).
+        pub address: U64,
+    }
 }
-assert_size!(WireFault, FAULT_SIZE);
 
-/// The extended event (48 bytes): fault with PASID, or page request.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-    Default,
-)]
-#[repr(C)]
-pub struct WireExtEvent {
-    /// [`FaultReason`] code.
-    pub reason: u8,
-    /// Reserved, zero.
-    pub reserved: [u8; 3],
-    /// [`FaultFlags`].
-    pub flags: U32,
-    /// Endpoint ID.
-    pub endpoint: U32,
-    /// PASID (valid with `FaultFlags::PASID`).
-    pub pasid: U32,
-    /// Address (valid with `FaultFlags::ADDRESS`).
-    pub address: U64,
-    /// Page request group ID (valid with `FaultFlags::GROUP_ID`).
-    pub group_id: U16,
-    /// Reserved, zero.
-    pub reserved1: [u8; 6],
-    /// Implementation-defined data to echo (valid with `FaultFlags::PRIV_DATA`).
-    pub private_data: [U64; 2],
+wire! {
+    /// The extended event (48 bytes): fault with PASID, or page request.
+    #[derive(Default)]
+    pub struct WireExtEvent: EXT_EVENT_SIZE {
+        /// [`FaultReason`] code.
+        pub reason: u8,
+        /// Reserved, zero.
+        pub reserved: [u8; 3],
+        /// [`FaultFlags`].
+        pub flags: U32,
+        /// Endpoint ID.
+        pub endpoint: U32,
+        /// PASID (valid with `FaultFlags::PASID`).
+        pub pasid: U32,
+        /// Address (valid with `FaultFlags::ADDRESS`).
+        pub address: U64,
+        /// Page request group ID (valid with `FaultFlags::GROUP_ID`).
+        pub group_id: U16,
+        /// Reserved, zero.
+        pub reserved1: [u8; 6],
+        /// Implementation-defined data to echo (valid with `FaultFlags::PRIV_DATA`).
+        pub private_data: [U64; 2],
+    }
 }
-assert_size!(WireExtEvent, EXT_EVENT_SIZE);
 
 /// Fault reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -6,10 +6,9 @@
 
 use bitflags::bitflags;
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::assert_size;
-use crate::request::ReqHead;
+use crate::frame::ReqHead;
+use crate::wire::wire;
 
 // ---- Numbers ------------------------------------------------------------------------------
 
@@ -98,80 +97,71 @@ impl TryFrom<u16> for TableFormat {
 
 // ---- ATTACH_TABLE (80 bytes, RO 76) ---------------------------------------------------------
 
-/// The generic ATTACH_TABLE frame: every format shares head, domain, endpoint and `format`.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqAttachTable {
-    /// `type` = `T_ATTACH_TABLE`.
-    pub head: ReqHead,
-    /// The domain whose stage-2 translation backs the table's output addresses.
-    pub domain: U32,
-    /// The endpoint the table is bound to.
-    pub endpoint: U32,
-    /// Table format code.
-    pub format: U16,
-    /// Format-specific body.
-    pub body: [u8; 62],
+wire! {
+    /// The generic ATTACH_TABLE frame: every format shares head, domain, endpoint and `format`.
+    pub struct ReqAttachTable: 76 {
+        /// `type` = `T_ATTACH_TABLE`.
+        pub head: ReqHead,
+        /// The domain whose stage-2 translation backs the table's output addresses.
+        pub domain: U32,
+        /// The endpoint the table is bound to.
+        pub endpoint: U32,
+        /// Table format code.
+        pub format: U16,
+        /// Format-specific body.
+        pub body: [u8; 62],
+    }
 }
-assert_size!(ReqAttachTable, 76);
 
-/// `FORMAT_PSTF_ARM_SMMU_V3` body of ATTACH_TABLE.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqAttachPstArm {
-    /// `type` = `T_ATTACH_TABLE`.
-    pub head: ReqHead,
-    /// Domain.
-    pub domain: U32,
-    /// Endpoint.
-    pub endpoint: U32,
-    /// `FORMAT_PSTF_ARM_SMMU_V3`.
-    pub format: U16,
-    /// `S1FMT_*`: linear or 2-level table.
-    pub s1fmt: u8,
-    /// `S1DSS_*`: what DMA without a PASID does.
-    pub s1dss: u8,
-    /// Guest-physical address of the CD table (linear) or of the L1 descriptor table.
-    pub s1contextptr: U64,
-    /// log2 of the number of context descriptors (STE.S1CDMax semantics).
-    pub s1cdmax: U32,
-    /// Reserved, zero.
-    pub reserved: [u8; 48],
+wire! {
+    /// `FORMAT_PSTF_ARM_SMMU_V3` body of ATTACH_TABLE.
+    pub struct ReqAttachPstArm: 76 {
+        /// `type` = `T_ATTACH_TABLE`.
+        pub head: ReqHead,
+        /// Domain.
+        pub domain: U32,
+        /// Endpoint.
+        pub endpoint: U32,
+        /// `FORMAT_PSTF_ARM_SMMU_V3`.
+        pub format: U16,
+        /// `S1FMT_*`: linear or 2-level table.
+        pub s1fmt: u8,
+        /// `S1DSS_*`: what DMA without a PASID does.
+        pub s1dss: u8,
+        /// Guest-physical address of the CD table (linear) or of the L1 descriptor table.
+        pub s1contextptr: U64,
+        /// log2 of the number of context descriptors (STE.S1CDMax semantics).
+        pub s1cdmax: U32,
+        /// Reserved, zero.
+        pub reserved: [u8; 48],
+    }
 }
-assert_size!(ReqAttachPstArm, 76);
 
-/// `FORMAT_PGTF_VTD` body of ATTACH_TABLE (this project's layout, inside the 80-byte frame).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqAttachPgtVtd {
-    /// `type` = `T_ATTACH_TABLE`.
-    pub head: ReqHead,
-    /// Domain.
-    pub domain: U32,
-    /// Endpoint.
-    pub endpoint: U32,
-    /// `FORMAT_PGTF_VTD`.
-    pub format: U16,
-    /// Reserved, zero.
-    pub reserved0: U16,
-    /// The PASID this table translates.
-    pub pasid: U32,
-    /// Input address width: 48 (4-level) or 57 (5-level).
-    pub addr_width: U32,
-    /// Guest-physical address of the top-level table (4 KiB aligned).
-    pub pgd: U64,
-    /// `VtdFlags`.
-    pub flags: U64,
-    /// Reserved, zero.
-    pub reserved1: [u8; 36],
+wire! {
+    /// `FORMAT_PGTF_VTD` body of ATTACH_TABLE (this project's layout, inside the 80-byte frame).
+    pub struct ReqAttachPgtVtd: 76 {
+        /// `type` = `T_ATTACH_TABLE`.
+        pub head: ReqHead,
+        /// Domain.
+        pub domain: U32,
+        /// Endpoint.
+        pub endpoint: U32,
+        /// `FORMAT_PGTF_VTD`.
+        pub format: U16,
+        /// Reserved, zero.
+        pub reserved0: U16,
+        /// The PASID this table translates.
+        pub pasid: U32,
+        /// Input address width: 48 (4-level) or 57 (5-level).
+        pub addr_width: U32,
+        /// Guest-physical address of the top-level table (4 KiB aligned).
+        pub pgd: U64,
+        /// `VtdFlags`.
+        pub flags: U64,
+        /// Reserved, zero.
+        pub reserved1: [u8; 36],
+    }
 }
-assert_size!(ReqAttachPgtVtd, 76);
 
 /// SMMUv3 `s1fmt`: one linear array of context descriptors.
 pub const S1FMT_LINEAR: u8 = 0;
@@ -199,40 +189,37 @@ bitflags! {
 
 // ---- INVALIDATE (64 bytes, RO 60) ---------------------------------------------------------
 
-/// `struct virtio_iommu_req_invalidate` (V21A/TZ layout).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqInvalidate {
-    /// `type` = `T_INVALIDATE`.
-    pub head: ReqHead,
-    /// `INVAL_G_*`: exactly one granularity bit.
-    pub inv_gran: U16,
-    /// `InvalCaches`: which caches.
-    pub inv_type: U16,
-    /// `InvalFlags`.
-    pub flags: U16,
-    /// Reserved, zero.
-    pub reserved1: U16,
-    /// Domain.
-    pub domain: U32,
-    /// PASID (valid with `InvalFlags::PASID`).
-    pub pasid: U32,
-    /// Reserved, zero.
-    pub reserved2: U32,
-    /// Architecture ID, e.g. an Arm ASID (valid with `InvalFlags::ARCHID`).
-    pub archid: U64,
-    /// First address (with `INVAL_G_VA`).
-    pub virt_start: U64,
-    /// Number of pages of size 2^granule (with `INVAL_G_VA`).
-    pub nr_pages: U64,
-    /// log2 of the page size (12 = 4 KiB, 21 = 2 MiB, 30 = 1 GiB).
-    pub granule: u8,
-    /// Reserved, zero.
-    pub reserved3: [u8; 11],
+wire! {
+    /// `struct virtio_iommu_req_invalidate` (V21A/TZ layout).
+    pub struct ReqInvalidate: 60 {
+        /// `type` = `T_INVALIDATE`.
+        pub head: ReqHead,
+        /// `INVAL_G_*`: exactly one granularity bit.
+        pub inv_gran: U16,
+        /// `InvalCaches`: which caches.
+        pub inv_type: U16,
+        /// `InvalFlags`.
+        pub flags: U16,
+        /// Reserved, zero.
+        pub reserved1: U16,
+        /// Domain.
+        pub domain: U32,
+        /// PASID (valid with `InvalFlags::PASID`).
+        pub pasid: U32,
+        /// Reserved, zero.
+        pub reserved2: U32,
+        /// Architecture ID, e.g. an Arm ASID (valid with `InvalFlags::ARCHID`).
+        pub archid: U64,
+        /// First address (with `INVAL_G_VA`).
+        pub virt_start: U64,
+        /// Number of pages of size 2^granule (with `INVAL_G_VA`).
+        pub nr_pages: U64,
+        /// log2 of the page size (12 = 4 KiB, 21 = 2 MiB, 30 = 1 GiB).
+        pub granule: u8,
+        /// Reserved, zero.
+        pub reserved3: [u8; 11],
+    }
 }
-assert_size!(ReqInvalidate, 60);
 
 /// Granularity: everything in the domain.
 pub const INVAL_G_DOMAIN: u16 = 1 << 0;
@@ -287,30 +274,48 @@ pub enum InvalScope {
     },
 }
 
+/// The last address of an INVALIDATE range of `nr_pages` pages of `2^granule` bytes from
+/// `start`; `None` for no pages, a granule of 64 or more, or a range past 2^64 − 1 (a range
+/// ending exactly at 2^64 − 1 is fine).
+#[must_use]
+pub const fn range_last(start: u64, nr_pages: u64, granule: u8) -> Option<u64> {
+    // (nr_pages − 1) · size + (size − 1), each step checked.
+    let Some(size) = 1u64.checked_shl(granule as u32) else {
+        return None;
+    };
+    let Some(pages_before) = nr_pages.checked_sub(1) else {
+        return None;
+    };
+    let Some(offset) = pages_before.checked_mul(size) else {
+        return None;
+    };
+    let Some(offset) = offset.checked_add(size - 1) else {
+        return None;
+    };
+    start.checked_add(offset)
+}
+
 // ---- PAGE_RESP (32 bytes, RO 28) ----------------------------------------------------------
 
-/// `struct virtio_iommu_req_page_resp` (this project's layout, see `PROTOCOL.md`).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqPageResp {
-    /// `type` = `T_PAGE_RESP`.
-    pub head: ReqHead,
-    /// The endpoint that issued the page request.
-    pub endpoint: U32,
-    /// `PageRespFlags`.
-    pub flags: U32,
-    /// PASID (valid with `PageRespFlags::PASID_VALID`).
-    pub pasid: U32,
-    /// Page request group ID.
-    pub group_id: U16,
-    /// `PageRespCode`.
-    pub resp_code: U16,
-    /// Reserved, zero.
-    pub reserved: [u8; 8],
+wire! {
+    /// `struct virtio_iommu_req_page_resp` (this project's layout, see `PROTOCOL.md`).
+    pub struct ReqPageResp: 28 {
+        /// `type` = `T_PAGE_RESP`.
+        pub head: ReqHead,
+        /// The endpoint that issued the page request.
+        pub endpoint: U32,
+        /// `PageRespFlags`.
+        pub flags: U32,
+        /// PASID (valid with `PageRespFlags::PASID_VALID`).
+        pub pasid: U32,
+        /// Page request group ID.
+        pub group_id: U16,
+        /// `PageRespCode`.
+        pub resp_code: U16,
+        /// Reserved, zero.
+        pub reserved: [u8; 8],
+    }
 }
-assert_size!(ReqPageResp, 28);
 
 bitflags! {
     /// PAGE_RESP flags.
@@ -358,5 +363,27 @@ bitflags! {
     pub struct PageRequestCaps: u32 {
         /// Responses must carry the PASID of the request (PCIe "PRG Response PASID Required").
         const RESP_PASID_REQUIRED = 1 << 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_ends() {
+        assert_eq!(range_last(0x1000, 1, 12), Some(0x1fff));
+        assert_eq!(range_last(0x1000, 2, 12), Some(0x2fff));
+        assert_eq!(range_last(0, 1 << 52, 12), Some(u64::MAX));
+        assert_eq!(range_last(1, 1 << 52, 12), None);
+        assert_eq!(range_last(0, 1, 63), Some((1 << 63) - 1));
+        assert_eq!(range_last(0, 2, 63), Some(u64::MAX));
+        assert_eq!(range_last(1, 2, 63), None);
+        assert_eq!(range_last(1 << 63, 1, 63), Some(u64::MAX));
+        assert_eq!(range_last(1, 1, 63), Some(1 << 63));
+        assert_eq!(range_last(0x1000, 0, 12), None);
+        assert_eq!(range_last(u64::MAX, 1, 12), None);
+        assert_eq!(range_last(0, 1, 64), None);
+        assert_eq!(range_last(0, 1, 255), None);
     }
 }

@@ -5,11 +5,14 @@
 //!
 //! - [`config`]: the 40-byte device configuration space.
 //! - [`features`]: device feature bits.
-//! - [`request`]: request framing, the request layouts, typed decode/encode.
+//! - [`frame`]: the request head and tail every request layout shares.
+//! - [`request`]: the request layouts, typed decode/encode.
 //! - [`probe`]: PROBE properties, a writer for the device and an iterator for the driver.
 //! - [`event`]: fault and page-request events on the event queue.
 //! - [`ext`]: every number and layout of the PASID / nested-translation extensions, kept in
 //!   one module so that they can be renumbered if upstream allocates different values.
+//! - [`formats`]: the bits of the guest tables ATTACH_TABLE binds (SMMUv3 CDs, AArch64 and
+//!   x86-64 page-table entries).
 //! - [`viot`]: the ACPI VIOT table that tells a guest which endpoints sit behind the IOMMU.
 //!
 //! All multi-byte fields are little-endian. The wire structures use `zerocopy`'s little-endian
@@ -22,10 +25,13 @@ pub mod config;
 pub mod event;
 pub mod ext;
 pub mod features;
+pub mod formats;
+pub mod frame;
 pub mod probe;
 pub mod request;
 pub mod status;
 pub mod viot;
+mod wire;
 
 pub use config::Config;
 pub use event::{Event, FaultEvent, FaultReason, PageRequest};
@@ -40,11 +46,3 @@ pub const VIRTIO_ID_IOMMU: u32 = 23;
 pub const REQUEST_QUEUE: u16 = 0;
 /// Index of the event virtqueue.
 pub const EVENT_QUEUE: u16 = 1;
-
-/// Asserts at compile time that a wire structure has the size the protocol gives it.
-macro_rules! assert_size {
-    ($t:ty, $n:expr) => {
-        const _: () = assert!(core::mem::size_of::<$t>() == $n);
-    };
-}
-pub(crate) use assert_size;

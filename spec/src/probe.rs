@@ -5,10 +5,10 @@
 //! `PROBE_T_NONE` header or at the end of the area; the device zero-fills what it does not use.
 
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, IntoBytes};
 
-use crate::assert_size;
 use crate::ext::{self, PageRequestCaps, TableFormat};
+use crate::wire::wire;
 
 /// Property type: end of list.
 pub const PROBE_T_NONE: u16 = 0;
@@ -22,116 +22,95 @@ pub const RESV_MEM_T_RESERVED: u8 = 0;
 /// RESV_MEM subtype: an MSI doorbell window (not mappable, passed through untranslated).
 pub const RESV_MEM_T_MSI: u8 = 1;
 
-/// `struct virtio_iommu_probe_property` header.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct PropHead {
-    /// Type (bits 11:0); bits 15:12 reserved.
-    pub prop_type: U16,
-    /// Size of the value, excluding this header.
-    pub length: U16,
+wire! {
+    /// `struct virtio_iommu_probe_property` header.
+    pub struct PropHead: 4 {
+        /// Type (bits 11:0); bits 15:12 reserved.
+        pub prop_type: U16,
+        /// Size of the value, excluding this header.
+        pub length: U16,
+    }
 }
-assert_size!(PropHead, 4);
 
-/// `struct virtio_iommu_probe_resv_mem` (24 bytes, `length` 20).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct PropResvMem {
-    /// Header, type `PROBE_T_RESV_MEM`.
-    pub head: PropHead,
-    /// `RESV_MEM_T_*`.
-    pub subtype: u8,
-    /// Reserved, zero.
-    pub reserved: [u8; 3],
-    /// First address.
-    pub start: U64,
-    /// Last address, inclusive.
-    pub end: U64,
+wire! {
+    /// `struct virtio_iommu_probe_resv_mem` (24 bytes, `length` 20).
+    pub struct PropResvMem: 24 {
+        /// Header, type `PROBE_T_RESV_MEM`.
+        pub head: PropHead,
+        /// `RESV_MEM_T_*`.
+        pub subtype: u8,
+        /// Reserved, zero.
+        pub reserved: [u8; 3],
+        /// First address.
+        pub start: U64,
+        /// Last address, inclusive.
+        pub end: U64,
+    }
 }
-assert_size!(PropResvMem, 24);
 
-/// Extension `PROBE_T_PAGE_SIZE_MASK` (16 bytes, `length` 12).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct PropPageSizeMask {
-    /// Header.
-    pub head: PropHead,
-    /// Reserved, zero.
-    pub reserved: [u8; 4],
-    /// Page-size mask for this endpoint.
-    pub mask: U64,
+wire! {
+    /// Extension `PROBE_T_PAGE_SIZE_MASK` (16 bytes, `length` 12).
+    pub struct PropPageSizeMask: 16 {
+        /// Header.
+        pub head: PropHead,
+        /// Reserved, zero.
+        pub reserved: [u8; 4],
+        /// Page-size mask for this endpoint.
+        pub mask: U64,
+    }
 }
-assert_size!(PropPageSizeMask, 16);
 
-/// Extension `PROBE_T_INPUT_RANGE` (24 bytes, `length` 20).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct PropInputRange {
-    /// Header.
-    pub head: PropHead,
-    /// Reserved, zero.
-    pub reserved: [u8; 4],
-    /// First input address.
-    pub start: U64,
-    /// Last input address, inclusive.
-    pub end: U64,
+wire! {
+    /// Extension `PROBE_T_INPUT_RANGE` (24 bytes, `length` 20).
+    pub struct PropInputRange: 24 {
+        /// Header.
+        pub head: PropHead,
+        /// Reserved, zero.
+        pub reserved: [u8; 4],
+        /// First input address.
+        pub start: U64,
+        /// Last input address, inclusive.
+        pub end: U64,
+    }
 }
-assert_size!(PropInputRange, 24);
 
-/// Extension `PROBE_T_OUTPUT_SIZE` and `PROBE_T_PASID_SIZE` (8 bytes, `length` 4).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct PropBits {
-    /// Header.
-    pub head: PropHead,
-    /// Number of bits.
-    pub bits: u8,
-    /// Reserved, zero.
-    pub reserved: [u8; 3],
+wire! {
+    /// Extension `PROBE_T_OUTPUT_SIZE` and `PROBE_T_PASID_SIZE` (8 bytes, `length` 4).
+    pub struct PropBits: 8 {
+        /// Header.
+        pub head: PropHead,
+        /// Number of bits.
+        pub bits: u8,
+        /// Reserved, zero.
+        pub reserved: [u8; 3],
+    }
 }
-assert_size!(PropBits, 8);
 
-/// Extension `PROBE_T_PAGE_TABLE_FMT` / `PROBE_T_PASID_TABLE_FMT` (8 bytes, `length` 4).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct PropTableFormat {
-    /// Header.
-    pub head: PropHead,
-    /// Format code (`ext::FORMAT_*`).
-    pub format: U16,
-    /// Reserved, zero.
-    pub reserved: [u8; 2],
+wire! {
+    /// Extension `PROBE_T_PAGE_TABLE_FMT` / `PROBE_T_PASID_TABLE_FMT` (8 bytes, `length` 4).
+    pub struct PropTableFormat: 8 {
+        /// Header.
+        pub head: PropHead,
+        /// Format code (`ext::FORMAT_*`).
+        pub format: U16,
+        /// Reserved, zero.
+        pub reserved: [u8; 2],
+    }
 }
-assert_size!(PropTableFormat, 8);
 
-/// This project's `PROBE_T_PAGE_REQUEST` (16 bytes, `length` 12).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct PropPageRequest {
-    /// Header.
-    pub head: PropHead,
-    /// [`PageRequestCaps`].
-    pub flags: U32,
-    /// Maximum number of outstanding page-request groups for this endpoint.
-    pub max_groups: U32,
-    /// Reserved, zero.
-    pub reserved: [u8; 4],
+wire! {
+    /// This project's `PROBE_T_PAGE_REQUEST` (16 bytes, `length` 12).
+    pub struct PropPageRequest: 16 {
+        /// Header.
+        pub head: PropHead,
+        /// [`PageRequestCaps`].
+        pub flags: U32,
+        /// Maximum number of outstanding page-request groups for this endpoint.
+        pub max_groups: U32,
+        /// Reserved, zero.
+        pub reserved: [u8; 4],
+    }
 }
-assert_size!(PropPageRequest, 16);
 
 /// Subtype of a reserved region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,173 +1,100 @@
-//! Request framing and layouts, with typed decode (device side) and encode (driver side).
+//! Request layouts, with typed decode (device side) and encode (driver side).
 //!
 //! A request is one device-readable part followed by one device-writable part. The readable
 //! part is the request structure without its tail; the writable part ends with the 4-byte
-//! [`ReqTail`] (for PROBE the properties area comes first). [`Request::parse`] takes the
+//! [`ReqTail`] (for PROBE the properties area comes first). The head and tail live in
+//! [`crate::frame`] and are re-exported here. [`Request::parse`] takes the
 //! readable bytes, gathered from however many descriptors carried them, and checks the exact
 //! length and the reserved fields of the request type.
 
 use bitflags::bitflags;
 use zerocopy::little_endian::{U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::assert_size;
 use crate::ext::{
     self, InvalCaches, InvalFlags, InvalScope, PageRespCode, PageRespFlags, ReqAttachPgtVtd,
     ReqAttachPstArm, ReqAttachTable, ReqInvalidate, ReqPageResp, TableFormat, VtdFlags,
 };
+pub use crate::frame::{ReqHead, ReqTail, TAIL_SIZE};
 use crate::status::Status;
+use crate::wire::wire;
 
-/// `struct virtio_iommu_req_head`.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-    Default,
-)]
-#[repr(C)]
-pub struct ReqHead {
-    /// Request type.
-    pub req_type: u8,
-    /// Reserved: the driver zeroes it, the device ignores it.
-    pub reserved: [u8; 3],
-}
-assert_size!(ReqHead, 4);
-
-/// `struct virtio_iommu_req_tail`: the last 4 bytes of every writable part.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-    Default,
-)]
-#[repr(C)]
-pub struct ReqTail {
-    /// [`Status`] byte.
-    pub status: u8,
-    /// Reserved: the device zeroes it, the driver ignores it.
-    pub reserved: [u8; 3],
-}
-assert_size!(ReqTail, 4);
-
-impl ReqTail {
-    /// A tail carrying `status`.
-    #[must_use]
-    pub fn new(status: Status) -> Self {
-        ReqTail {
-            status: status as u8,
-            reserved: [0; 3],
-        }
+wire! {
+    /// ATTACH without tail (20 bytes).
+    pub struct ReqAttach: 20 {
+        /// `type` = 1.
+        pub head: ReqHead,
+        /// Domain ID.
+        pub domain: U32,
+        /// Endpoint ID.
+        pub endpoint: U32,
+        /// [`AttachFlags`].
+        pub flags: U32,
+        /// Reserved: must be zero.
+        pub reserved: [u8; 4],
     }
 }
 
-/// Size of the request tail.
-pub const TAIL_SIZE: usize = 4;
-
-/// ATTACH without tail (20 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqAttach {
-    /// `type` = 1.
-    pub head: ReqHead,
-    /// Domain ID.
-    pub domain: U32,
-    /// Endpoint ID.
-    pub endpoint: U32,
-    /// [`AttachFlags`].
-    pub flags: U32,
-    /// Reserved: must be zero.
-    pub reserved: [u8; 4],
+wire! {
+    /// DETACH without tail (20 bytes).
+    pub struct ReqDetach: 20 {
+        /// `type` = 2.
+        pub head: ReqHead,
+        /// Domain ID.
+        pub domain: U32,
+        /// Endpoint ID.
+        pub endpoint: U32,
+        /// Reserved: ignored by the device.
+        pub reserved: [u8; 8],
+    }
 }
-assert_size!(ReqAttach, 20);
 
-/// DETACH without tail (20 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqDetach {
-    /// `type` = 2.
-    pub head: ReqHead,
-    /// Domain ID.
-    pub domain: U32,
-    /// Endpoint ID.
-    pub endpoint: U32,
-    /// Reserved: ignored by the device.
-    pub reserved: [u8; 8],
+wire! {
+    /// MAP without tail (36 bytes).
+    pub struct ReqMap: 36 {
+        /// `type` = 3.
+        pub head: ReqHead,
+        /// Domain ID.
+        pub domain: U32,
+        /// First input address.
+        pub virt_start: U64,
+        /// Last input address, inclusive.
+        pub virt_end: U64,
+        /// Output address of `virt_start`.
+        pub phys_start: U64,
+        /// [`MapFlags`].
+        pub flags: U32,
+    }
 }
-assert_size!(ReqDetach, 20);
 
-/// MAP without tail (36 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqMap {
-    /// `type` = 3.
-    pub head: ReqHead,
-    /// Domain ID.
-    pub domain: U32,
-    /// First input address.
-    pub virt_start: U64,
-    /// Last input address, inclusive.
-    pub virt_end: U64,
-    /// Output address of `virt_start`.
-    pub phys_start: U64,
-    /// [`MapFlags`].
-    pub flags: U32,
+wire! {
+    /// UNMAP without tail (28 bytes).
+    pub struct ReqUnmap: 28 {
+        /// `type` = 4.
+        pub head: ReqHead,
+        /// Domain ID.
+        pub domain: U32,
+        /// First input address.
+        pub virt_start: U64,
+        /// Last input address, inclusive.
+        pub virt_end: U64,
+        /// Reserved: must be zero (this device rejects non-zero with S_INVAL).
+        pub reserved: [u8; 4],
+    }
 }
-assert_size!(ReqMap, 36);
 
-/// UNMAP without tail (28 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqUnmap {
-    /// `type` = 4.
-    pub head: ReqHead,
-    /// Domain ID.
-    pub domain: U32,
-    /// First input address.
-    pub virt_start: U64,
-    /// Last input address, inclusive.
-    pub virt_end: U64,
-    /// Reserved: must be zero (this device rejects non-zero with S_INVAL).
-    pub reserved: [u8; 4],
+wire! {
+    /// PROBE, readable part (72 bytes); the writable part is `probe_size` bytes of properties
+    /// followed by the tail.
+    pub struct ReqProbe: 72 {
+        /// `type` = 5.
+        pub head: ReqHead,
+        /// Endpoint ID.
+        pub endpoint: U32,
+        /// Reserved: ignored by the device.
+        pub reserved: [u8; 64],
+    }
 }
-assert_size!(ReqUnmap, 28);
-
-/// PROBE, readable part (72 bytes); the writable part is `probe_size` bytes of properties
-/// followed by the tail.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ReqProbe {
-    /// `type` = 5.
-    pub head: ReqHead,
-    /// Endpoint ID.
-    pub endpoint: U32,
-    /// Reserved: ignored by the device.
-    pub reserved: [u8; 64],
-}
-assert_size!(ReqProbe, 72);
 
 bitflags! {
     /// ATTACH flags.

@@ -5,9 +5,9 @@
 //! in the header-less body that QEMU's `-acpitable data=` expects.
 
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+use zerocopy::{Immutable, IntoBytes};
 
-use crate::assert_size;
+use crate::wire::wire;
 
 /// Size of the standard ACPI table header.
 pub const ACPI_HEADER_SIZE: usize = 36;
@@ -23,139 +23,121 @@ pub const NODE_VIRTIO_PCI_IOMMU: u8 = 3;
 /// Node type: virtio-mmio IOMMU.
 pub const NODE_VIRTIO_MMIO_IOMMU: u8 = 4;
 
-/// The standard ACPI table header.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct AcpiHeader {
-    /// "VIOT".
-    pub signature: [u8; 4],
-    /// Whole table length.
-    pub length: U32,
-    /// Revision (0, as QEMU and Cloud Hypervisor emit).
-    pub revision: u8,
-    /// Makes the table sum to 0 mod 256.
-    pub checksum: u8,
-    /// OEM ID.
-    pub oem_id: [u8; 6],
-    /// OEM table ID.
-    pub oem_table_id: [u8; 8],
-    /// OEM revision.
-    pub oem_revision: U32,
-    /// Creator ID.
-    pub creator_id: [u8; 4],
-    /// Creator revision.
-    pub creator_revision: U32,
+wire! {
+    /// The standard ACPI table header.
+    pub struct AcpiHeader: ACPI_HEADER_SIZE {
+        /// "VIOT".
+        pub signature: [u8; 4],
+        /// Whole table length.
+        pub length: U32,
+        /// Revision (0, as QEMU and Cloud Hypervisor emit).
+        pub revision: u8,
+        /// Makes the table sum to 0 mod 256.
+        pub checksum: u8,
+        /// OEM ID.
+        pub oem_id: [u8; 6],
+        /// OEM table ID.
+        pub oem_table_id: [u8; 8],
+        /// OEM revision.
+        pub oem_revision: U32,
+        /// Creator ID.
+        pub creator_id: [u8; 4],
+        /// Creator revision.
+        pub creator_revision: U32,
+    }
 }
-assert_size!(AcpiHeader, ACPI_HEADER_SIZE);
 
-/// The VIOT fixed part after the ACPI header.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct ViotFixed {
-    /// Number of nodes.
-    pub node_count: U16,
-    /// Table offset of the first node.
-    pub node_offset: U16,
-    /// Reserved, zero.
-    pub reserved: [u8; 8],
+wire! {
+    /// The VIOT fixed part after the ACPI header.
+    pub struct ViotFixed: 12 {
+        /// Number of nodes.
+        pub node_count: U16,
+        /// Table offset of the first node.
+        pub node_offset: U16,
+        /// Reserved, zero.
+        pub reserved: [u8; 8],
+    }
 }
-assert_size!(ViotFixed, 12);
 
-/// Type 1: PCI range node (24 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct NodePciRange {
-    /// `NODE_PCI_RANGE`.
-    pub node_type: u8,
-    /// Reserved.
-    pub reserved0: u8,
-    /// 24.
-    pub length: U16,
-    /// Endpoint ID of `bdf_start` on `segment_start`.
-    pub endpoint_start: U32,
-    /// First PCI segment.
-    pub segment_start: U16,
-    /// Last PCI segment.
-    pub segment_end: U16,
-    /// First BDF (bus << 8 | dev << 3 | fn).
-    pub bdf_start: U16,
-    /// Last BDF.
-    pub bdf_end: U16,
-    /// Table offset of the IOMMU node.
-    pub output_node: U16,
-    /// Reserved.
-    pub reserved1: [u8; 6],
+wire! {
+    /// Type 1: PCI range node (24 bytes).
+    pub struct NodePciRange: 24 {
+        /// `NODE_PCI_RANGE`.
+        pub node_type: u8,
+        /// Reserved.
+        pub reserved0: u8,
+        /// 24.
+        pub length: U16,
+        /// Endpoint ID of `bdf_start` on `segment_start`.
+        pub endpoint_start: U32,
+        /// First PCI segment.
+        pub segment_start: U16,
+        /// Last PCI segment.
+        pub segment_end: U16,
+        /// First BDF (bus << 8 | dev << 3 | fn).
+        pub bdf_start: U16,
+        /// Last BDF.
+        pub bdf_end: U16,
+        /// Table offset of the IOMMU node.
+        pub output_node: U16,
+        /// Reserved.
+        pub reserved1: [u8; 6],
+    }
 }
-assert_size!(NodePciRange, 24);
 
-/// Type 2: MMIO endpoint node (24 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct NodeMmioEndpoint {
-    /// `NODE_MMIO_ENDPOINT`.
-    pub node_type: u8,
-    /// Reserved.
-    pub reserved0: u8,
-    /// 24.
-    pub length: U16,
-    /// Endpoint ID.
-    pub endpoint: U32,
-    /// MMIO base address of the endpoint.
-    pub base: U64,
-    /// Table offset of the IOMMU node.
-    pub output_node: U16,
-    /// Reserved.
-    pub reserved1: [u8; 6],
+wire! {
+    /// Type 2: MMIO endpoint node (24 bytes).
+    pub struct NodeMmioEndpoint: 24 {
+        /// `NODE_MMIO_ENDPOINT`.
+        pub node_type: u8,
+        /// Reserved.
+        pub reserved0: u8,
+        /// 24.
+        pub length: U16,
+        /// Endpoint ID.
+        pub endpoint: U32,
+        /// MMIO base address of the endpoint.
+        pub base: U64,
+        /// Table offset of the IOMMU node.
+        pub output_node: U16,
+        /// Reserved.
+        pub reserved1: [u8; 6],
+    }
 }
-assert_size!(NodeMmioEndpoint, 24);
 
-/// Type 3: virtio-pci IOMMU node (16 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct NodeVirtioPciIommu {
-    /// `NODE_VIRTIO_PCI_IOMMU`.
-    pub node_type: u8,
-    /// Reserved.
-    pub reserved0: u8,
-    /// 16.
-    pub length: U16,
-    /// PCI segment of the IOMMU function.
-    pub segment: U16,
-    /// BDF of the IOMMU function.
-    pub bdf: U16,
-    /// Reserved.
-    pub reserved1: [u8; 8],
+wire! {
+    /// Type 3: virtio-pci IOMMU node (16 bytes).
+    pub struct NodeVirtioPciIommu: 16 {
+        /// `NODE_VIRTIO_PCI_IOMMU`.
+        pub node_type: u8,
+        /// Reserved.
+        pub reserved0: u8,
+        /// 16.
+        pub length: U16,
+        /// PCI segment of the IOMMU function.
+        pub segment: U16,
+        /// BDF of the IOMMU function.
+        pub bdf: U16,
+        /// Reserved.
+        pub reserved1: [u8; 8],
+    }
 }
-assert_size!(NodeVirtioPciIommu, 16);
 
-/// Type 4: virtio-mmio IOMMU node (16 bytes).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned,
-)]
-#[repr(C)]
-pub struct NodeVirtioMmioIommu {
-    /// `NODE_VIRTIO_MMIO_IOMMU`.
-    pub node_type: u8,
-    /// Reserved.
-    pub reserved0: u8,
-    /// 16.
-    pub length: U16,
-    /// Reserved.
-    pub reserved1: [u8; 4],
-    /// MMIO base of the IOMMU.
-    pub base: U64,
+wire! {
+    /// Type 4: virtio-mmio IOMMU node (16 bytes).
+    pub struct NodeVirtioMmioIommu: 16 {
+        /// `NODE_VIRTIO_MMIO_IOMMU`.
+        pub node_type: u8,
+        /// Reserved.
+        pub reserved0: u8,
+        /// 16.
+        pub length: U16,
+        /// Reserved.
+        pub reserved1: [u8; 4],
+        /// MMIO base of the IOMMU.
+        pub base: U64,
+    }
 }
-assert_size!(NodeVirtioMmioIommu, 16);
 
 /// Builds a PCI BDF.
 #[must_use]

@@ -18,9 +18,10 @@ use virtio_iommu_driver::{
     AttachFlags, DriverOptions, PageRespCode, VirtIOIommu, EXTENSION_FEATURES,
 };
 use virtio_iommu_e2e::daemon::{binary_path, BINARY};
-use virtio_iommu_e2e::{ControlClient, Daemon, GuestHal, GuestMemory, VhostUserTransport};
+use virtio_iommu_e2e::{ControlClient, Daemon, VhostUserTransport};
 use virtio_iommu_spec::ext::VtdFlags;
 use virtio_iommu_spec::{Config, VIRTIO_ID_IOMMU};
+use virtio_iommu_testkit::{GuestHal, GuestMemory};
 
 type Result<T> = std::result::Result<T, Box<dyn StdError>>;
 type Iommu = VirtIOIommu<GuestHal, VhostUserTransport>;

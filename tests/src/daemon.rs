@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::frontend::{Frontend, CONNECT_TIMEOUT};
-use crate::memory::GuestMemory;
+use virtio_iommu_testkit::GuestMemory;
 
 /// File name of the daemon binary.
 pub const BINARY: &str = "vhost-device-iommu";

@@ -5,20 +5,9 @@ use std::time::Duration;
 /// Everything that can go wrong while driving a backend from the test harness.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A guest-physical range is not inside guest RAM.
-    #[error("guest address range {gpa:#x}+{len:#x} is outside guest RAM")]
-    OutOfBounds {
-        /// First address of the range.
-        gpa: u64,
-        /// Length of the range in bytes.
-        len: u64,
-    },
-    /// Guest RAM has no free run of the requested number of pages.
-    #[error("guest RAM has no {pages} contiguous free pages")]
-    OutOfMemory {
-        /// The number of pages that were asked for.
-        pages: usize,
-    },
+    /// Guest RAM or a raw ring failed (the test kit's errors).
+    #[error(transparent)]
+    Kit(#[from] virtio_iommu_testkit::Error),
     /// A vhost-user request failed (or the backend answered with an error / hung up).
     #[error("vhost-user: {0}")]
     Vhost(#[from] vhost::Error),

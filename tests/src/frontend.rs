@@ -10,6 +10,7 @@
 //! A guest reset and a VM pause send the same messages; only the base a ring restarts at differs
 //! (0 after a reset, the saved base after a pause). See vhost-user-notes.md trap 6.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -19,11 +20,13 @@ use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
 use vhost::vhost_user::{
     Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost::{VhostBackend, VringConfigData};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_iommu_testkit::rawq::Notify;
+use virtio_iommu_testkit::GuestMemory;
+pub use virtio_iommu_testkit::RingConfig;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::error::{Error, Result};
-use crate::memory::GuestMemory;
 
 /// How long [`Frontend::connect`] keeps retrying by default.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,19 +42,6 @@ pub const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtoco
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`, a vhost-user bit inside the virtio feature word.
 pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-
-/// Guest-physical addresses of one split virtqueue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RingConfig {
-    /// Number of entries (the driver's choice, at most the device maximum).
-    pub size: u16,
-    /// Descriptor table.
-    pub desc: u64,
-    /// Available (driver) ring.
-    pub avail: u64,
-    /// Used (device) ring.
-    pub used: u64,
-}
 
 /// Per-ring frontend state.
 #[derive(Debug)]
@@ -200,7 +190,7 @@ impl Frontend {
 
     /// Sends SET_MEM_TABLE with the guest RAM's regions.
     pub fn set_mem_table(&mut self) -> Result<()> {
-        self.vu.set_mem_table(&self.memory.regions())?;
+        self.vu.set_mem_table(&regions(&self.memory))?;
         Ok(())
     }
 
@@ -342,11 +332,14 @@ impl Frontend {
     }
 
     /// Guest reset (reboot): stop, run `reinit` (the guest re-initialising its queue memory,
-    /// e.g. [`crate::rawq::RawQueue::reset`]), then start again with every ring at base 0.
-    /// Returns the bases the rings had when stopped.
-    pub fn guest_reset(&mut self, reinit: impl FnOnce() -> Result<()>) -> Result<Vec<Option<u16>>> {
+    /// e.g. `RawQueue::reset`), then start again with every ring at base 0. Returns the bases
+    /// the rings had when stopped.
+    pub fn guest_reset<E: Into<Error>>(
+        &mut self,
+        reinit: impl FnOnce() -> std::result::Result<(), E>,
+    ) -> Result<Vec<Option<u16>>> {
         let bases = self.stop()?;
-        reinit()?;
+        reinit().map_err(Into::into)?;
         self.start_fresh()?;
         Ok(bases)
     }
@@ -458,4 +451,44 @@ fn is_transient(e: &Error) -> bool {
         kind,
         K::NotFound | K::ConnectionRefused | K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof
     )
+}
+
+impl Notify for Frontend {
+    fn notify(&self, index: usize) -> virtio_iommu_testkit::Result<()> {
+        self.kick(index).map_err(|e| match e {
+            Error::Kit(k) => k,
+            Error::Io(io) => virtio_iommu_testkit::Error::Io(io),
+            other => virtio_iommu_testkit::Error::Usage(other.to_string()),
+        })
+    }
+}
+
+/// The region list for SET_MEM_TABLE. `userspace_addr` is this process's mapping, as QEMU
+/// sends its own virtual addresses (vring addresses are then translated by the backend).
+fn regions(memory: &GuestMemory) -> Vec<VhostUserMemoryRegionInfo> {
+    vec![VhostUserMemoryRegionInfo {
+        guest_phys_addr: memory.base(),
+        memory_size: memory.size(),
+        userspace_addr: memory.host_base(),
+        mmap_offset: 0,
+        mmap_handle: memory.file().as_raw_fd(),
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_iommu_testkit::memory::PAGE_SIZE;
+
+    #[test]
+    fn one_region_of_the_whole_ram() {
+        let m = GuestMemory::new(0x10_0000, 4 * PAGE_SIZE).unwrap();
+        let r = regions(&m);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].guest_phys_addr, r[0].memory_size),
+            (0x10_0000, 4 * PAGE_SIZE)
+        );
+        assert_eq!(r[0].userspace_addr, m.host_base());
+    }
 }

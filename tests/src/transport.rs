@@ -33,8 +33,8 @@ pub struct VhostUserTransport {
 
 impl VhostUserTransport {
     /// Wraps a connected frontend as a virtio device of type `device_id` (23 for the IOMMU)
-    /// with a config space of `config_size` bytes. With [`crate::hal::GuestHal`] the frontend
-    /// must use [`crate::memory::GuestMemory::global`], where that HAL allocates.
+    /// with a config space of `config_size` bytes. With the test kit's `GuestHal` the frontend
+    /// must use `GuestMemory::global`, where that HAL allocates.
     pub fn new(fe: Frontend, device_id: u32, config_size: u32) -> Result<Self> {
         let device_type = DeviceType::try_from(device_id)
             .map_err(|e| Error::Usage(format!("device id {device_id}: {e}")))?;

@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use log::warn;
-use virtio_iommu_spec::ext::{InvalScope, S1FMT_64KL2};
+use virtio_iommu_spec::config::granule;
+use virtio_iommu_spec::ext::{range_last, InvalScope, S1FMT_64KL2};
 use virtio_iommu_spec::request::{
     Attach, AttachFlags, AttachTable, Detach, Invalidate, Map, MapFlags, TableDesc, Unmap,
 };
@@ -16,7 +17,7 @@ use virtio_iommu_spec::{Features, Status};
 use super::dump::{DomainDump, MappingDump};
 use super::engine_config::{EndpointTable, EngineConfig};
 use super::mapping_store::{Mapping, MappingStore, WouldSplit};
-use super::tables::{range_last, Tables};
+use super::tables::Tables;
 use crate::host::{AttachTarget, HostError, HostIommu, Perm, SpaceId};
 
 /// What a request handler may use besides the domain state.
@@ -262,7 +263,9 @@ impl Domains {
         }
         // The mask is non-zero (validated), so the granule is a power of two ≤ 2^63.
         // `virt_end + 1` wraps to 0 for virt_end = u64::MAX: 2^64 is aligned to any granule.
-        let g = 1u64 << ctx.cfg.page_size_mask.trailing_zeros();
+        let Some(g) = granule(ctx.cfg.page_size_mask) else {
+            return Status::DevErr;
+        };
         let misaligned = |x: u64| x & (g - 1) != 0;
         if misaligned(m.virt_start)
             || misaligned(m.phys_start)

@@ -102,29 +102,3 @@ impl Tables {
         }
     }
 }
-
-/// The last address of an INVALIDATE range, `None` if it passes 2^64 − 1. `nr_pages` is
-/// non-zero and `granule` below 64 (the decoder and the engine checked).
-pub(super) fn range_last(start: u64, nr_pages: u64, granule: u8) -> Option<u64> {
-    // (nr_pages − 1) · size + (size − 1): a range ending exactly at 2^64 − 1 is fine.
-    let size = 1u64.checked_shl(u32::from(granule))?;
-    nr_pages
-        .checked_sub(1)?
-        .checked_mul(size)?
-        .checked_add(size - 1)
-        .and_then(|off| start.checked_add(off))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_ends() {
-        assert_eq!(range_last(0x1000, 1, 12), Some(0x1fff));
-        assert_eq!(range_last(0, 1 << 52, 12), Some(u64::MAX));
-        assert_eq!(range_last(1, 1 << 52, 12), None);
-        assert_eq!(range_last(0, 2, 63), Some(u64::MAX));
-        assert_eq!(range_last(1, 2, 63), None);
-    }
-}

@@ -19,22 +19,17 @@
 //! user-execute-never, as Linux does.
 
 use virtio_drivers::Hal;
+use virtio_iommu_spec::formats::aarch64::{
+    AF, AP_EL0, AP_RO, OA_MASK as ADDR_MASK, OUTPUT_BITS, PXN, TABLE_OR_PAGE, UXN, VALID,
+};
 
 use super::error::SvaError;
 use super::perms::{Perms, Translation};
 use super::radix::{Entry, PteFormat, Radix, PAGE_SHIFT};
 use super::range;
 
-const VALID: u64 = 1 << 0;
-const TABLE_OR_PAGE: u64 = 1 << 1;
-const AP_USER: u64 = 1 << 6;
-const AP_RO: u64 = 1 << 7;
-const AF: u64 = 1 << 10;
-const PXN: u64 = 1 << 53;
-const UXN: u64 = 1 << 54;
 /// Output address size of the descriptors.
-pub const ARM_OUTPUT_BITS: u32 = 48;
-const ADDR_MASK: u64 = ((1 << ARM_OUTPUT_BITS) - 1) & !((1 << PAGE_SHIFT) - 1);
+pub const ARM_OUTPUT_BITS: u32 = OUTPUT_BITS;
 
 /// The AArch64 descriptor encoding.
 pub(crate) struct ArmDesc;
@@ -53,7 +48,7 @@ impl PteFormat for ArmDesc {
             d |= AP_RO;
         }
         if perms.user {
-            d |= AP_USER;
+            d |= AP_EL0;
         }
         d |= match (perms.exec, perms.user) {
             (false, _) => PXN | UXN,
@@ -75,7 +70,7 @@ impl PteFormat for ArmDesc {
         if raw & TABLE_OR_PAGE == 0 && !(shift == 21 || shift == 30) {
             return Entry::Malformed;
         }
-        let user = raw & AP_USER != 0;
+        let user = raw & AP_EL0 != 0;
         let xn = if user { UXN } else { PXN };
         Entry::Leaf {
             pa: raw & ADDR_MASK & !((1u64 << shift) - 1),

@@ -22,26 +22,20 @@ use alloc::collections::BTreeMap;
 
 use virtio_drivers::Hal;
 use virtio_iommu_spec::ext::{S1DSS_BYPASS, S1DSS_SSID0, S1DSS_TERM, S1FMT_4KL2, S1FMT_LINEAR};
+use virtio_iommu_spec::formats::cd_table::{
+    CD0_AA64, CD0_ASID_SHIFT, CD0_V, CD1_TTB0_MASK, CD_WORDS, L1_L2PTR_MASK, L1_VALID,
+    L2_CDS_LOG2 as L2_BITS,
+};
 use virtio_iommu_spec::request::TableDesc;
 
 use super::arm_stage1::Stage1Arm;
 use super::dma::{publish, DmaPages, WORDS_PER_PAGE};
 use super::error::SvaError;
 
-/// Words per context descriptor.
-const CD_WORDS: usize = 8;
-/// log2 of the CDs in one 4 KiB leaf table.
-const L2_BITS: u32 = 6;
 /// The largest `s1cdmax` of a linear table (1024 CDs, 64 KiB, as Linux's SMMUv3 driver).
 pub const MAX_LINEAR_CDMAX: u32 = 10;
 /// The largest `s1cdmax` of a two-level table (20 PASID bits).
 pub const MAX_TWO_LEVEL_CDMAX: u32 = 20;
-
-const CD0_V: u64 = 1 << 31;
-const CD0_AA64: u64 = 1 << 41;
-const CD0_ASID_SHIFT: u32 = 48;
-const L1_VALID: u64 = 1;
-const TTB_MASK: u64 = ((1 << 52) - 1) & !0xfff;
 
 /// How the CDs are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -208,7 +202,8 @@ impl<H: Hal> CdTable<H> {
         let leaf = DmaPages::new(1)?;
         // The zeroed leaf is complete before the L1 descriptor publishes it.
         publish();
-        self.top.write(l1_idx, (leaf.paddr() & TTB_MASK) | L1_VALID);
+        self.top
+            .write(l1_idx, (leaf.paddr() & L1_L2PTR_MASK) | L1_VALID);
         self.leaves.insert(l1, leaf);
         Ok(())
     }
@@ -223,7 +218,7 @@ impl<H: Hal> CdTable<H> {
     pub fn set_cd(&mut self, pasid: u32, table: &Stage1Arm<H>, asid: u16) -> Result<(), SvaError> {
         let word0 =
             u64::from(table.t0sz()) | CD0_V | CD0_AA64 | (u64::from(asid) << CD0_ASID_SHIFT);
-        let ttb0 = table.ttb0() & TTB_MASK;
+        let ttb0 = table.ttb0() & CD1_TTB0_MASK;
         let (l1, w) = self.locate(pasid)?;
         if let Some(l1) = l1 {
             self.ensure_leaf(l1)?;

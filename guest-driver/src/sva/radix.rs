@@ -13,15 +13,13 @@ use alloc::vec::Vec;
 use core::marker::PhantomData;
 
 use virtio_drivers::Hal;
+use virtio_iommu_spec::formats::LEVEL_BITS;
+pub(crate) use virtio_iommu_spec::formats::PAGE_SHIFT;
 
 use super::dma::{publish, DmaPages, WORDS_PER_PAGE};
 use super::error::SvaError;
 use super::perms::{Perms, Translation};
 
-/// log2 of the page size.
-pub(crate) const PAGE_SHIFT: u32 = 12;
-/// Input bits each level decodes.
-const LEVEL_BITS: u32 = 9;
 /// Entries per table.
 const ENTRIES: usize = WORDS_PER_PAGE;
 

@@ -18,6 +18,9 @@
 
 use virtio_drivers::Hal;
 use virtio_iommu_spec::ext::VtdFlags;
+use virtio_iommu_spec::formats::x86::{
+    A, ADDR_MASK, ADDR_WIDTH_4_LEVEL, ADDR_WIDTH_5_LEVEL, D, OUTPUT_BITS, P, PS, RW, US, XD,
+};
 use virtio_iommu_spec::request::TableDesc;
 
 use super::error::SvaError;
@@ -25,16 +28,8 @@ use super::perms::{Perms, Translation};
 use super::radix::{Entry, PteFormat, Radix, PAGE_SHIFT};
 use super::range;
 
-const P: u64 = 1 << 0;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const A: u64 = 1 << 5;
-const D: u64 = 1 << 6;
-const PS: u64 = 1 << 7;
-const XD: u64 = 1 << 63;
 /// Physical address width of the entries (M).
-pub const X86_OUTPUT_BITS: u32 = 52;
-const ADDR_MASK: u64 = ((1 << X86_OUTPUT_BITS) - 1) & !((1 << PAGE_SHIFT) - 1);
+pub const X86_OUTPUT_BITS: u32 = OUTPUT_BITS;
 
 /// The IA-32e entry encoding.
 pub(crate) struct X86Pte;
@@ -102,8 +97,8 @@ impl X86Levels {
     #[must_use]
     pub const fn addr_width(self) -> u32 {
         match self {
-            X86Levels::Four => 48,
-            X86Levels::Five => 57,
+            X86Levels::Four => ADDR_WIDTH_4_LEVEL,
+            X86Levels::Five => ADDR_WIDTH_5_LEVEL,
         }
     }
 }

@@ -5,22 +5,14 @@
 //! (2 MiB); output address [47:12] with [51:48] zero; AP[1] bit 6 (EL0 access); AP[2] bit 7
 //! (read-only); AF bit 10; PXN bit 53; UXN bit 54. Hierarchical table attributes are ignored.
 
+use virtio_iommu_spec::formats::aarch64::{
+    AF, AP_EL0, AP_RO, OA_MASK as OA, OA_RES0 as HIGH_OA, PXN, T0SZ_RANGE, TABLE_OR_PAGE, UXN,
+    VALID,
+};
+use virtio_iommu_spec::formats::{bits, PAGE_SHIFT};
 use vm_memory::GuestMemoryMmap;
 
-use super::walk::{bits, entry_addr, read_entry, Leaf, LeafPerms, WalkError, PAGE_SHIFT};
-
-const VALID: u64 = 1 << 0;
-const TABLE_OR_PAGE: u64 = 1 << 1;
-const AP_EL0: u64 = 1 << 6;
-const AP_RO: u64 = 1 << 7;
-const AF: u64 = 1 << 10;
-const PXN: u64 = 1 << 53;
-const UXN: u64 = 1 << 54;
-const HIGH_OA: u64 = bits(51, 48);
-const OA: u64 = bits(47, 12);
-
-/// Smallest and largest T0SZ with a 4 KiB granule (48 to 25 VA bits).
-pub const T0SZ_RANGE: core::ops::RangeInclusive<u32> = 16..=39;
+use super::walk::{entry_addr, read_entry, Leaf, LeafPerms, WalkError};
 
 /// Walks the table at `ttb0` for `va` with a `64 − t0sz`-bit input space.
 ///

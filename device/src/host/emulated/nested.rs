@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use virtio_iommu_spec::ext::{InvalCaches, InvalScope, S1DSS_BYPASS, S1DSS_SSID0};
+use virtio_iommu_spec::ext::{range_last, InvalCaches, InvalScope, S1DSS_BYPASS, S1DSS_SSID0};
 use virtio_iommu_spec::request::{Invalidate, TableDesc};
 use vm_memory::GuestMemoryMmap;
 
@@ -236,7 +236,10 @@ impl Nested {
                 start,
                 nr_pages,
                 granule,
-            } => (pasid, Some(range_last(start, nr_pages, granule)?)),
+            } => {
+                let last = range_last(start, nr_pages, granule).ok_or(HostError::Invalid)?;
+                (pasid, Some((start, last)))
+            }
         };
         let asid = match t.desc {
             TableDesc::Vtd { pasid, .. } => {
@@ -270,43 +273,5 @@ impl Nested {
             );
         }
         Ok(())
-    }
-}
-
-/// `[start, last]` of an INVALIDATE range of `nr_pages` pages of `2^granule` bytes.
-///
-/// # Errors
-/// `Invalid` for no pages, a granule of 64 or more, or a range past 2^64 − 1.
-pub fn range_last(start: u64, nr_pages: u64, granule: u8) -> Result<(u64, u64), HostError> {
-    let size = 1u64
-        .checked_shl(u32::from(granule))
-        .filter(|_| granule < 64)
-        .ok_or(HostError::Invalid)?;
-    // (nr_pages − 1) · size + (size − 1): a range ending exactly at 2^64 − 1 is fine.
-    let last = nr_pages
-        .checked_sub(1)
-        .and_then(|n| n.checked_mul(size))
-        .and_then(|off| off.checked_add(size - 1))
-        .and_then(|off| start.checked_add(off))
-        .ok_or(HostError::Invalid)?;
-    Ok((start, last))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(range_last(0x1000, 2, 12), Ok((0x1000, 0x2fff)));
-        assert_eq!(range_last(0, 1, 63), Ok((0, (1 << 63) - 1)));
-        assert_eq!(range_last(0, 2, 63), Ok((0, u64::MAX)));
-        assert_eq!(range_last(1, 2, 63), Err(HostError::Invalid));
-        assert_eq!(range_last(1 << 63, 1, 63), Ok((1 << 63, u64::MAX)));
-        assert_eq!(range_last(1, 1, 63), Ok((1, 1 << 63)));
-        assert_eq!(range_last(0x1000, 0, 12), Err(HostError::Invalid));
-        assert_eq!(range_last(u64::MAX, 1, 12), Err(HostError::Invalid));
-        assert_eq!(range_last(0, 1, 64), Err(HostError::Invalid));
-        assert_eq!(range_last(0, 1 << 52, 12), Ok((0, u64::MAX)));
     }
 }

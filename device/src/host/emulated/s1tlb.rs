@@ -4,9 +4,10 @@
 //! guest that edits its tables without INVALIDATE keeps seeing what was cached.
 
 use serde::Serialize;
+use virtio_iommu_spec::formats::PAGE_SHIFT;
 
 use super::smmuv3_cd::ContextDesc;
-use super::walk::{Leaf, PAGE_SHIFT};
+use super::walk::Leaf;
 use crate::host::TableId;
 
 /// IOTLB entries (a power of two).

@@ -7,15 +7,15 @@
 //! each L2 table holding 64 CDs. At most two reads (L1, then the CD's two words).
 
 use virtio_iommu_spec::ext::{S1FMT_4KL2, S1FMT_LINEAR};
+use virtio_iommu_spec::formats::aarch64::T0SZ_RANGE;
+use virtio_iommu_spec::formats::cd_table::{
+    CD0_AA64, CD0_ASID_SHIFT, CD0_EPD0, CD0_T0SZ_MASK, CD0_TG0_MASK, CD0_V, CD1_TTB0_MASK,
+    CD1_TTB0_RES0, CD_SIZE, L1_L2PTR_MASK, L1_VALID, L2_CDS_LOG2,
+};
+use virtio_iommu_spec::formats::ENTRY_SIZE;
 use vm_memory::GuestMemoryMmap;
 
-use super::aarch64::T0SZ_RANGE;
-use super::walk::{bits, read_entry, WalkError};
-
-/// Size of a context descriptor.
-pub const CD_SIZE: u64 = 64;
-/// CDs per 4 KiB L2 table.
-const L2_CDS_LOG2: u32 = 6;
+use super::walk::{read_entry, WalkError};
 
 /// The fields of a CD the walker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,14 +49,14 @@ pub fn fetch_cd(
         S1FMT_LINEAR => s1contextptr.checked_add(u64::from(ssid) * CD_SIZE),
         S1FMT_4KL2 => {
             let l1_addr = s1contextptr
-                .checked_add(u64::from(ssid >> L2_CDS_LOG2) * 8)
+                .checked_add(u64::from(ssid >> L2_CDS_LOG2) * ENTRY_SIZE)
                 .ok_or(WalkError::Malformed)?;
             let l1 = read_entry(mem, l1_addr)?;
-            if l1 & 1 == 0 {
+            if l1 & L1_VALID == 0 {
                 return Err(WalkError::NoContext);
             }
             let index = ssid & ((1 << L2_CDS_LOG2) - 1);
-            (l1 & bits(51, 12)).checked_add(u64::from(index) * CD_SIZE)
+            (l1 & L1_L2PTR_MASK).checked_add(u64::from(index) * CD_SIZE)
         }
         _ => return Err(WalkError::Malformed),
     }
@@ -72,17 +72,17 @@ pub fn fetch_cd(
 /// `NoContext` if V is clear, `Malformed` for AA64 clear, TG0 ≠ 0, T0SZ outside 16..=39 or
 /// TTB0 bits [11:4] set.
 pub fn decode(w0: u64, w1: u64) -> Result<ContextDesc, WalkError> {
-    if w0 & (1 << 31) == 0 {
+    if w0 & CD0_V == 0 {
         return Err(WalkError::NoContext);
     }
-    // The masks leave 6 and 16 bits.
-    let t0sz = u32::try_from(w0 & 0x3f).unwrap_or(u32::MAX);
-    let asid = u16::try_from(w0 >> 48).unwrap_or(0);
-    let ttb0 = w1 & bits(51, 4);
-    if w0 & (1 << 41) == 0
-        || w0 & bits(7, 6) != 0
+    // The mask and the shift leave 6 and 16 bits.
+    let t0sz = u32::try_from(w0 & CD0_T0SZ_MASK).unwrap_or(u32::MAX);
+    let asid = u16::try_from(w0 >> CD0_ASID_SHIFT).unwrap_or(0);
+    let ttb0 = w1 & CD1_TTB0_MASK;
+    if w0 & CD0_AA64 == 0
+        || w0 & CD0_TG0_MASK != 0
         || !T0SZ_RANGE.contains(&t0sz)
-        || ttb0 & bits(11, 4) != 0
+        || ttb0 & CD1_TTB0_RES0 != 0
     {
         return Err(WalkError::Malformed);
     }
@@ -90,7 +90,7 @@ pub fn decode(w0: u64, w1: u64) -> Result<ContextDesc, WalkError> {
         asid,
         t0sz,
         ttb0,
-        epd0: w0 & (1 << 14) != 0,
+        epd0: w0 & CD0_EPD0 != 0,
     })
 }
 
@@ -99,8 +99,8 @@ mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
 
-    const V: u64 = 1 << 31;
-    const AA64: u64 = 1 << 41;
+    const V: u64 = CD0_V;
+    const AA64: u64 = CD0_AA64;
 
     fn put(m: &GuestMemoryMmap, gpa: u64, v: u64) {
         m.write_slice(&v.to_le_bytes(), GuestAddress(gpa)).unwrap();

@@ -7,9 +7,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::host::{Access, DmaAttrs};
 
-/// Page shift of the 4 KiB granule both formats use.
-pub const PAGE_SHIFT: u32 = 12;
-
 /// The access a walk is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccessReq {
@@ -172,21 +169,12 @@ pub fn entry_addr(table: u64, index: u64) -> Result<u64, WalkError> {
         .ok_or(WalkError::Malformed)
 }
 
-/// Mask of bits `[hi:lo]`.
-#[must_use]
-pub const fn bits(hi: u32, lo: u32) -> u64 {
-    (u64::MAX >> (63 - hi)) & (u64::MAX << lo)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn masks_and_perms() {
-        assert_eq!(bits(51, 12), 0x000f_ffff_ffff_f000);
-        assert_eq!(bits(63, 0), u64::MAX);
-        assert_eq!(bits(7, 6), 0xc0);
+    fn perms() {
         let rd = AccessReq::new(Access::Read, DmaAttrs::default());
         let wr = AccessReq::new(Access::Write, DmaAttrs::default());
         let px = AccessReq::new(

@@ -6,16 +6,13 @@
 //! below the page size zero. R/W and U/S are ANDed and XD ORed across the levels.
 
 use virtio_iommu_spec::ext::VtdFlags;
+use virtio_iommu_spec::formats::x86::{
+    ADDR_MASK as ADDR, ADDR_WIDTH_4_LEVEL, ADDR_WIDTH_5_LEVEL, P, PS, RW, US, XD,
+};
+use virtio_iommu_spec::formats::{bits, PAGE_SHIFT};
 use vm_memory::GuestMemoryMmap;
 
-use super::walk::{bits, entry_addr, read_entry, Leaf, LeafPerms, WalkError, PAGE_SHIFT};
-
-const P: u64 = 1 << 0;
-const RW: u64 = 1 << 1;
-const US: u64 = 1 << 2;
-const PS: u64 = 1 << 7;
-const XD: u64 = 1 << 63;
-const ADDR: u64 = bits(51, 12);
+use super::walk::{entry_addr, read_entry, Leaf, LeafPerms, WalkError};
 
 /// Whether `va` is canonical for a `width`-bit input space: bits 63..width−1 all equal. Every
 /// address is canonical for 64 bits; none for a width of 0 or above 64.
@@ -42,8 +39,8 @@ pub fn walk(
     privileged: bool,
 ) -> Result<Leaf, WalkError> {
     let levels = match addr_width {
-        48 => 4,
-        57 => 5,
+        ADDR_WIDTH_4_LEVEL => 4,
+        ADDR_WIDTH_5_LEVEL => 5,
         _ => return Err(WalkError::Malformed),
     };
     if !canonical(va, addr_width) {

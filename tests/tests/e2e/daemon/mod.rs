@@ -1,0 +1,8 @@
+//! The daemon driven with raw descriptor chains ([`vm::Vm`]).
+
+mod chains;
+mod config;
+mod control;
+mod lifecycle;
+mod requests;
+pub mod vm;

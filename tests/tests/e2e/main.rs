@@ -1,0 +1,12 @@
+//! End to end against the real daemon, spawned as a child process and driven through the
+//! mini-VMM: one test binary, a module per layer.
+//!
+//! - [`daemon`]: raw descriptor chains on the rings (every request type, malformed chains,
+//!   config space, control socket, lifecycle: reconnects, reset vs pause, signals).
+//! - [`driver`]: the unmodified guest driver over the vhost-user transport.
+//! - [`sva`]: vSVA with both table formats: DMA through bound tables, page requests, hostile
+//!   tables.
+
+mod daemon;
+mod driver;
+mod sva;
