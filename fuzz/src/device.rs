@@ -607,9 +607,9 @@ fn check_alloc(iova: u64, size: u64, granule: u64, input: (u64, u64), reserved: 
         iova >= input.0 && last <= input.1,
         "[{iova:#x}, {last:#x}] outside the input range {input:x?}"
     );
-    for r in reserved.iter().filter(|r| r.start <= r.end) {
+    for r in reserved.iter().filter(|r| r.start <= r.last) {
         assert!(
-            last < r.start || iova > r.end,
+            last < r.start || iova > r.last,
             "[{iova:#x}, {last:#x}] overlaps reserved {r:x?}"
         );
     }
@@ -765,7 +765,7 @@ pub fn run(s: &Scenario) -> Outcome {
                         iova,
                         rounded,
                         g,
-                        (cfg.input_start, cfg.input_end),
+                        (cfg.input_start, cfg.input_last),
                         &reserved,
                     );
                     assert_eq!(
