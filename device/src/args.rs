@@ -8,7 +8,9 @@ use virtio_iommu_spec::ext::TableFormat;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 use virtio_iommu_spec::viot::{self, ViotNode};
 
-use crate::engine::{EndpointConfig, EngineConfig, Limits, ReservedRegion};
+use crate::engine::{
+    EndpointConfig, EngineConfig, Limits, ReservedRegion, DEFAULT_MAX_MAPPINGS_TOTAL,
+};
 use crate::error::{Error, Result};
 use crate::host::iommufd::{VfioEndpoint, VfioSource};
 
@@ -91,9 +93,28 @@ pub struct Args {
     #[arg(long, default_value_t = 1 << 20)]
     pub max_mappings: usize,
 
+    /// Maximum mappings of all domains together (MAP beyond it gets S_NOMEM): the bound on
+    /// the memory mappings take, whatever the number of domains.
+    #[arg(long, default_value_t = DEFAULT_MAX_MAPPINGS_TOTAL)]
+    pub max_total_mappings: usize,
+
     /// Maximum number of domains (ATTACH creating more gets S_NOMEM).
     #[arg(long, default_value_t = 1 << 16)]
     pub max_domains: usize,
+
+    /// Maximum endpoints attached at the same time (ATTACH of one more gets S_NOMEM).
+    #[arg(long, default_value_t = 1 << 16)]
+    pub max_attached_endpoints: usize,
+
+    /// Maximum guest tables bound with ATTACH_TABLE, all endpoints together (one more gets
+    /// S_NOMEM).
+    #[arg(long, default_value_t = 1 << 16)]
+    pub max_tables: usize,
+
+    /// Events (faults, page requests) waiting for an event-queue buffer; beyond it the oldest
+    /// is dropped.
+    #[arg(long, default_value_t = 256)]
+    pub max_pending_events: usize,
 
     /// Size of the PROBE properties area.
     #[arg(long, default_value_t = 512)]
@@ -116,6 +137,11 @@ pub struct Args {
     /// one more fails at once.
     #[arg(long, default_value_t = 32)]
     pub max_page_request_groups: u32,
+
+    /// Outstanding page-request groups of all endpoints together; a fault that needs one more
+    /// fails at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_page_request_groups_total: usize,
 
     /// How long the device waits for the guest's PAGE_RESP before it completes a page request
     /// with FAILURE itself, in milliseconds.
@@ -372,6 +398,27 @@ impl TryFrom<Args> for DaemonConfig {
         if a.pasid_bits > 20 {
             return Err(Error::Config("--pasid-bits is at most 20".into()));
         }
+        for (name, value) in [
+            ("--max-mappings", a.max_mappings),
+            ("--max-total-mappings", a.max_total_mappings),
+            ("--max-domains", a.max_domains),
+            ("--max-attached-endpoints", a.max_attached_endpoints),
+            ("--max-tables", a.max_tables),
+            ("--max-pending-events", a.max_pending_events),
+            (
+                "--max-page-request-groups-total",
+                a.max_page_request_groups_total,
+            ),
+        ] {
+            if value == 0 {
+                return Err(Error::Config(format!("{name} must be positive")));
+            }
+        }
+        if a.max_page_request_groups == 0 || a.max_page_request_groups > u32::from(u16::MAX) {
+            return Err(Error::Config(
+                "--max-page-request-groups must be 1 to 65535 (PROBE's max_groups)".into(),
+            ));
+        }
         let engine = EngineConfig {
             page_size_mask: a.page_size_mask,
             input_range: (*input.start(), *input.end()),
@@ -381,10 +428,14 @@ impl TryFrom<Args> for DaemonConfig {
             endpoints,
             limits: Limits {
                 max_mappings_per_domain: a.max_mappings,
+                max_mappings_total: a.max_total_mappings,
+                max_tables: a.max_tables,
                 max_domains: a.max_domains,
+                max_attached_endpoints: a.max_attached_endpoints,
+                max_pending_events: a.max_pending_events,
                 max_page_request_groups: a.max_page_request_groups,
+                max_page_request_groups_total: a.max_page_request_groups_total,
                 page_request_timeout: std::time::Duration::from_millis(a.page_request_timeout_ms),
-                ..Limits::default()
             },
             offer_mmio: a.mmio,
             offer_attach_table: a.pasid_bits > 0,
@@ -426,8 +477,7 @@ mod tests {
             c.engine.endpoints[0].reserved,
             vec![ReservedRegion::x86_msi()]
         );
-        assert_eq!(c.engine.limits.max_mappings_per_domain, 1 << 20);
-        assert_eq!(c.engine.limits.max_domains, 1 << 16);
+        assert_eq!(c.engine.limits, Limits::default());
         assert_eq!(c.queue_size, 256);
         assert_eq!(c.host, HostKind::Emulated);
         assert!(!c.engine.offer_attach_table);
@@ -450,6 +500,18 @@ mod tests {
             "1-100",
             "--max-mappings",
             "10",
+            "--max-total-mappings",
+            "100",
+            "--max-domains",
+            "7",
+            "--max-attached-endpoints",
+            "8",
+            "--max-tables",
+            "9",
+            "--max-pending-events",
+            "11",
+            "--max-page-request-groups-total",
+            "12",
             "--pasid-bits",
             "16",
         ]))
@@ -474,7 +536,20 @@ mod tests {
         assert!(!c.engine.boot_bypass);
         assert_eq!(c.engine.input_range, (0x1000, 0xff_ffff_ffff));
         assert_eq!(c.engine.domain_range, (1, 100));
-        assert_eq!(c.engine.limits.max_mappings_per_domain, 10);
+        let l = &c.engine.limits;
+        assert_eq!(
+            (
+                l.max_mappings_per_domain,
+                l.max_mappings_total,
+                l.max_domains
+            ),
+            (10, 100, 7)
+        );
+        assert_eq!(
+            (l.max_attached_endpoints, l.max_tables, l.max_pending_events),
+            (8, 9, 11)
+        );
+        assert_eq!(l.max_page_request_groups_total, 12);
         assert!(c.engine.offer_attach_table && c.engine.offer_page_request);
         assert_eq!(c.engine.endpoints[1].pasid_bits, 16);
         assert_eq!(
@@ -548,6 +623,15 @@ mod tests {
             ],
             &["--page-request-timeout-ms", "0"],
             &["--max-control-clients", "0"],
+            &["--max-total-mappings", "0"],
+            &["--max-mappings", "0"],
+            &["--max-domains", "0"],
+            &["--max-attached-endpoints", "0"],
+            &["--max-tables", "0"],
+            &["--max-pending-events", "0"],
+            &["--max-page-request-groups-total", "0"],
+            &["--max-page-request-groups", "0"],
+            &["--max-page-request-groups", "65536"],
         ] {
             assert!(DaemonConfig::try_from(args(bad)).is_err(), "{bad:?}");
         }

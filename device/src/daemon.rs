@@ -14,7 +14,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::args::{DaemonConfig, HostKind};
 use crate::backend::{lock, IommuBackend, SharedEngine, HOST_EVENT, TIMER_EVENT, WAKE_EVENT};
 use crate::control::{self, WakeSlot};
-use crate::engine::{EndpointConfig, Engine};
+use crate::engine::{EndpointConfig, Engine, Footprint};
 use crate::error::{Error, Result};
 use crate::host::emulated::EmulatedHost;
 use crate::host::iommufd::{IommufdConfig, IommufdHost};
@@ -143,6 +143,18 @@ impl Daemon {
     pub fn new(mut config: DaemonConfig) -> Result<Self> {
         let host = make_host(&mut config)?;
         let engine = Engine::new(config.engine.clone(), host.iommu).map_err(Error::Device)?;
+        let f = Footprint::of(&config.engine.limits);
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        info!(
+            "limits allow {} MiB of device state at most (mappings {}, domains and endpoints {}, \
+             tables {}, page requests {}, events {} MiB)",
+            mib(f.total()),
+            mib(f.mappings),
+            mib(f.domains),
+            mib(f.tables),
+            mib(f.page_requests),
+            mib(f.events)
+        );
         let engine = Arc::new(parking_lot::Mutex::new(engine));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
         if let Some(path) = &config.control_socket {

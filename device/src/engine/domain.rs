@@ -88,6 +88,8 @@ pub(super) struct Domains {
     attached: BTreeMap<u32, u32>,
     /// Guest tables bound with ATTACH_TABLE.
     tables: Tables,
+    /// Mappings of all domains together (checked against `max_mappings_total` on every MAP).
+    mappings_total: usize,
 }
 
 impl Domains {
@@ -98,7 +100,7 @@ impl Domains {
 
     /// Live mappings, all domains together.
     pub(super) fn mapping_count(&self) -> usize {
-        self.domains.values().map(|d| d.mappings.len()).sum()
+        self.mappings_total
     }
 
     /// Attached endpoints.
@@ -209,6 +211,7 @@ impl Domains {
             return;
         }
         if let Some(d) = self.domains.remove(&domain) {
+            self.mappings_total -= d.mappings.len();
             if let Some(s) = d.space {
                 // The guest's view is already right; a leaked host space is only logged.
                 if let Err(e) = host.destroy_space(s) {
@@ -289,7 +292,10 @@ impl Domains {
         if on_reserved || d.mappings.overlaps(m.virt_start, m.virt_end) {
             return Status::Inval;
         }
-        if d.mappings.len() >= ctx.cfg.limits.max_mappings_per_domain {
+        let limits = &ctx.cfg.limits;
+        if d.mappings.len() >= limits.max_mappings_per_domain
+            || self.mappings_total >= limits.max_mappings_total
+        {
             return Status::NoMem;
         }
         let Some(space) = d.space else {
@@ -308,6 +314,7 @@ impl Domains {
             phys_start: m.phys_start,
             flags: m.flags,
         });
+        self.mappings_total += 1;
         Status::Ok
     }
 
@@ -338,7 +345,7 @@ impl Domains {
                 if let Err(e) = ctx.host.unmap(space, u.virt_start, u.virt_end) {
                     return host_status("unmap", e);
                 }
-                d.mappings.remove_range(u.virt_start, u.virt_end);
+                self.mappings_total -= d.mappings.remove_range(u.virt_start, u.virt_end);
                 Status::Ok
             }
         }
@@ -348,7 +355,8 @@ impl Domains {
     /// by the endpoint's PROBE, or Arm `S1FMT_64KL2` → S_UNSUPP; endpoint not attached to
     /// `domain`, or `domain` is a bypass domain → S_INVAL; VT-d `addr_width` not 48/57, `pgd`
     /// not 4 KiB aligned, `pasid` ≥ 2^pasid_bits, Arm `s1contextptr` not 4 KiB aligned or
-    /// `s1cdmax` > pasid_bits → S_INVAL. Then the host binds the table (errors as for MAP).
+    /// `s1cdmax` > pasid_bits → S_INVAL; `max_tables` bound and this bind replaces none →
+    /// S_NOMEM. Then the host binds the table (errors as for MAP).
     pub(super) fn attach_table(&mut self, ctx: &mut Ctx<'_>, a: &AttachTable) -> Status {
         let Some((_, ep)) = ctx.endpoints.find(a.endpoint) else {
             return Status::NoEnt;
@@ -388,6 +396,11 @@ impl Domains {
         };
         if !valid {
             return Status::Inval;
+        }
+        if self.tables.count() >= ctx.cfg.limits.max_tables
+            && !self.tables.replaces(a.endpoint, &a.table)
+        {
+            return Status::NoMem;
         }
         let Some(space) = d.space else {
             warn!("translated domain {} has no host space", a.domain);

@@ -11,11 +11,22 @@ use crate::host::ReservedRegion;
 /// Default of [`Limits::max_page_request_groups`].
 pub const DEFAULT_PAGE_REQUEST_GROUPS: u32 = 32;
 
+/// Default of [`Limits::max_mappings_total`]: with the worst-case cost of a mapping
+/// ([`super::footprint::MAPPING_BYTES`]) about 200 MiB of device state.
+pub const DEFAULT_MAX_MAPPINGS_TOTAL: usize = 1 << 20;
+
 /// Resource limits. Exceeding one makes the request fail with S_NOMEM and change nothing.
+/// Together they bound the device's memory whatever the guest does ([`super::Footprint`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     /// Mappings per domain (cloud-hypervisor: 2^20).
     pub max_mappings_per_domain: usize,
+    /// Mappings of all domains together: what bounds the memory of the mappings, since a guest
+    /// may create up to `max_domains` domains.
+    pub max_mappings_total: usize,
+    /// Guest tables bound with ATTACH_TABLE, all endpoints together (an Arm CD table per
+    /// endpoint, a VT-d table per endpoint and PASID). A bind that replaces a table adds none.
+    pub max_tables: usize,
     /// Live domains (cloud-hypervisor: 2^16).
     pub max_domains: usize,
     /// Endpoints attached at the same time.
@@ -38,6 +49,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_mappings_per_domain: 1 << 20,
+            max_mappings_total: DEFAULT_MAX_MAPPINGS_TOTAL,
+            max_tables: 1 << 16,
             max_domains: 1 << 16,
             max_attached_endpoints: 1 << 16,
             max_pending_events: 256,

@@ -15,6 +15,7 @@ mod domain;
 pub mod dump;
 pub mod engine_config;
 pub mod event_queue;
+pub mod footprint;
 pub mod mapping_store;
 mod probe_properties;
 mod prq;
@@ -36,9 +37,11 @@ pub use self::device_dma::{
 };
 pub use self::dump::{DomainDump, Dump, MappingDump};
 pub use self::engine_config::{
-    ConfigError, EndpointConfig, EngineConfig, Limits, DEFAULT_PAGE_REQUEST_GROUPS,
+    ConfigError, EndpointConfig, EngineConfig, Limits, DEFAULT_MAX_MAPPINGS_TOTAL,
+    DEFAULT_PAGE_REQUEST_GROUPS,
 };
 pub use self::event_queue::{EventBytes, EventCounters};
+pub use self::footprint::Footprint;
 pub use self::prq::PageRequestCounters;
 pub use self::stats::{RequestCounters, RequestStats, Stats};
 pub use crate::host::{Access, DmaAttrs, GuestRange as Translation, ReservedRegion};

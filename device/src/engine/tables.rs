@@ -22,6 +22,8 @@ struct EndpointTables {
 #[derive(Debug, Default)]
 pub(super) struct Tables {
     by_endpoint: BTreeMap<u32, EndpointTables>,
+    /// Live tables, all endpoints together.
+    count: usize,
 }
 
 fn destroy(host: &mut dyn HostIommu, id: TableId) {
@@ -34,10 +36,15 @@ fn destroy(host: &mut dyn HostIommu, id: TableId) {
 impl Tables {
     /// Live tables.
     pub(super) fn count(&self) -> usize {
-        self.by_endpoint
-            .values()
-            .map(|t| usize::from(t.arm.is_some()) + t.vtd.len())
-            .sum()
+        self.count
+    }
+
+    /// Whether binding `desc` to `endpoint` would replace a table (and so add none).
+    pub(super) fn replaces(&self, endpoint: u32, desc: &TableDesc) -> bool {
+        self.by_endpoint.get(&endpoint).is_some_and(|t| match desc {
+            TableDesc::Vtd { pasid, .. } => t.vtd.contains_key(pasid),
+            TableDesc::ArmSmmuV3 { .. } => t.arm.is_some(),
+        })
     }
 
     /// The tables of `endpoint`.
@@ -71,8 +78,9 @@ impl Tables {
             Some(p) => t.vtd.insert(p, id),
             None => t.arm.replace(id),
         };
-        if let Some(old) = old {
-            destroy(host, old);
+        match old {
+            Some(old) => destroy(host, old),
+            None => self.count += 1,
         }
         Ok(())
     }
@@ -83,6 +91,7 @@ impl Tables {
         let Some(t) = self.by_endpoint.remove(&endpoint) else {
             return;
         };
+        self.count -= usize::from(t.arm.is_some()) + t.vtd.len();
         for (pasid, id) in t.vtd {
             if let Err(e) = host.detach(endpoint, Some(pasid)) {
                 warn!("host detach({endpoint}, PASID {pasid}) failed: {e}");

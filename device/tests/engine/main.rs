@@ -1,10 +1,17 @@
 //! The engine on the emulated host, without sockets: one test binary, a module per concern.
-//! `common` and `sva::guest` hold what the modules share.
+//! `common` and `sva::guest` hold what the modules share; `counting_alloc` is the binary's
+//! allocator, so `footprint` can measure the state's memory.
 
+mod budget;
 mod common;
+mod counting_alloc;
 mod device;
 mod dma;
+mod footprint;
 mod hostile;
 mod model;
 mod requests;
 mod sva;
+
+#[global_allocator]
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
