@@ -16,7 +16,7 @@
 //! queue thread, and polls the engine every millisecond. The engine's deadline makes the wait
 //! end even if the guest never answers (the device then completes the group with FAILURE).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,7 +131,7 @@ fn refuse(mut stream: &UnixStream, max_clients: usize) {
 }
 
 fn serve_client(stream: UnixStream, engine: &SharedEngine, wake: &WakeSlot) {
-    let Ok(mut out) = stream.try_clone() else {
+    let Ok(out) = stream.try_clone() else {
         return;
     };
     let mut reader = BufReader::new(std::io::Read::take(stream, u64::MAX));
@@ -143,16 +143,38 @@ fn serve_client(stream: UnixStream, engine: &SharedEngine, wake: &WakeSlot) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
-        let reply = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => handle(&req, engine, wake),
-            Err(e) => json!({"ok": false, "error": format!("bad JSON: {e}")}),
+        let written = match serde_json::from_str::<Value>(&line) {
+            Ok(req) if req.get("cmd").and_then(Value::as_str) == Some("dump") => {
+                write_dump(&out, engine)
+            }
+            Ok(req) => write_line(&out, &handle(&req, engine, wake)),
+            Err(e) => write_line(
+                &out,
+                &json!({"ok": false, "error": format!("bad JSON: {e}")}),
+            ),
         };
-        let mut text = reply.to_string();
-        text.push('\n');
-        if out.write_all(text.as_bytes()).is_err() {
+        if written.is_err() {
             return;
         }
     }
+}
+
+fn write_line(mut out: &UnixStream, reply: &Value) -> std::io::Result<()> {
+    let mut text = reply.to_string();
+    text.push('\n');
+    out.write_all(text.as_bytes())
+}
+
+/// The `dump` reply, serialised straight into the socket: a dump of a million mappings is
+/// 32 MiB of [`crate::engine::Dump`] while it is written, where a JSON tree of it would be
+/// about twenty times that. The engine lock is held only to copy the state out.
+fn write_dump(out: &UnixStream, engine: &SharedEngine) -> std::io::Result<()> {
+    let dump = lock(engine).dump();
+    let mut w = BufWriter::new(out);
+    w.write_all(br#"{"ok":true,"dump":"#)?;
+    serde_json::to_writer(&mut w, &dump)?;
+    w.write_all(b"}\n")?;
+    w.flush()
 }
 
 fn num(req: &Value, key: &str) -> std::result::Result<Option<u64>, String> {
@@ -315,10 +337,8 @@ fn dispatch(
             )
         }
         "dump" => {
-            let v = lock(engine);
-            Ok(
-                json!({"ok": true, "dump": serde_json::to_value(v.dump()).map_err(|e| e.to_string())?}),
-            )
+            let dump = lock(engine).dump();
+            Ok(json!({"ok": true, "dump": serde_json::to_value(dump).map_err(|e| e.to_string())?}))
         }
         "translate" => {
             let endpoint = u32_field(req, "endpoint")?.ok_or("missing `endpoint`")?;

@@ -3,6 +3,7 @@
 mod chains;
 mod config;
 mod control;
+mod hostile;
 mod lifecycle;
 mod requests;
 pub mod vm;
