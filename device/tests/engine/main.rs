@@ -7,4 +7,5 @@ mod dma;
 mod hostile;
 mod model;
 mod requests;
+mod state;
 mod sva;
