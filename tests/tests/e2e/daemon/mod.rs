@@ -5,4 +5,5 @@ mod config;
 mod control;
 mod lifecycle;
 mod requests;
+mod state;
 pub mod vm;
