@@ -76,6 +76,8 @@ impl TranslateAccess {
 }
 
 /// Where a translation stands.
+// The ranges live inline: an outcome is built and consumed once per TRANSLATE, never stored.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TranslateOutcome {
     /// Translated: at least one range, the first containing `iova`, contiguous.
