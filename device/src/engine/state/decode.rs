@@ -155,6 +155,8 @@ fn device(c: &mut Cursor<'_>) -> Result<(EngineConfig, Features, Features, bool)
     c.reserved(4)?;
     let max_page_request_groups_total = usize_of(c.u64()?, S, "max_page_request_groups_total")?;
     let page_request_timeout = Duration::from_micros(c.u64()?);
+    let max_mappings_total = usize_of(c.u64()?, S, "max_mappings_total")?;
+    let max_tables = usize_of(c.u64()?, S, "max_tables")?;
     let n = c.u32()?;
     c.reserved(4)?;
     let n = c.count(u64::from(n), RANGE_FIXED_LEN)?;
@@ -204,6 +206,8 @@ fn device(c: &mut Cursor<'_>) -> Result<(EngineConfig, Features, Features, bool)
         endpoints,
         limits: Limits {
             max_mappings_per_domain,
+            max_mappings_total,
+            max_tables,
             max_domains,
             max_attached_endpoints,
             max_pending_events,

@@ -115,6 +115,8 @@ fn device(w: &mut Writer, s: &SavedState) {
     w.u32(0);
     w.u64(usize64(l.max_page_request_groups_total));
     w.u64(micros(l.page_request_timeout));
+    w.u64(usize64(l.max_mappings_total));
+    w.u64(usize64(l.max_tables));
     w.count32(c.endpoints.len());
     for ep in &c.endpoints {
         w.u32(*ep.ids.start());

@@ -95,6 +95,12 @@ pub(super) fn check(s: &SavedState, engine: &Engine) -> Result<(), StateError> {
         la.max_mappings_per_domain,
         lb.max_mappings_per_domain,
     )?;
+    same(
+        "limit max_mappings_total",
+        la.max_mappings_total,
+        lb.max_mappings_total,
+    )?;
+    same("limit max_tables", la.max_tables, lb.max_tables)?;
     same("limit max_domains", la.max_domains, lb.max_domains)?;
     same(
         "limit max_attached_endpoints",

@@ -32,7 +32,7 @@ pub(super) const PAGE_REQUESTS: u32 = 5;
 pub(super) const EVENTS: u32 = 6;
 
 /// The fixed part of DEVICE, before the endpoint ranges.
-pub(super) const DEVICE_FIXED_LEN: u64 = 120;
+pub(super) const DEVICE_FIXED_LEN: u64 = 136;
 /// The fixed part of an endpoint range: IDs, PASID bits, page requests, format and region
 /// counts.
 pub(super) const RANGE_FIXED_LEN: u64 = 16;

@@ -48,6 +48,16 @@ fn domains(s: &SavedState, engine: &Engine) -> Result<BTreeMap<u32, (u32, bool)>
             ),
         ));
     }
+    let total: usize = s.domains.iter().map(|d| d.mappings.len()).sum();
+    if total > limits.max_mappings_total {
+        return Err(StateError::invalid(
+            S,
+            format!(
+                "{total} mappings in all, the limit is {}",
+                limits.max_mappings_total
+            ),
+        ));
+    }
     let mut attached = BTreeMap::new();
     let mut prev: Option<u32> = None;
     for d in &s.domains {
@@ -221,6 +231,16 @@ fn tables(
     const S: &str = "TABLES";
     if !s.tables.is_empty() {
         need(s, Features::ATTACH_TABLE, S, "bound tables")?;
+    }
+    if s.tables.len() > engine.cfg.limits.max_tables {
+        return Err(StateError::invalid(
+            S,
+            format!(
+                "{} bound tables, the limit is {}",
+                s.tables.len(),
+                engine.cfg.limits.max_tables
+            ),
+        ));
     }
     // (endpoint, 0 for the CD table or 1 + PASID): ascending, so each is bound once.
     let mut prev: Option<(u32, u64)> = None;
