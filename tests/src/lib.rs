@@ -6,15 +6,18 @@
 //! - [`transport`]: virtio-drivers' `Transport` over the frontend, so virtio-drivers based
 //!   drivers (and `VirtQueue`) run unchanged on the test kit's `GuestHal`.
 //! - [`daemon`]: the daemon as a child process, and its control-socket client.
+//! - [`blk`]: the `vhost-user-blk-confined` backend as a child process, on a disk file.
 //! - [`watchdog`]: time limits for steps that could hang.
 #![warn(missing_docs)]
 
+pub mod blk;
 pub mod daemon;
 pub mod error;
 pub mod frontend;
 pub mod transport;
 pub mod watchdog;
 
+pub use blk::BlkDaemon;
 pub use daemon::{ControlClient, Daemon};
 pub use error::{Error, Result};
 pub use frontend::Frontend;
