@@ -27,6 +27,13 @@ pub struct Args {
     /// Largest queue size a driver may set up.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=32768))]
     pub queue_size: u16,
+    /// Confine the device: translate every guest-memory access through the virtio-iommu
+    /// daemon's translation socket (offers VIRTIO_F_ACCESS_PLATFORM).
+    #[arg(long, requires = "endpoint")]
+    pub translation_socket: Option<PathBuf>,
+    /// The device's endpoint ID in the guest's IOMMU (with --translation-socket).
+    #[arg(long, requires = "translation_socket")]
+    pub endpoint: Option<u32>,
 }
 
 impl Args {
