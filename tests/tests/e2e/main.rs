@@ -6,7 +6,10 @@
 //! - [`driver`]: the unmodified guest driver over the vhost-user transport.
 //! - [`sva`]: vSVA with both table formats: DMA through bound tables, page requests, hostile
 //!   tables.
+//! - [`translation`]: the translation socket (TRANSLATE, INVALIDATE and strict completion,
+//!   protocol errors, page requests).
 
 mod daemon;
 mod driver;
 mod sva;
+mod translation;
