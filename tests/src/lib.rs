@@ -6,7 +6,12 @@
 //! - [`transport`]: virtio-drivers' `Transport` over the frontend, so virtio-drivers based
 //!   drivers (and `VirtQueue`) run unchanged on the test kit's `GuestHal`.
 //! - [`daemon`]: the daemon as a child process, and its control-socket client.
+<<<<<<< HEAD
 //! - [`blk`]: the `vhost-user-blk-confined` backend as a child process, on a disk file.
+=======
+//! - [`translation_client`]: a client of the daemon's translation socket speaking the raw
+//!   protocol (spec/TRANSLATION.md), for tests and benchmarks.
+>>>>>>> translation
 //! - [`watchdog`]: time limits for steps that could hang.
 #![warn(missing_docs)]
 
@@ -14,6 +19,7 @@ pub mod blk;
 pub mod daemon;
 pub mod error;
 pub mod frontend;
+pub mod translation_client;
 pub mod transport;
 pub mod watchdog;
 
@@ -21,4 +27,5 @@ pub use blk::BlkDaemon;
 pub use daemon::{ControlClient, Daemon};
 pub use error::{Error, Result};
 pub use frontend::Frontend;
+pub use translation_client::TranslationClient;
 pub use transport::VhostUserTransport;

@@ -8,8 +8,11 @@
 //!   tables.
 //! - [`blk`]: the vhost-user-blk backend under `virtio-drivers`' `VirtIOBlk`, unconfined and
 //!   confined by the daemon.
+//! - [`translation`]: the translation socket (TRANSLATE, INVALIDATE and strict completion,
+//!   protocol errors, page requests).
 
 mod blk;
 mod daemon;
 mod driver;
 mod sva;
+mod translation;
