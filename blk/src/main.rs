@@ -37,9 +37,12 @@ fn main() {
 
 fn serve<I: Iommu + Clone + 'static>(args: &Args, disk: &SharedDisk, iommu: Option<I>) -> ! {
     loop {
-        if let Err(e) =
-            daemon::serve_once(&args.socket_path, disk.clone(), args.queue_size, iommu.clone())
-        {
+        if let Err(e) = daemon::serve_once(
+            &args.socket_path,
+            disk.clone(),
+            args.queue_size,
+            iommu.clone(),
+        ) {
             log::error!("{e}");
             std::process::exit(1);
         }

@@ -6,12 +6,9 @@
 //! - [`transport`]: virtio-drivers' `Transport` over the frontend, so virtio-drivers based
 //!   drivers (and `VirtQueue`) run unchanged on the test kit's `GuestHal`.
 //! - [`daemon`]: the daemon as a child process, and its control-socket client.
-<<<<<<< HEAD
 //! - [`blk`]: the `vhost-user-blk-confined` backend as a child process, on a disk file.
-=======
 //! - [`translation_client`]: a client of the daemon's translation socket speaking the raw
 //!   protocol (spec/TRANSLATION.md), for tests and benchmarks.
->>>>>>> translation
 //! - [`watchdog`]: time limits for steps that could hang.
 #![warn(missing_docs)]
 
