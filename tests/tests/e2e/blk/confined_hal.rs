@@ -137,12 +137,10 @@ unsafe impl Hal for ConfinedHal {
             }
             let iova = s.next_iova;
             s.next_iova += size;
-            let flags = if !device_writes {
-                MapFlags::READ
-            } else if s.writable_read_only && data {
-                MapFlags::READ
-            } else {
+            let flags = if device_writes && !(s.writable_read_only && data) {
                 MapFlags::READ | MapFlags::WRITE
+            } else {
+                MapFlags::READ
             };
             let m = Mapping {
                 domain: s.domain,
