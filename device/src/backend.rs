@@ -285,7 +285,7 @@ impl IommuBackend {
     /// nothing waits for them.
     fn flush_invalidations(&self, engine: &mut Engine) {
         if let Some(h) = &self.hub {
-            let _ = h.invalidate(engine.take_invalidations());
+            h.notify(engine.take_invalidations());
         }
     }
 

@@ -244,7 +244,7 @@ impl Daemon {
             let mut engine = lock(&self.engine);
             engine.system_reset();
             if let Some(hub) = &self.hub {
-                let _ = hub.invalidate(engine.take_invalidations());
+                hub.notify(engine.take_invalidations());
             }
         }
         let backend = IommuBackend::new(

@@ -26,7 +26,13 @@ pub const MAX_REPLY_LINE: u64 = 64 << 20;
 /// Finds the daemon binary: `$VHOST_DEVICE_IOMMU_BIN`, or `target/<profile>/vhost-device-iommu`
 /// next to this test executable (`target/<profile>/deps/<test>`).
 pub fn binary_path() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(BINARY_ENV) {
+    workspace_binary(BINARY, BINARY_ENV)
+}
+
+/// Finds the workspace binary `name`: `$env`, or `target/<profile>/<name>` next to this test
+/// executable (`target/<profile>/deps/<test>`).
+pub fn workspace_binary(name: &str, env: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
         return Ok(PathBuf::from(p));
     }
     let exe = std::env::current_exe()?;
@@ -40,13 +46,13 @@ pub fn binary_path() -> Result<PathBuf> {
             }
         })
         .ok_or_else(|| Error::Usage(format!("odd test path {}", exe.display())))?;
-    let bin = profile_dir.join(BINARY);
+    let bin = profile_dir.join(name);
     if bin.is_file() {
         Ok(bin)
     } else {
         Err(Error::Usage(format!(
-            "{} not found; build it first: `cargo build -p vhost-device-iommu` (same profile as \
-             the tests), or set {BINARY_ENV}",
+            "{} not found; build it first: `cargo build --bins` (same profile as the tests), or \
+             set {env}",
             bin.display()
         )))
     }

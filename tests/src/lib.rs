@@ -6,16 +6,23 @@
 //! - [`transport`]: virtio-drivers' `Transport` over the frontend, so virtio-drivers based
 //!   drivers (and `VirtQueue`) run unchanged on the test kit's `GuestHal`.
 //! - [`daemon`]: the daemon as a child process, and its control-socket client.
+//! - [`blk`]: the `vhost-user-blk-confined` backend as a child process, on a disk file.
+//! - [`translation_client`]: a client of the daemon's translation socket speaking the raw
+//!   protocol (spec/TRANSLATION.md), for tests and benchmarks.
 //! - [`watchdog`]: time limits for steps that could hang.
 #![warn(missing_docs)]
 
+pub mod blk;
 pub mod daemon;
 pub mod error;
 pub mod frontend;
+pub mod translation_client;
 pub mod transport;
 pub mod watchdog;
 
+pub use blk::BlkDaemon;
 pub use daemon::{ControlClient, Daemon};
 pub use error::{Error, Result};
 pub use frontend::Frontend;
+pub use translation_client::TranslationClient;
 pub use transport::VhostUserTransport;

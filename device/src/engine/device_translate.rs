@@ -338,7 +338,11 @@ impl DeviceTranslate<'_> {
         requests: u32,
         now: Instant,
     ) -> TranslateOutcome {
-        let f = tf.fault;
+        // The walk starts at the page: the fault is at the access's first byte.
+        let f = crate::host::Fault {
+            address: tf.fault.address.max(req.iova),
+            ..tf.fault
+        };
         if !tf.recoverable || req.no_fault || !self.page_requests_enabled(req.endpoint) {
             if tf.recoverable && !req.no_fault && self.prq.stopped(req.endpoint) {
                 self.prq.count_refused();

@@ -43,10 +43,23 @@ impl Hub {
     /// hold the guest request's completion must wait for, `None` if no client was sent
     /// anything.
     pub fn invalidate(&self, records: Vec<Invalidation>) -> Option<HoldId> {
+        self.send(&records, true)
+    }
+
+    /// As [`Hub::invalidate`] for a change nothing completes after (a config write, a reset,
+    /// a frontend disconnect): the INVALIDATEs go out, nothing is held (§4.2).
+    pub fn notify(&self, records: Vec<Invalidation>) {
+        let _ = self.send(&records, false);
+    }
+
+    fn send(&self, records: &[Invalidation], hold: bool) -> Option<HoldId> {
         if records.is_empty() {
             return None;
         }
-        let (hold, released) = self.registry.lock().invalidate(&records, Instant::now());
+        let (hold, released) = self
+            .registry
+            .lock()
+            .invalidate(records, Instant::now(), hold);
         if released {
             self.wake_queue();
         }

@@ -98,6 +98,7 @@ impl Registry {
         &mut self,
         records: &[Invalidation],
         now: Instant,
+        hold: bool,
     ) -> (Option<HoldId>, bool) {
         let deadline = now.checked_add(self.ack_timeout).unwrap_or(now);
         let mut acks = BTreeMap::new();
@@ -125,6 +126,9 @@ impl Registry {
         for id in backlogged {
             acks.remove(&id);
             released |= self.cut(id, CutReason::Backlog);
+        }
+        if !hold {
+            return (None, released);
         }
         let hold = self.holds.add(acks);
         if hold.is_some() {

@@ -169,6 +169,7 @@ fn daemon_in_a_thread_through_the_library() {
         socket_path: socket.clone(),
         control_socket: Some(control.clone()),
         max_control_clients: 16,
+        translation: None,
         host: HostKind::Emulated,
         queue_size: 32,
         engine: EngineConfig {

@@ -1,0 +1,46 @@
+//! A device backend's side of the virtio-iommu daemon's translation service
+//! (`spec/TRANSLATION.md`): `vm_memory::Iommu` over the translation socket, so a rust-vmm
+//! backend wraps its guest memory in `vm_memory::IommuMemory` and every access it makes at an
+//! IOVA is translated, and confined, by the guest's IOMMU.
+//!
+//! ```no_run
+//! use virtio_iommu_client::{Client, ClientConfig, EndpointRange};
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory};
+//!
+//! let client = Client::connect(ClientConfig::new(
+//!     "/run/viommu-translate.sock",
+//!     vec![EndpointRange { first: 8, last: 8 }],
+//! ))?;
+//! let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let dma = IommuMemory::new(ram, client.translator(8, None), true, ());
+//! let mut buf = [0u8; 16];
+//! dma.read_slice(&mut buf, GuestAddress(0x10_0000)).ok(); // an IOVA the guest mapped
+//! # Ok::<(), virtio_iommu_client::Error>(())
+//! ```
+//!
+//! - [`Client`]: the connection (reconnected after the daemon restarts), its reader thread
+//!   that fills the IOTLBs and handles `INVALIDATE` (drop, then `INVAL_ACK`);
+//! - [`Translator`]: the `Iommu` of one endpoint and PASID;
+//! - [`EndpointTlb`]: one IOTLB, whose read lock an access holds while it uses a translation;
+//! - [`ClientConfig`]: the socket, endpoints and every bound; [`Error`];
+//! - [`ratelimit`]: [`limited!`], rate-limited log lines for events a guest can trigger.
+#![warn(missing_docs)]
+
+mod client;
+mod config;
+mod endpoint_tlb;
+mod error;
+mod pending;
+pub mod ratelimit;
+mod session;
+mod translator;
+
+pub use client::{Client, ClientStats};
+pub use config::ClientConfig;
+pub use endpoint_tlb::{EndpointTlb, TlbKey};
+pub use error::Error;
+pub use translator::Translator;
+pub use virtio_iommu_spec::translation::EndpointRange;
+
+#[doc(hidden)]
+pub use log as __log;

@@ -1,0 +1,324 @@
+//! The client against a fake daemon on a real socket: HELLO, TRANSLATE and the IOTLB hit,
+//! INVALIDATE (dropped before the ack, and only after the accesses using it), faults not
+//! cached, reconnection after a daemon restart, bounded waits, hostile replies.
+
+mod fake;
+
+use std::time::{Duration, Instant};
+
+use fake::Fake;
+use virtio_iommu_client::{Client, ClientConfig, EndpointRange, Error};
+use virtio_iommu_spec::event::{FaultFlags, FaultReason};
+use virtio_iommu_spec::request::MapFlags;
+use virtio_iommu_spec::translation::{HelloStatus, TranslateFlags};
+use vm_memory::iommu::MappedRange;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory, Permissions};
+
+const EP: u32 = 8;
+const RW: MapFlags = MapFlags::READ.union(MapFlags::WRITE);
+
+fn config(fake: &Fake) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        &fake.path,
+        vec![EndpointRange {
+            first: EP,
+            last: EP,
+        }],
+    );
+    c.reply_timeout = Duration::from_millis(500);
+    c.retry_interval = Duration::from_millis(0);
+    c
+}
+
+fn gpas(
+    client: &Client,
+    iova: u64,
+    len: usize,
+    access: Permissions,
+) -> Result<Vec<(u64, usize)>, Error> {
+    let t = client.translator(EP, None);
+    let it = t.translate_typed(iova, len, access)?;
+    Ok(it
+        .map(|MappedRange { base, length }| (base.0, length))
+        .collect())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_miss_asks_the_daemon_once_and_the_hit_does_not() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x1ffff, 0x40000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    assert_eq!(fake.with(|s| s.hellos), 1);
+    assert_eq!(
+        gpas(&client, 0x10100, 0x100, Permissions::Read).unwrap(),
+        [(0x40100, 0x100)]
+    );
+    assert_eq!(
+        fake.with(|s| s.translates.clone()),
+        [(EP, 0x10100, 0x100, TranslateFlags::READ)]
+    );
+    // The whole mapping was cached: other addresses and writes inside it are hits.
+    assert_eq!(
+        gpas(&client, 0x1f000, 0x1000, Permissions::ReadWrite).unwrap(),
+        [(0x4f000, 0x1000)]
+    );
+    assert_eq!(fake.translates(), 1);
+    assert_eq!(
+        client
+            .stats()
+            .translates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn iommu_memory_reads_and_writes_at_iovas() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10_0000, 0x10_1fff, 0x2000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let dma = IommuMemory::new(ram, client.translator(EP, None), true, ());
+    // Across the page boundary of the mapping.
+    dma.write_slice(b"confined!", GuestAddress(0x10_0ffc))
+        .unwrap();
+    let phys = dma.get_backend();
+    let mut b = [0u8; 9];
+    phys.read_slice(&mut b, GuestAddress(0x2ffc)).unwrap();
+    assert_eq!(&b, b"confined!");
+    // Outside the mapping: refused, nothing written.
+    assert!(dma.write_slice(b"x", GuestAddress(0x10_2000)).is_err());
+}
+
+#[test]
+fn invalidate_drops_the_entry_before_the_ack() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x1ffff, 0x40000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    gpas(&client, 0x10000, 1, Permissions::Read).unwrap();
+    // The daemon unmaps, then remaps elsewhere: after the ack the client must ask again.
+    fake.with(|s| s.maps.clear());
+    let seq = fake.invalidate(Some(EP), 0x10000, 0x1ffff);
+    assert!(fake.wait_ack(seq, Duration::from_secs(5)));
+    fake.map(EP, 0x10000, 0x1ffff, 0x90000, RW);
+    assert_eq!(
+        gpas(&client, 0x10000, 1, Permissions::Read).unwrap(),
+        [(0x90000, 1)]
+    );
+    assert_eq!(fake.translates(), 2);
+    // Another endpoint's invalidation leaves ours cached (and is acked all the same).
+    let seq = fake.invalidate(Some(99), 0, u64::MAX);
+    assert!(fake.wait_ack(seq, Duration::from_secs(5)));
+    gpas(&client, 0x10000, 1, Permissions::Read).unwrap();
+    assert_eq!(fake.translates(), 2);
+    // Everything, all endpoints.
+    let seq = fake.invalidate(None, 0, u64::MAX);
+    assert!(fake.wait_ack(seq, Duration::from_secs(5)));
+    gpas(&client, 0x10000, 1, Permissions::Read).unwrap();
+    assert_eq!(fake.translates(), 3);
+}
+
+#[test]
+fn the_ack_waits_for_accesses_still_using_the_translation() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x1ffff, 0x40000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    let t = client.translator(EP, None);
+    // An access in progress holds its translation.
+    let in_use = t
+        .translate_typed(0x10000, 0x10, Permissions::Write)
+        .unwrap();
+    let seq = fake.invalidate(Some(EP), 0x10000, 0x1ffff);
+    assert!(
+        !fake.wait_ack(seq, Duration::from_millis(200)),
+        "acked while an access used the translation"
+    );
+    drop(in_use);
+    assert!(fake.wait_ack(seq, Duration::from_secs(5)));
+}
+
+#[test]
+fn faults_are_reported_and_never_cached() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x10fff, 0x40000, MapFlags::READ);
+    let client = Client::connect(config(&fake)).unwrap();
+    // A write to a read-only mapping.
+    match gpas(&client, 0x10000, 4, Permissions::Write) {
+        Err(Error::Fault {
+            reason: FaultReason::Mapping,
+            flags,
+            address: 0x10000,
+        }) => assert_eq!(flags, FaultFlags::WRITE | FaultFlags::ADDRESS),
+        other => panic!("{other:?}"),
+    }
+    // Unmapped: asked every time.
+    for _ in 0..2 {
+        assert!(matches!(
+            gpas(&client, 0x80000, 4, Permissions::Read),
+            Err(Error::Fault { .. })
+        ));
+    }
+    assert_eq!(fake.translates(), 3);
+    // The read is fine, and a cached READ range does not serve a write.
+    gpas(&client, 0x10000, 4, Permissions::Read).unwrap();
+    assert!(gpas(&client, 0x10000, 4, Permissions::Write).is_err());
+    assert_eq!(fake.translates(), 5);
+}
+
+#[test]
+fn a_partial_answer_is_continued_from_its_end() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x2ffff, 0x40000, RW);
+    // Each range covers one page and a reply at most 8: 16 pages take two round trips.
+    fake.with(|s| s.split = Some(0x1000));
+    let client = Client::connect(config(&fake)).unwrap();
+    let got = gpas(&client, 0x10000, 0x10000, Permissions::Read).unwrap();
+    let total: usize = got.iter().map(|g| g.1).sum();
+    assert_eq!(total, 0x10000);
+    assert_eq!(
+        got.first(),
+        Some(&(0x40000, 0x10000)),
+        "merged contiguous ranges"
+    );
+    let asked = fake.with(|s| s.translates.clone());
+    assert_eq!(asked.len(), 2);
+    assert_eq!((asked[1].1, asked[1].2), (0x18000, 0x8000));
+}
+
+#[test]
+fn a_daemon_restart_drops_the_cache_and_the_client_reconnects() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x1ffff, 0x40000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    gpas(&client, 0x10000, 1, Permissions::Read).unwrap();
+    fake.drop_connection();
+    wait_for("the client sees the connection end", || !client.connected());
+    fake.with(|s| {
+        s.maps.clear();
+        s.maps.push(fake::Map {
+            endpoint: EP,
+            iova: 0x10000,
+            last: 0x1ffff,
+            paddr: 0x70000,
+            perm: RW,
+        });
+    });
+    assert_eq!(
+        gpas(&client, 0x10000, 1, Permissions::Read).unwrap(),
+        [(0x70000, 1)],
+        "nothing cached survived the connection"
+    );
+    assert_eq!(fake.with(|s| s.hellos), 2);
+    assert_eq!(
+        client
+            .stats()
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+}
+
+#[test]
+fn waits_are_bounded() {
+    let fake = Fake::start();
+    fake.with(|s| s.mute = true);
+    let client = Client::connect(config(&fake)).unwrap();
+    let t0 = Instant::now();
+    assert!(matches!(
+        gpas(&client, 0x10000, 1, Permissions::Read),
+        Err(Error::Timeout(_))
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    // Nobody listening: a connect error, at once.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ClientConfig::new(
+        dir.path().join("none"),
+        vec![EndpointRange { first: 0, last: 0 }],
+    );
+    assert!(matches!(Client::connect(cfg), Err(Error::Connect(_))));
+}
+
+#[test]
+fn a_refused_hello_is_a_typed_error() {
+    let fake = Fake::start();
+    fake.with(|s| s.refuse = Some(HelloStatus::InvalidRanges));
+    assert!(matches!(
+        Client::connect(config(&fake)),
+        Err(Error::Refused(HelloStatus::InvalidRanges))
+    ));
+}
+
+/// A TRANSLATE_REPLY header with `nr_ranges` = 1 and status OK for `tag`, then one range.
+fn raw_reply(tag: u64, iova: u64, last: u64, paddr: u64, perm: u32) -> Vec<u8> {
+    let mut v = vec![0x82, 0, 0, 0, 64, 0, 0, 0];
+    v.extend_from_slice(&tag.to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(&1u32.to_le_bytes());
+    v.extend_from_slice(&[0; 16]);
+    v.extend_from_slice(&iova.to_le_bytes());
+    v.extend_from_slice(&last.to_le_bytes());
+    v.extend_from_slice(&paddr.to_le_bytes());
+    v.extend_from_slice(&perm.to_le_bytes());
+    v.extend_from_slice(&[0; 4]);
+    v
+}
+
+#[test]
+fn hostile_replies_are_refused_and_never_cached() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x1ffff, 0x40000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    // Tags start at 0. A range that does not contain the address asked for.
+    fake.with(|s| s.raw_reply = Some(raw_reply(0, 0x50000, 0x50fff, 0, 3)));
+    assert!(matches!(
+        gpas(&client, 0x10000, 1, Permissions::Read),
+        Err(Error::BadReply(_))
+    ));
+    // A range without the permission asked for.
+    fake.with(|s| s.raw_reply = Some(raw_reply(1, 0x10000, 0x10fff, 0, 1)));
+    assert!(matches!(
+        gpas(&client, 0x10000, 1, Permissions::Write),
+        Err(Error::BadReply(_))
+    ));
+    // A reply for a tag never sent is ignored: the real request times out.
+    fake.with(|s| s.raw_reply = Some(raw_reply(77, 0x10000, 0x10fff, 0, 3)));
+    assert!(matches!(
+        gpas(&client, 0x10000, 1, Permissions::Read),
+        Err(Error::Timeout(_))
+    ));
+    // Still connected, and the good answer works.
+    assert_eq!(
+        gpas(&client, 0x10000, 1, Permissions::Read).unwrap(),
+        [(0x40000, 1)]
+    );
+    // An oversized message is a protocol error: the connection closes, the cache goes.
+    fake.send_raw(&[0x82, 0, 0, 0, 0xff, 0xff, 0, 0]);
+    wait_for("the client closes the connection", || !client.connected());
+    let before = fake.translates();
+    gpas(&client, 0x10000, 1, Permissions::Read).unwrap();
+    assert_eq!(
+        fake.translates(),
+        before + 1,
+        "asked again after reconnecting"
+    );
+}
+
+#[test]
+fn invalid_ranges_are_refused_without_asking() {
+    let fake = Fake::start();
+    let client = Client::connect(config(&fake)).unwrap();
+    assert!(matches!(
+        gpas(&client, u64::MAX - 1, 4, Permissions::Read),
+        Err(Error::BadRange { .. })
+    ));
+    assert_eq!(gpas(&client, 0x1000, 0, Permissions::Read).unwrap(), []);
+    assert_eq!(fake.translates(), 0);
+}
