@@ -19,6 +19,7 @@
 #                   inspect the daemon and quit QEMU. If meanwhile the virtio-net (00:04.0)
 #                   loses its carrier (the host's `set_link p0 off`), cycle every NIC down
 #                   and up again (UNMAP / MAP traffic) and print "VM-HOLD2"
+#   vm.viot=1       print the ACPI VIOT the firmware gave the guest, in hex (VM-VIOT:)
 #   vm.shell=1      end with an interactive shell
 fail=0
 arg() { for w in $(cat /proc/cmdline); do case $w in "$1"=*) echo "${w#*=}" ;; esac; done; }
@@ -65,6 +66,9 @@ for d in /sys/bus/pci/devices/*; do
     echo "VM-PCI: ${d##*/} $(cat "$d/vendor"):$(cat "$d/device") driver=${drvname:--} group=${grp:--} type=$(cat "$d/iommu_group/type" 2>/dev/null || echo -)"
 done
 groups VM-GROUP
+if [ "$(arg vm.viot)" = 1 ]; then
+    echo "VM-VIOT: $(od -An -v -tx1 /sys/firmware/acpi/tables/VIOT 2>/dev/null | tr -d ' \n')"
+fi
 
 list_nics() {
     nics=
