@@ -11,6 +11,7 @@ use virtio_iommu_spec::viot::{self, ViotNode};
 use crate::engine::{EndpointConfig, EngineConfig, Limits, ReservedRegion};
 use crate::error::{Error, Result};
 use crate::host::iommufd::{VfioEndpoint, VfioSource};
+use crate::translation::TranslationConfig;
 
 /// Which host IOMMU the daemon programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -50,6 +51,20 @@ pub struct Args {
     /// waits for a page response holds its client). More are refused with an error line.
     #[arg(long, default_value_t = 16)]
     pub max_control_clients: usize,
+
+    /// Translation socket for device backends (spec/TRANSLATION.md): they ask for endpoints'
+    /// translations and acknowledge invalidations; UNMAP and DETACH complete after the acks.
+    #[arg(long, value_name = "PATH")]
+    pub translation_socket: Option<PathBuf>,
+
+    /// Translation clients served at once; one more is accepted and closed at once.
+    #[arg(long, default_value_t = virtio_iommu_spec::translation::DEFAULT_MAX_CLIENTS)]
+    pub max_translation_clients: usize,
+
+    /// How long a translation client may take to acknowledge an INVALIDATE before it is cut
+    /// off (its connection closed, the guest's request completed), in milliseconds.
+    #[arg(long, default_value_t = virtio_iommu_spec::translation::DEFAULT_ACK_TIMEOUT_MS)]
+    pub translation_ack_timeout_ms: u64,
 
     /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xff,0x300`). Other IDs get
     /// S_NOENT. Default: the IDs of `--viot`, else segment 0's PCI requester IDs (0-0xffff).
@@ -150,6 +165,8 @@ pub struct DaemonConfig {
     pub control_socket: Option<PathBuf>,
     /// Control clients served at once.
     pub max_control_clients: usize,
+    /// The translation service, if `--translation-socket` is given.
+    pub translation: Option<TranslationConfig>,
     /// Host backend.
     pub host: HostKind,
     /// Virtqueue size.
@@ -369,6 +386,23 @@ impl TryFrom<Args> for DaemonConfig {
                 "--page-request-timeout-ms must be positive".into(),
             ));
         }
+        if a.translation_socket.is_some() {
+            if a.max_translation_clients == 0 {
+                return Err(Error::Config(
+                    "--max-translation-clients must be positive".into(),
+                ));
+            }
+            if a.translation_ack_timeout_ms == 0 {
+                return Err(Error::Config(
+                    "--translation-ack-timeout-ms must be positive".into(),
+                ));
+            }
+        }
+        let translation = a.translation_socket.map(|path| TranslationConfig {
+            path,
+            max_clients: a.max_translation_clients,
+            ack_timeout: std::time::Duration::from_millis(a.translation_ack_timeout_ms),
+        });
         if a.pasid_bits > 20 {
             return Err(Error::Config("--pasid-bits is at most 20".into()));
         }
@@ -394,6 +428,7 @@ impl TryFrom<Args> for DaemonConfig {
             socket_path: a.socket_path,
             control_socket: a.control_socket,
             max_control_clients: a.max_control_clients,
+            translation,
             host: a.host,
             queue_size: a.queue_size,
             engine,
@@ -431,6 +466,41 @@ mod tests {
         assert_eq!(c.queue_size, 256);
         assert_eq!(c.host, HostKind::Emulated);
         assert!(!c.engine.offer_attach_table);
+        assert_eq!(c.translation, None);
+    }
+
+    #[test]
+    fn translation_socket_flags() {
+        let c = DaemonConfig::try_from(args(&["--translation-socket", "/tmp/t.sock"])).unwrap();
+        assert_eq!(
+            c.translation,
+            Some(TranslationConfig {
+                path: "/tmp/t.sock".into(),
+                max_clients: 16,
+                ack_timeout: std::time::Duration::from_millis(1000),
+            })
+        );
+        let c = DaemonConfig::try_from(args(&[
+            "--translation-socket",
+            "/tmp/t.sock",
+            "--max-translation-clients",
+            "2",
+            "--translation-ack-timeout-ms",
+            "50",
+        ]))
+        .unwrap()
+        .translation
+        .unwrap();
+        assert_eq!((c.max_clients, c.ack_timeout.as_millis()), (2, 50));
+        for bad in [
+            ["--max-translation-clients", "0"],
+            ["--translation-ack-timeout-ms", "0"],
+        ] {
+            let mut v = vec!["--translation-socket", "/tmp/t.sock"];
+            v.extend_from_slice(&bad);
+            let e = DaemonConfig::try_from(args(&v)).unwrap_err().to_string();
+            assert!(e.contains(bad[0]), "{e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::engine::Engine;
 use crate::queue::{self, Scratch};
+use crate::translation::{HeldReplies, HeldReply, Hub};
 
 /// Number of virtqueues: requestq and eventq.
 pub const NUM_QUEUES: usize = 2;
@@ -80,6 +81,11 @@ pub struct IommuBackend {
     broken: [bool; NUM_QUEUES],
     /// The last request drain stopped at its budget; the wake-up it queued resumes it.
     requests_deferred: bool,
+    /// The translation service: told of every change clients may have cached.
+    hub: Option<Arc<Hub>>,
+    /// Requests whose used-ring entry waits for the service's clients (spec/TRANSLATION.md
+    /// §4.2); released on the wake-up the service sends when their acks are in.
+    held: HeldReplies,
 }
 
 impl IommuBackend {
@@ -87,7 +93,7 @@ impl IommuBackend {
     ///
     /// # Errors
     /// The wake eventfd cannot be created.
-    pub fn new(engine: SharedEngine, queue_size: u16) -> io::Result<Self> {
+    pub fn new(engine: SharedEngine, queue_size: u16, hub: Option<Arc<Hub>>) -> io::Result<Self> {
         let mut timer = TimerFd::new()?;
         if lock(&engine)
             .offered_features()
@@ -109,6 +115,8 @@ impl IommuBackend {
             scratch: Scratch::default(),
             broken: [false; NUM_QUEUES],
             requests_deferred: false,
+            hub,
+            held: HeldReplies::default(),
         })
     }
 
@@ -160,7 +168,14 @@ impl IommuBackend {
                 "rings restarted at 0 (were at {:?}): guest reset, resetting the device",
                 self.last_avail
             );
-            lock(&self.engine).reset();
+            let mut engine = lock(&self.engine);
+            engine.reset();
+            self.flush_invalidations(&mut engine);
+            drop(engine);
+            let dropped = self.held.clear();
+            if dropped > 0 {
+                info!("{dropped} held request(s) dropped with the rings");
+            }
         } else {
             debug!(
                 "rings resumed at {now:?} (were {:?}): state kept",
@@ -225,6 +240,15 @@ impl IommuBackend {
                     );
                 }
                 let used = queue::process_request(&*mem, chain, &mut engine, &mut self.scratch);
+                // Told while the engine is still locked (see translation/registry.rs).
+                let hold = self
+                    .hub
+                    .as_ref()
+                    .and_then(|h| h.invalidate(engine.take_invalidations()));
+                if let Some(hold) = hold {
+                    self.held.push(HeldReply { hold, head, used });
+                    continue;
+                }
                 if let Err(e) = state.add_used(head, used) {
                     return break_queue(
                         &mut self.broken,
@@ -248,6 +272,41 @@ impl IommuBackend {
             }
         }
         self.last_avail[q] = vring.get_ref().get_queue().next_avail();
+    }
+
+    /// Tells the translation service of changes made outside a request (reset, config write);
+    /// nothing waits for them.
+    fn flush_invalidations(&self, engine: &mut Engine) {
+        if let Some(h) = &self.hub {
+            let _ = h.invalidate(engine.take_invalidations());
+        }
+    }
+
+    /// Returns the held requests whose acknowledgements are all in.
+    fn release_held(&mut self, vring: &VringRwLock) {
+        let Some(hub) = &self.hub else {
+            return;
+        };
+        let ready = self.held.release(&hub.take_completed());
+        if ready.is_empty() {
+            return;
+        }
+        let q = usize::from(REQUEST_QUEUE);
+        let mut state = vring.get_mut();
+        if self.broken[q] || !state.get_queue().ready() {
+            debug!("{} held request(s) released on a stopped ring", ready.len());
+            return;
+        }
+        for r in ready {
+            if let Err(e) = state.add_used(r.head, r.used) {
+                return break_queue(
+                    &mut self.broken,
+                    q,
+                    &format!("the used ring cannot be written ({e})"),
+                );
+            }
+        }
+        Self::notify(&mut state, "requestq");
     }
 
     fn deliver_events(&mut self, vring: &VringRwLock) {
@@ -400,9 +459,11 @@ impl VhostUserBackendMut for IommuBackend {
     fn set_config(&mut self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // Never fail: an error here makes the library drop the whole connection, and the value
         // comes from the guest.
-        if let Err(e) = lock(&self.engine).write_config(offset, buf) {
+        let mut engine = lock(&self.engine);
+        if let Err(e) = engine.write_config(offset, buf) {
             warn!("ignored config write at offset {offset} ({buf:02x?}): {e}");
         }
+        self.flush_invalidations(&mut engine);
         Ok(())
     }
 
@@ -451,6 +512,9 @@ impl VhostUserBackendMut for IommuBackend {
             WAKE_EVENT => {
                 // Non-blocking read; EAGAIN only means another wake-up already drained it.
                 let _ = self.wake.read();
+                if let Some(v) = vrings.get(usize::from(REQUEST_QUEUE)) {
+                    self.release_held(v);
+                }
                 if self.requests_deferred {
                     if let Some(v) = vrings.get(usize::from(REQUEST_QUEUE)) {
                         self.process_requests(v);

@@ -1,6 +1,7 @@
 //! The control socket: newline-delimited JSON requests and replies, one object per line.
 //!
-//! Commands (`"cmd"` field): `stats`, `dump`, `translate` (endpoint, optional pasid, iova,
+//! Commands (`"cmd"` field): `stats` (with `--translation-socket`, the service's counters
+//! under `translation`), `dump`, `translate` (endpoint, optional pasid, iova,
 //! optional len, access `read`/`write`), `dma-read` (endpoint, optional pasid, iova, len ≤ 1 MiB;
 //! returns hex `data`), `dma-write` (endpoint, optional pasid, iova, hex `data`). The DMA
 //! commands take optional booleans `privileged` and `exec` (exec: reads only). Numbers may
@@ -34,6 +35,7 @@ use crate::backend::{lock, SharedEngine};
 use crate::engine::{Access, DmaAttrs, DmaOp, DmaOutcome, DmaRequest};
 use crate::error::{Error, Result};
 use crate::limited;
+use crate::translation::Hub;
 
 /// Largest DMA a control command may ask for.
 const MAX_DMA: u64 = 1 << 20;
@@ -56,7 +58,13 @@ pub type WakeSlot = Arc<Mutex<Option<Arc<EventFd>>>>;
 ///
 /// # Errors
 /// The socket cannot be bound.
-pub fn spawn(path: &Path, max_clients: usize, engine: SharedEngine, wake: WakeSlot) -> Result<()> {
+pub fn spawn(
+    path: &Path,
+    max_clients: usize,
+    engine: SharedEngine,
+    wake: WakeSlot,
+    translation: Option<Arc<Hub>>,
+) -> Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(|err| Error::ControlSocket {
         path: path.to_owned(),
@@ -74,14 +82,14 @@ pub fn spawn(path: &Path, max_clients: usize, engine: SharedEngine, wake: WakeSl
                             refuse(&stream, max_clients);
                             continue;
                         };
-                        let (v, w) = (engine.clone(), wake.clone());
+                        let (v, w, t) = (engine.clone(), wake.clone(), translation.clone());
                         // The slot is released when the thread ends, or here if it cannot start.
                         let _ =
                             thread::Builder::new()
                                 .name("control-client".into())
                                 .spawn(move || {
                                     let _slot = slot;
-                                    serve_client(stream, &v, &w);
+                                    serve_client(stream, &v, &w, t.as_deref());
                                 });
                     }
                     Err(e) => {
@@ -130,7 +138,12 @@ fn refuse(mut stream: &UnixStream, max_clients: usize) {
     let _ = stream.write_all(line.as_bytes());
 }
 
-fn serve_client(stream: UnixStream, engine: &SharedEngine, wake: &WakeSlot) {
+fn serve_client(
+    stream: UnixStream,
+    engine: &SharedEngine,
+    wake: &WakeSlot,
+    translation: Option<&Hub>,
+) {
     let Ok(mut out) = stream.try_clone() else {
         return;
     };
@@ -144,7 +157,7 @@ fn serve_client(stream: UnixStream, engine: &SharedEngine, wake: &WakeSlot) {
             Ok(_) => {}
         }
         let reply = match serde_json::from_str::<Value>(&line) {
-            Ok(req) => handle(&req, engine, wake),
+            Ok(req) => handle(&req, engine, wake, translation),
             Err(e) => json!({"ok": false, "error": format!("bad JSON: {e}")}),
         };
         let mut text = reply.to_string();
@@ -212,8 +225,13 @@ fn unhex(s: &str) -> std::result::Result<Vec<u8>, String> {
 
 /// Answers one request.
 #[must_use]
-pub fn handle(req: &Value, engine: &SharedEngine, wake: &WakeSlot) -> Value {
-    match dispatch(req, engine, wake) {
+pub fn handle(
+    req: &Value,
+    engine: &SharedEngine,
+    wake: &WakeSlot,
+    translation: Option<&Hub>,
+) -> Value {
+    match dispatch(req, engine, wake, translation) {
         Ok(reply) => {
             if reply.get("fault").is_some() {
                 // A fault record was queued: let the queue thread deliver it.
@@ -302,6 +320,7 @@ fn dispatch(
     req: &Value,
     engine: &SharedEngine,
     wake: &WakeSlot,
+    translation: Option<&Hub>,
 ) -> std::result::Result<Value, String> {
     let cmd = req
         .get("cmd")
@@ -309,10 +328,15 @@ fn dispatch(
         .ok_or("missing `cmd`")?;
     match cmd {
         "stats" => {
-            let v = lock(engine);
-            Ok(
-                json!({"ok": true, "stats": serde_json::to_value(v.stats()).map_err(|e| e.to_string())?}),
-            )
+            let mut stats =
+                serde_json::to_value(lock(engine).stats()).map_err(|e| e.to_string())?;
+            if let (Some(hub), Value::Object(map)) = (translation, &mut stats) {
+                map.insert(
+                    "translation".into(),
+                    serde_json::to_value(hub.stats()).map_err(|e| e.to_string())?,
+                );
+            }
+            Ok(json!({"ok": true, "stats": stats}))
         }
         "dump" => {
             let v = lock(engine);

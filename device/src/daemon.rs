@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::host::emulated::EmulatedHost;
 use crate::host::iommufd::{IommufdConfig, IommufdHost};
 use crate::host::{HostIommu, ReservedRegion};
+use crate::translation::{self, Hub};
 
 /// The host backend with what the serve loop must poll for it.
 #[derive(Debug)]
@@ -133,6 +134,7 @@ pub struct Daemon {
     wake: WakeSlot,
     stop: Arc<AtomicBool>,
     host_events: Option<File>,
+    hub: Option<Arc<Hub>>,
 }
 
 impl Daemon {
@@ -145,12 +147,17 @@ impl Daemon {
         let engine = Engine::new(config.engine.clone(), host.iommu).map_err(Error::Device)?;
         let engine = Arc::new(parking_lot::Mutex::new(engine));
         let wake: WakeSlot = Arc::new(Mutex::new(None));
+        let hub = match &config.translation {
+            Some(t) => Some(translation::spawn(t.clone(), engine.clone(), wake.clone())?),
+            None => None,
+        };
         if let Some(path) = &config.control_socket {
             control::spawn(
                 path,
                 config.max_control_clients,
                 engine.clone(),
                 wake.clone(),
+                hub.clone(),
             )?;
         }
         Ok(Daemon {
@@ -159,6 +166,7 @@ impl Daemon {
             wake,
             stop: Arc::new(AtomicBool::new(false)),
             host_events: host.events,
+            hub,
         })
     }
 
@@ -193,6 +201,12 @@ impl Daemon {
             .map_err(Error::SignalThread)
     }
 
+    /// The translation service, if configured.
+    #[must_use]
+    pub fn translation(&self) -> Option<Arc<Hub>> {
+        self.hub.clone()
+    }
+
     /// A flag that ends [`Daemon::run`] after the current connection closes.
     #[must_use]
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
@@ -212,9 +226,20 @@ impl Daemon {
     }
 
     fn serve_one(&self) -> Result<()> {
-        // Each connection starts from a freshly reset device (bypass back to its boot value).
-        lock(&self.engine).system_reset();
-        let backend = IommuBackend::new(self.engine.clone(), self.config.queue_size)?;
+        // Each connection starts from a freshly reset device (bypass back to its boot value);
+        // translation clients drop what they cached of the last frontend's guest.
+        {
+            let mut engine = lock(&self.engine);
+            engine.system_reset();
+            if let Some(hub) = &self.hub {
+                let _ = hub.invalidate(engine.take_invalidations());
+            }
+        }
+        let backend = IommuBackend::new(
+            self.engine.clone(),
+            self.config.queue_size,
+            self.hub.clone(),
+        )?;
         let wake = backend.wake_fd();
         let timer = backend.timer_fd();
         let backend = Arc::new(RwLock::new(backend));

@@ -37,6 +37,14 @@ pub enum Error {
         /// The I/O error.
         err: io::Error,
     },
+    /// The translation socket could not be set up.
+    #[error("translation socket {path}: {err}")]
+    TranslationSocket {
+        /// The socket.
+        path: PathBuf,
+        /// The I/O error.
+        err: io::Error,
+    },
     /// An eventfd or another OS resource could not be created.
     #[error("system resource: {0}")]
     Io(#[from] io::Error),

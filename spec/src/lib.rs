@@ -14,6 +14,8 @@
 //! - [`formats`]: the bits of the guest tables ATTACH_TABLE binds (SMMUv3 CDs, AArch64 and
 //!   x86-64 page-table entries).
 //! - [`viot`]: the ACPI VIOT table that tells a guest which endpoints sit behind the IOMMU.
+//! - [`translation`]: the translation service's socket protocol (`spec/TRANSLATION.md`)
+//!   between the daemon and the device backends that DMA for endpoints.
 //!
 //! All multi-byte fields are little-endian. The wire structures use `zerocopy`'s little-endian
 //! integer types, so they have alignment 1 and can be read from any byte offset on any host.
@@ -30,6 +32,7 @@ pub mod frame;
 pub mod probe;
 pub mod request;
 pub mod status;
+pub mod translation;
 pub mod viot;
 mod wire;
 

@@ -116,6 +116,16 @@ pub(super) struct ParkedDmas {
     next: u64,
 }
 
+impl ParkedDmas {
+    /// A fresh ticket. Parked translations draw from the same counter, so that the
+    /// page-request groups' answers (keyed by ticket) never mix the two up.
+    pub(super) fn next_ticket(&mut self) -> u64 {
+        let t = self.next;
+        self.next = self.next.wrapping_add(1);
+        t
+    }
+}
+
 /// The engine as a simulated device sees it: the parked DMAs and what a DMA goes through
 /// (the host's translation, guest memory, the page-request groups and the event queue).
 /// Made by [`super::Engine::device_dma`].

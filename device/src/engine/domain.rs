@@ -12,10 +12,12 @@ use virtio_iommu_spec::ext::{range_last, InvalScope, S1FMT_64KL2};
 use virtio_iommu_spec::request::{
     Attach, AttachFlags, AttachTable, Detach, Invalidate, Map, MapFlags, TableDesc, Unmap,
 };
+use virtio_iommu_spec::translation::Pasids;
 use virtio_iommu_spec::{Features, Status};
 
 use super::dump::{DomainDump, MappingDump};
 use super::engine_config::{EndpointTable, EngineConfig};
+use super::invalidation::{InvalEndpoints, Invalidation, Invalidations};
 use super::mapping_store::{Mapping, MappingStore, WouldSplit};
 use super::tables::Tables;
 use crate::host::{AttachTarget, HostError, HostIommu, Perm, SpaceId};
@@ -26,6 +28,22 @@ pub(super) struct Ctx<'a> {
     pub(super) endpoints: &'a EndpointTable,
     pub(super) negotiated: Features,
     pub(super) host: &'a mut dyn HostIommu,
+    /// Where changes a translation-service client may have cached are recorded.
+    pub(super) inval: &'a mut Invalidations,
+}
+
+/// Where an endpoint's requests without PASID go, as the engine's state says.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Route<'a> {
+    /// Not attached: the config's `bypass` decides.
+    Unattached,
+    /// Attached to a bypass domain: identity.
+    Bypass,
+    /// Attached to a domain with mappings.
+    Mapped(&'a MappingStore),
+    /// Through a guest table bound with ATTACH_TABLE (an SMMUv3 CD table): only the host's
+    /// walk knows.
+    Table,
 }
 
 /// One domain.
@@ -196,6 +214,9 @@ impl Domains {
             })
             .add(a.endpoint, cfg_idx);
         self.attached.insert(a.endpoint, a.domain);
+        // From unattached (identity or blocked) or from another domain: either way what the
+        // endpoint translates to changed.
+        ctx.inval.record(Invalidation::endpoint(a.endpoint));
         Status::Ok
     }
 
@@ -236,6 +257,7 @@ impl Domains {
         self.attached.remove(&d.endpoint);
         self.tables.drop_endpoint(ctx.host, d.endpoint);
         self.leave(ctx.host, d.endpoint, d.domain, cfg_idx);
+        ctx.inval.record(Invalidation::endpoint(d.endpoint));
         Status::Ok
     }
 
@@ -339,6 +361,9 @@ impl Domains {
                     return host_status("unmap", e);
                 }
                 d.mappings.remove_range(u.virt_start, u.virt_end);
+                if ctx.inval.enabled() {
+                    record_unmap(ctx.inval, &self.tables, &d.endpoints, u);
+                }
                 Status::Ok
             }
         }
@@ -397,7 +422,18 @@ impl Domains {
             .tables
             .bind(ctx.host, a.endpoint, Some(space), &a.table)
         {
-            Ok(()) => Status::Ok,
+            Ok(()) => {
+                let pasids = match a.table {
+                    TableDesc::Vtd { pasid, .. } => Pasids::One(pasid),
+                    // A CD table also serves the requests without PASID.
+                    TableDesc::ArmSmmuV3 { .. } => Pasids::All,
+                };
+                ctx.inval.record(Invalidation {
+                    pasids,
+                    ..Invalidation::endpoint(a.endpoint)
+                });
+                Status::Ok
+            }
             Err(e) => host_status("alloc_table/attach", e),
         }
     }
@@ -430,7 +466,56 @@ impl Domains {
                 }
             }
         }
+        if ctx.inval.enabled() {
+            // Only translations through guest tables depend on what INVALIDATE covers: the
+            // domain's own mappings change by MAP and UNMAP, which invalidate themselves.
+            let with_tables: Vec<u32> = d
+                .endpoints
+                .iter()
+                .copied()
+                .filter(|ep| !self.tables.of(*ep).is_empty())
+                .collect();
+            let (pasids, first, last) = match inv.scope {
+                InvalScope::Domain => (Pasids::All, 0, u64::MAX),
+                InvalScope::Pasid(p) => (Pasids::One(p), 0, u64::MAX),
+                InvalScope::Range {
+                    pasid,
+                    start,
+                    nr_pages,
+                    granule,
+                } => (
+                    pasid.map_or(Pasids::All, Pasids::One),
+                    start,
+                    // Checked above.
+                    range_last(start, nr_pages, granule).unwrap_or(u64::MAX),
+                ),
+            };
+            ctx.inval.record(Invalidation {
+                endpoints: InvalEndpoints::Some(with_tables),
+                pasids,
+                first,
+                last,
+            });
+        }
         Status::Ok
+    }
+
+    /// Where `endpoint`'s requests without PASID go.
+    pub(super) fn route(&self, endpoint: u32) -> Route<'_> {
+        let Some(d) = self
+            .attached
+            .get(&endpoint)
+            .and_then(|id| self.domains.get(id))
+        else {
+            return Route::Unattached;
+        };
+        if d.bypass {
+            Route::Bypass
+        } else if self.tables.has_cd_table(endpoint) {
+            Route::Table
+        } else {
+            Route::Mapped(&d.mappings)
+        }
     }
 
     /// Tears everything down (device reset): host attachments first, then spaces.
@@ -471,6 +556,22 @@ impl Domains {
                     .collect(),
             })
             .collect()
+    }
+}
+
+/// An UNMAP's records: the range without PASID for the domain's endpoints, everything for an
+/// endpoint with guest tables (its PASID spaces' output went through the unmapped range).
+fn record_unmap(inval: &mut Invalidations, tables: &Tables, endpoints: &BTreeSet<u32>, u: &Unmap) {
+    let (nested, plain): (Vec<u32>, Vec<u32>) =
+        endpoints.iter().partition(|ep| !tables.of(**ep).is_empty());
+    inval.record(Invalidation {
+        endpoints: InvalEndpoints::Some(plain),
+        pasids: Pasids::NoPasid,
+        first: u.virt_start,
+        last: u.virt_end,
+    });
+    for ep in nested {
+        inval.record(Invalidation::endpoint(ep));
     }
 }
 

@@ -11,10 +11,12 @@
 //! host errors → S_NOMEM (host out of room), S_UNSUPP (host cannot) or S_DEVERR.
 
 mod device_dma;
+mod device_translate;
 mod domain;
 pub mod dump;
 pub mod engine_config;
 pub mod event_queue;
+pub mod invalidation;
 pub mod mapping_store;
 mod probe_properties;
 mod prq;
@@ -34,19 +36,23 @@ use zerocopy::IntoBytes;
 pub use self::device_dma::{
     DeviceDma, DmaOp, DmaOutcome, DmaRequest, DmaTicket, PAGE_REQUESTS_PER_PAGE,
 };
+pub use self::device_translate::{DeviceTranslate, TranslateAccess, TranslateOutcome};
 pub use self::dump::{DomainDump, Dump, MappingDump};
 pub use self::engine_config::{
     ConfigError, EndpointConfig, EngineConfig, Limits, DEFAULT_PAGE_REQUEST_GROUPS,
 };
 pub use self::event_queue::{EventBytes, EventCounters};
+pub use self::invalidation::{InvalEndpoints, Invalidation};
 pub use self::prq::PageRequestCounters;
 pub use self::stats::{RequestCounters, RequestStats, Stats};
 pub use crate::host::{Access, DmaAttrs, GuestRange as Translation, ReservedRegion};
 
 use self::device_dma::ParkedDmas;
+use self::device_translate::ParkedTranslations;
 use self::domain::{Ctx, Domains};
 use self::engine_config::EndpointTable;
 use self::event_queue::{Delivery, EventQueue};
+use self::invalidation::Invalidations;
 use self::prq::PageRequests;
 use self::request_log::RequestLine;
 use crate::host::HostIommu;
@@ -113,6 +119,8 @@ pub struct Engine {
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     prq: PageRequests,
     parked: ParkedDmas,
+    parked_translations: ParkedTranslations,
+    inval: Invalidations,
 }
 
 impl Engine {
@@ -156,6 +164,8 @@ impl Engine {
             mem: None,
             prq,
             parked: ParkedDmas::default(),
+            parked_translations: ParkedTranslations::default(),
+            inval: Invalidations::default(),
             cfg,
             endpoints,
             host,
@@ -245,6 +255,7 @@ impl Engine {
             debug!("config: bypass {} -> {}", self.bypass, bypass);
             self.bypass = bypass;
             self.host.set_unattached_bypass(bypass);
+            self.inval.record(Invalidation::everything());
         }
         Ok(())
     }
@@ -259,6 +270,7 @@ impl Engine {
         self.prq.fail_all(self.host.as_mut());
         self.events.clear();
         self.host.set_unattached_bypass(self.bypass);
+        self.inval.record(Invalidation::everything());
     }
 
     /// Ends the device's use of its host: every domain is destroyed through it (as on reset),
@@ -274,6 +286,17 @@ impl Engine {
         self.reset();
         self.bypass = self.cfg.boot_bypass;
         self.host.set_unattached_bypass(self.bypass);
+    }
+
+    /// Starts or stops recording what a translation-service client may have cached and must
+    /// drop (spec/TRANSLATION.md §4.1). Off by default.
+    pub fn track_invalidations(&mut self, on: bool) {
+        self.inval.set_enabled(on);
+    }
+
+    /// The changes recorded since the last call, oldest first (empty unless tracking is on).
+    pub fn take_invalidations(&mut self) -> Vec<Invalidation> {
+        self.inval.take()
     }
 
     /// Handles one request. `readable` is the device-readable part (gathered across
@@ -346,6 +369,7 @@ impl Engine {
                 endpoints: &self.endpoints,
                 negotiated: self.negotiated,
                 host: self.host.as_mut(),
+                inval: &mut self.inval,
             },
         )
     }
@@ -488,6 +512,23 @@ impl Engine {
             events: &mut self.events,
             endpoints: &self.endpoints,
             negotiated: self.negotiated,
+        }
+    }
+
+    /// The engine as a translation-service client sees it (spec/TRANSLATION.md §3): TRANSLATE
+    /// answered from the engine's state and the host's walk of guest tables, parked behind
+    /// page requests like [`Engine::device_dma`]'s DMA.
+    pub fn device_translate(&mut self) -> DeviceTranslate<'_> {
+        DeviceTranslate {
+            parked: &mut self.parked,
+            translations: &mut self.parked_translations,
+            domains: &self.domains,
+            host: self.host.as_mut(),
+            prq: &mut self.prq,
+            events: &mut self.events,
+            endpoints: &self.endpoints,
+            negotiated: self.negotiated,
+            bypass: self.bypass,
         }
     }
 

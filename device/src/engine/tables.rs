@@ -48,6 +48,13 @@ impl Tables {
             .unwrap_or_default()
     }
 
+    /// Whether `endpoint` has an SMMUv3 CD table (which its requests without PASID go through).
+    pub(super) fn has_cd_table(&self, endpoint: u32) -> bool {
+        self.by_endpoint
+            .get(&endpoint)
+            .is_some_and(|t| t.arm.is_some())
+    }
+
     /// Allocates and attaches a table, then destroys the one it replaces. A host failure
     /// leaves everything as it was.
     pub(super) fn bind(

@@ -304,6 +304,19 @@ pub trait HostIommu: Send + fmt::Debug {
         None
     }
 
+    /// Whether the host IOMMU translates `endpoint`'s DMA itself (a VFIO device on iommufd):
+    /// the translation service then does not answer for it (spec/TRANSLATION.md `UNSUPP`).
+    fn owns_dma(&self, endpoint: u32) -> bool {
+        let _ = endpoint;
+        false
+    }
+
+    /// Whether [`HostIommu::translate_ext`] walks guest tables in software (the emulated
+    /// host). Without it, the translation service answers PASID translations `UNSUPP`.
+    fn walks_guest_tables(&self) -> bool {
+        false
+    }
+
     /// Gives the host the guest's memory (for DMA emulation and for pinning host mappings).
     fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
         let _ = mem;

@@ -4,3 +4,4 @@
 mod events_probe;
 mod never_panics;
 mod requests;
+mod translation;

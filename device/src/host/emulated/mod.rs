@@ -375,6 +375,10 @@ impl HostIommu for EmulatedHost {
         self.mem = Some(mem);
     }
 
+    fn walks_guest_tables(&self) -> bool {
+        true
+    }
+
     fn translate(
         &mut self,
         endpoint: u32,

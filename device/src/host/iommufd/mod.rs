@@ -651,6 +651,10 @@ impl HostIommu for IommufdHost {
         r
     }
 
+    fn owns_dma(&self, endpoint: u32) -> bool {
+        self.devices.contains_key(&endpoint) || self.waiting.contains(endpoint)
+    }
+
     fn set_unattached_bypass(&mut self, bypass: bool) {
         self.unattached_bypass = bypass;
         self.set_default_all();

@@ -70,13 +70,13 @@ fn blocking_dma_waits_for_the_guest() {
             })
         };
         let req = json!({"cmd": "dma-write", "endpoint": 0, "pasid": 1, "iova": va + 4, "data": "c0ffee"});
-        let reply = handle(&req, &shared, &wake);
+        let reply = handle(&req, &shared, &wake, None);
         assert_eq!(reply, json!({"ok": true}), "{fmt:?}");
         assert!(guest.join().unwrap(), "the guest saw no page request");
         assert!(fd.read().unwrap() >= 1, "the queue thread was not woken");
         let read = json!({"cmd": "dma-read", "endpoint": 0, "pasid": 1, "iova": va + 4, "len": 3});
         assert_eq!(
-            handle(&read, &shared, &wake),
+            handle(&read, &shared, &wake, None),
             json!({"ok": true, "data": "c0ffee"})
         );
         assert_eq!(shared.lock().stats().page_requests.success, 1);
@@ -96,7 +96,7 @@ fn blocking_dma_times_out_without_a_guest() {
     let (wake, _fd) = wake_slot();
     let t0 = Instant::now();
     let req = json!({"cmd": "dma-read", "endpoint": 0, "pasid": 1, "iova": "0x5000", "len": 4, "privileged": false});
-    let reply = handle(&req, &shared, &wake);
+    let reply = handle(&req, &shared, &wake, None);
     assert!(t0.elapsed() >= Duration::from_millis(50));
     assert_eq!(reply["ok"], true);
     assert_eq!(reply["fault"]["reason"], "mapping");
@@ -107,5 +107,5 @@ fn blocking_dma_times_out_without_a_guest() {
     assert_eq!(v.outstanding_page_requests(0), 0);
     drop(v);
     let bad = json!({"cmd": "dma-read", "endpoint": 0, "iova": 0, "len": 1, "exec": 3});
-    assert_eq!(handle(&bad, &shared, &wake)["ok"], false);
+    assert_eq!(handle(&bad, &shared, &wake, None)["ok"], false);
 }
