@@ -17,7 +17,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
 . "$HERE/common.sh"
 
-GUEST_MODULES=${GUEST_MODULES:-virtio_iommu virtio_net e1000e vfio_pci vfio_iommu_type1}
+GUEST_MODULES=${GUEST_MODULES:-virtio_iommu virtio_net virtio_blk e1000e vfio_pci vfio_iommu_type1}
 GDIR=$VIRTIO_IOMMU_CACHE/guest
 CUR=$GDIR/current
 STAMP_CONTENT="modules=$GUEST_MODULES"

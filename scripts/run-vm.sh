@@ -5,19 +5,21 @@
 # counters from its control socket. Builds and caches whatever it needs on first use (QEMU,
 # guest kernel: a few minutes) and ends on its own.
 #
-# usage: scripts/run-vm.sh [--passthrough] [--shell] [-- DAEMON_OPTION...]
-#   (default)      DMA domains: Linux maps and unmaps the NICs' rings through the IOMMU
-#   --passthrough  iommu.passthrough=1: identity domains (ATTACH with the bypass flag), and
-#                  the two NICs exchange ARP packets
+# usage: scripts/run-vm.sh [--passthrough] [--generic] [--shell] [-- DAEMON_OPTION...]
+#   (default)      DMA domains: Linux maps and unmaps the NICs' rings through the IOMMU, and
+#                  the two NICs exchange ARP packets through translated DMA
+#   --passthrough  iommu.passthrough=1: identity domains (ATTACH with the bypass flag)
+#   --generic      stock QEMU's path: the generic vhost-user-test-device-pci and the VIOT by
+#                  -acpitable; QEMU then does not translate, so in DMA domains only the
+#                  control traffic is real and the NICs cannot move packets
 #   --shell        end in an interactive guest shell on this terminal (exit powers it off)
 #   -- ...         extra daemon options, e.g. -- --max-mappings 4
 # Env: VIRTIO_IOMMU_CACHE, VM_TIMEOUT (s, default 180).
 #
-# The guest's devices: our IOMMU at 00:03.0 (vhost-user-test-device-pci, virtio-id 23), a
-# virtio-net at 00:04.0 and an e1000e at 00:05.0 on one QEMU hub; the VIOT (built by mkviot)
-# puts bus 0 behind the IOMMU with endpoint ID = BDF. QEMU's emulated NICs do not DMA through
-# an external IOMMU, so with DMA domains they cannot move packets (their IOVAs reach memory
-# untranslated); --passthrough shows working DMA.
+# The guest's devices: our IOMMU at 00:03.0 (vhost-user-iommu-pci of qemu/patches/, QEMU
+# translating every device's DMA through the daemon's translation socket, VIOT built by QEMU),
+# a virtio-net at 00:04.0 and an e1000e at 00:05.0 on one QEMU hub; the VIOT puts bus 0 behind
+# the IOMMU with endpoint ID = BDF, and the daemon gets the same table from mkviot.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
@@ -26,11 +28,12 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/vm/lib.sh"
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
-mode=dma shell=0 daemon_args=()
+mode=dma shell=0 generic=0 daemon_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --passthrough) mode=passthrough; shift ;;
         --shell) shell=1; shift ;;
+        --generic) generic=1; shift ;;
         --) shift; daemon_args=("$@"); break ;;
         *) usage ;;
     esac
@@ -57,16 +60,26 @@ vm_build
 VM_INITRD=$(vm_initramfs "$WORK/initrd.cpio.gz")
 vm_viot "$WORK/viot.bin"
 : >"$WORK/daemon.log"
-rm -f "$WORK/hold.stats" "$WORK/hold.dump" "$WORK/final.stats"
+rm -f "$WORK/hold.stats" "$WORK/hold.dump" "$WORK/final.stats" "$WORK/viommu.xlate"
 # The daemon takes its endpoints from the same VIOT the guest gets.
-VM_RUST_LOG=${RUST_LOG:-info} vm_daemon_start "$WORK" --viot "$WORK/viot.bin" "${daemon_args[@]}"
+xlate=()
+[ $generic = 1 ] || xlate=(--translation-socket "$WORK/viommu.xlate")
+VM_RUST_LOG=${RUST_LOG:-info} vm_daemon_start "$WORK" --viot "$WORK/viot.bin" "${xlate[@]}" "${daemon_args[@]}"
 CTL=$WORK/viommu.ctl
 log "daemon pid $VM_DPID: vhost-user $WORK/viommu.sock, control $CTL, log $WORK/daemon.log"
+if [ $generic = 1 ]; then
+    kind="vhost:$WORK/viommu.sock:$WORK/viot.bin"
+else
+    kind="device:$WORK/viommu.sock:$WORK/viommu.xlate"
+    for _ in $(seq 100); do [ -S "$WORK/viommu.xlate" ] && break; sleep 0.05; done
+fi
 
 case $mode in
-    dma) append="vm.links=1 vm.up=1" ;;
+    dma) append="vm.nic=1 vm.links=1 vm.up=1" ;;
     passthrough) append="iommu.passthrough=1 vm.nic=1" ;;
 esac
+# Without QEMU translating, NICs in DMA domains cannot move packets: no ARP test.
+[ $generic = 1 ] && [ $mode = dma ] && append="vm.links=1 vm.up=1"
 
 # A table of the request counters that are not all zero, and the domains.
 show_stats() {
@@ -74,6 +87,7 @@ show_stats() {
         | select([.value[]] | add > 0)
         | "  \(.key): " + ([.value | to_entries[] | select(.value > 0) | "\(.key)=\(.value)"] | join(" "))' "$1"
     jq -r '.stats | "  live: \(.domains) domains, \(.attached_endpoints) endpoints, \(.mappings) mappings"' "$1"
+    jq -r '.stats.translation // empty | "  translation: \(.translate_ok) OK, \(.translate_fault) faults, \(.invalidates) INVALIDATEs, \(.acks) acks"' "$1"
 }
 # The domains, endpoints shown as PCI addresses (endpoint ID = BDF with this VIOT).
 show_dump() {
@@ -90,15 +104,15 @@ vm_on_hold() {
 if [ $shell = 1 ]; then
     log "booting the guest on this terminal (exit the shell to power it off)"
     rc=0
-    vm_qemu 0 - "vhost:$WORK/viommu.sock:$WORK/viot.bin" "$append vm.shell=1" || rc=$?
+    vm_qemu 0 - "$kind" "$append vm.shell=1" || rc=$?
 else
     log "booting the guest (TCG, about 10 s), serial log $WORK/serial.log"
     rc=0
-    VM_WATCH_PID=$VM_DPID vm_boot "${VM_TIMEOUT:-180}" "$WORK/serial.log" "vhost:$WORK/viommu.sock:$WORK/viot.bin" \
+    VM_WATCH_PID=$VM_DPID vm_boot "${VM_TIMEOUT:-180}" "$WORK/serial.log" "$kind" \
         "$append vm.hold=1" || rc=$?
     echo "== guest =="
     tr -d '\r' <"$WORK/serial.log" \
-        | grep -E '^VM(-GROUP|-RESULT|-ERR|-WARN)?:|^VM-DMESG: .*(virtio_iommu|iommu group|VIOT 0x)' \
+        | grep -E '^VM(-GROUP|-RESULT|-ERR|-WARN|-PCI)?:|^VM-DMESG: .*(virtio_iommu|iommu group|VIOT 0x)' \
         | grep -v '^VM: boot ' || true
     if [ -f "$WORK/hold.dump" ]; then
         echo "== daemon while the guest ran =="

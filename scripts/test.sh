@@ -57,7 +57,7 @@ fi
 
 step "fuzz smoke: every target of fuzz/ for 30 s"
 scripts/fuzz.sh 30
-for extra in scripts/test-vm.sh scripts/test-guest-driver.sh scripts/test-iommufd.sh; do
+for extra in scripts/test-vm.sh scripts/test-qemu-device.sh scripts/test-guest-driver.sh scripts/test-iommufd.sh; do
     if [ -x "$extra" ]; then
         step "$extra"
         "$extra"

@@ -19,6 +19,9 @@
 #                   inspect the daemon and quit QEMU. If meanwhile the virtio-net (00:04.0)
 #                   loses its carrier (the host's `set_link p0 off`), cycle every NIC down
 #                   and up again (UNMAP / MAP traffic) and print "VM-HOLD2"
+#   vm.blk=1        write 4 MiB of random data to the first virtio disk (/dev/vda), drop the
+#                   caches, read it back and compare SHA-256 sums (VM: blk dma: ... sha256 X)
+#   vm.viot=1       print the ACPI VIOT the firmware gave the guest, in hex (VM-VIOT:)
 #   vm.shell=1      end with an interactive shell
 fail=0
 arg() { for w in $(cat /proc/cmdline); do case $w in "$1"=*) echo "${w#*=}" ;; esac; done; }
@@ -65,6 +68,9 @@ for d in /sys/bus/pci/devices/*; do
     echo "VM-PCI: ${d##*/} $(cat "$d/vendor"):$(cat "$d/device") driver=${drvname:--} group=${grp:--} type=$(cat "$d/iommu_group/type" 2>/dev/null || echo -)"
 done
 groups VM-GROUP
+if [ "$(arg vm.viot)" = 1 ]; then
+    echo "VM-VIOT: $(od -An -v -tx1 /sys/firmware/acpi/tables/VIOT 2>/dev/null | tr -d ' \n')"
+fi
 
 list_nics() {
     nics=
@@ -101,6 +107,23 @@ arp_test() {
     done
 }
 [ "$(arg vm.nic)" = 1 ] && arp_test
+
+blk_test() {
+    [ -b /dev/vda ] || { bad "blk: no /dev/vda"; return; }
+    dd if=/dev/urandom of=/tmp/blk.data bs=1M count=4 2>/dev/null
+    want=$(sha256sum </tmp/blk.data | cut -d' ' -f1)
+    dd if=/tmp/blk.data of=/dev/vda bs=1M conv=fsync 2>/dev/null || bad "blk: write failed"
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    got=$(dd if=/dev/vda bs=1M count=4 2>/dev/null | sha256sum | cut -d' ' -f1)
+    if [ "$got" = "$want" ]; then
+        echo "VM: blk dma: 4 MiB written, caches dropped, read back: sha256 $got"
+    else
+        bad "blk dma: read back sha256 $got, wrote $want"
+    fi
+    rm -f /tmp/blk.data
+}
+[ "$(arg vm.blk)" = 1 ] && blk_test
 
 links() {
     for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 >"$f"; done 2>/dev/null

@@ -102,11 +102,15 @@ vm_stats() {
 # vm_qemu_cmd TIMEOUT SERIAL_LOG KIND KERNEL_CMDLINE_EXTRA [extra QEMU args...]
 # Sets VM_QEMU_CMD to the command that boots the guest kernel with the initramfs in $VM_INITRD
 # under `timeout` (exit status 124 on timeout), console in SERIAL_LOG, monitor on
-# SERIAL_LOG.mon. KIND is `vhost:SOCKET:VIOT` (our daemon) or `builtin` (QEMU's
-# virtio-iommu-pci). SERIAL_LOG `-` means interactive on this terminal, without timeout.
+# SERIAL_LOG.mon. KIND is `vhost:SOCKET:VIOT` (our daemon behind the generic
+# vhost-user-test-device-pci, VIOT by -acpitable), `device:SOCKET:TRANSLATION_SOCKET` (our
+# daemon behind the vhost-user-iommu-pci of qemu/patches/: QEMU translates DMA through the
+# daemon and builds the VIOT; the vhost-user chardev reconnects every $VM_RECONNECT_MS ms,
+# default 200) or `builtin` (QEMU's virtio-iommu-pci). SERIAL_LOG `-` means interactive on
+# this terminal, without timeout.
 vm_qemu_cmd() {
     local tmo=$1 serial=$2 kind=$3 append=$4; shift 4
-    local iommu=()
+    local iommu=() vnet_opts=
     case "$kind" in
         vhost:*)
             local rest=${kind#vhost:}
@@ -116,6 +120,16 @@ vm_qemu_cmd() {
                 -chardev "socket,id=viommu,path=$sock"
                 -device "vhost-user-test-device-pci,chardev=viommu,virtio-id=23,num_vqs=2,config_size=40,vq_size=256,addr=$VM_IOMMU_ADDR"
                 -acpitable "sig=VIOT,rev=0,oem_id=VIOMMU,oem_table_id=VIOMMUTB,data=$viot")
+            ;;
+        device:*)
+            local rest=${kind#device:}
+            local sock=${rest%%:*} xsock=${rest#*:}
+            iommu=(-object "memory-backend-memfd,id=mem,size=${VM_MEM}M,share=on"
+                -machine memory-backend=mem
+                -chardev "socket,id=viommu,path=$sock,reconnect-ms=${VM_RECONNECT_MS:-200}"
+                -device "vhost-user-iommu-pci,chardev=viommu,translation=$xsock,addr=$VM_IOMMU_ADDR")
+            # A virtio device DMAs through the IOMMU only with VIRTIO_F_ACCESS_PLATFORM.
+            vnet_opts=,iommu_platform=on,disable-legacy=on
             ;;
         builtin)
             iommu=(-device "virtio-iommu-pci,addr=$VM_IOMMU_ADDR")
@@ -138,7 +152,7 @@ vm_qemu_cmd() {
         -append "console=ttyS0 panic=-1 loglevel=4 $append" \
         "${iommu[@]}" \
         -netdev hubport,id=p0,hubid=0 -netdev hubport,id=p1,hubid=0 \
-        -device "virtio-net-pci,netdev=p0,mac=52:54:00:00:00:01,addr=$VM_NET_ADDR" \
+        -device "virtio-net-pci,netdev=p0,mac=52:54:00:00:00:01,addr=$VM_NET_ADDR$vnet_opts" \
         -device "e1000e,netdev=p1,mac=52:54:00:00:00:02,addr=$VM_E1000E_ADDR" \
         "$@")
 }

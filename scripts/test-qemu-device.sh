@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Linux guests under QEMU (TCG, q35) with the vhost-user-iommu-pci device of qemu/patches/:
+# QEMU is the PCI bus's IOMMU and translates every emulated device's DMA through the daemon's
+# translation service (spec/TRANSLATION.md). Run by scripts/test.sh.
+#
+#   1 lazy     default DMA domains: the e1000e and the virtio-net on one hub exchange ARP
+#              (TX and RX DMA on both NICs, through translated IOVAs); the daemon's counters
+#              show the translations; the VIOT the guest got from QEMU is the one mkviot
+#              writes for the daemon's --viot (the endpoint sets agree)
+#   5 restart  (same boot) the daemon is killed while the guest idles and started again on
+#              the same sockets: QEMU reconnects both sockets, and the guest's next requests
+#              (it cycles its links on a carrier loss) are answered by the new daemon. The new
+#              daemon has none of the guest's domains (S_NOENT), so the NICs stop working:
+#              keeping the state across a restart is not done yet
+#   1 strict   the ARP exchange again with iommu.strict=1 (every UNMAP invalidated at once)
+#   2 blk      (same boot) QEMU's virtio-blk-pci behind the IOMMU: the guest writes 4 MiB of
+#              random data, drops its caches and reads it back; the sums match, and the disk
+#              image on the host holds the same bytes
+#
+# Logs stay in ~/.cache/virtio-iommu/test-qemu-device/. Exit status 0 only if every check
+# passes. Env: VM_TIMEOUT (s per QEMU run, default 180), VERBOSE=1.
+set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+. "$HERE/common.sh"
+# shellcheck source=vm/lib.sh
+. "$HERE/vm/lib.sh"
+
+apt_ensure socat jq
+with_lock test-vm
+WORK=$VIRTIO_IOMMU_CACHE/test-qemu-device
+rm -rf "$WORK"
+mkdir -p "$WORK"
+trap vm_cleanup EXIT
+TMO=${VM_TIMEOUT:-180}
+T0=$SECONDS
+
+"$HERE/build-qemu.sh" >/dev/null
+VM_GUEST=$("$HERE/guest-kernel.sh")
+vm_build
+VM_INITRD=$(vm_initramfs "$WORK/initrd.cpio.gz")
+VIOT=$WORK/viot.bin
+vm_viot "$VIOT"
+export VM_RUST_LOG=vhost_device_iommu=debug
+
+passed=0 failed=0
+pass() { passed=$((passed + 1)); log "PASS: $*"; }
+fail() { failed=$((failed + 1)); log "FAIL: $*"; }
+expect() {
+    if [ "$2" = "$3" ]; then pass "$1 ($2)"; else fail "$1: got '$2', want '$3'"; fi
+}
+ensure() {
+    local name=$1; shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+serial() { tr -d '\r' <"$1"; }
+# Non-OK statuses of every request type, plus unknown types.
+errors_of() {
+    jq '([.[] | objects | select(has("ok") and has("no_reply"))
+          | to_entries[] | select(.key != "ok") | .value] | add) + .unknown_type' "$1"
+}
+# Requests the daemon answered, whatever their status.
+requests_of() {
+    jq '[.[] | objects | select(has("ok") and has("no_reply")) | to_entries[]
+         | select(.key != "no_reply") | .value] | add' "$1"
+}
+# Translations the daemon answered OK over its translation socket.
+translations_of() { jq '.translation.translate_ok' "$1"; }
+
+# daemon_start DIR [options]: our daemon with a translation socket next to its others.
+daemon_start() {
+    local dir=$1; shift
+    rm -f "$dir/viommu.xlate"
+    vm_daemon_start "$dir" --viot "$VIOT" --translation-socket "$dir/viommu.xlate" "$@"
+    local _
+    for _ in $(seq 100); do
+        [ -S "$dir/viommu.xlate" ] && return 0
+        sleep 0.05
+    done
+    die "daemon did not create its translation socket"
+}
+
+run() {
+    local name=$1 t=$SECONDS rc=0; shift
+    log "run $name: booting"
+    vm_boot "$TMO" "$WORK/$name.serial" "$@" || rc=$?
+    log "run $name: QEMU exited with $rc after $((SECONDS - t)) s"
+    [ "${VERBOSE:-0}" = 1 ] && serial "$WORK/$name.serial" | grep -E '^VM' | grep -v '^VM-PCI' >&2
+    expect "$name: QEMU exit status" "$rc" 0
+    ensure "$name: guest reached the hold point" grep -q '^VM-HOLD' "$WORK/$name.serial"
+    if [ "$rc" != 0 ]; then
+        tail -n 30 "$WORK/$name.serial.qemu" "$WORK/$name.serial" >&2 || true
+    fi
+}
+# Common checks of a guest that did the ARP exchange in DMA domains.
+nic_checks() {
+    local name=$1 s=$WORK/$1.serial st=$WORK/$1.stats
+    ensure "$name: guest checks passed" grep -q '^VM-RESULT: PASS' "$s"
+    ensure "$name: virtio_iommu bound to vhost-user-iommu-pci" \
+        grep -q '^VM: virtio_iommu driver bound to: virtio' "$s"
+    expect "$name: ARP between the NICs" "$(serial "$s" | grep -c '^VM: nic dma: ARP .* OK')" 2
+    expect "$name: NICs in DMA domains" \
+        "$(serial "$s" | grep -cE '^VM-PCI: 0000:00:0[45]\.0 .* type=DMA(-FQ)?$')" 2
+    expect "$name: non-OK statuses" "$(errors_of "$st")" 0
+    ensure "$name: MAPs answered" [ "$(jq .map.ok "$st")" -gt 0 ]
+    ensure "$name: DMA translated by the daemon ($(translations_of "$st") translations)" \
+        [ "$(translations_of "$st")" -gt 0 ]
+    ensure "$name: INVALIDATEs acknowledged by QEMU ($(jq -c '.translation | [.invalidates, .acks]' "$st"))" \
+        [ "$(jq .translation.acks "$st")" -gt 0 ]
+    expect "$name: translation clients cut off or in protocol error" \
+        "$(jq '.translation | .cut_off_timeout + .cut_off_backlog + .protocol_errors' "$st")" 0
+}
+
+# --- 1 + 5: lazy DMA domains, then the daemon restarts under the idle guest ------------------
+D=$WORK/d1
+mkdir -p "$D"
+daemon_start "$D"
+DPID=$VM_DPID
+CTL=$D/viommu.ctl
+vm_on_hold() {
+    vm_stats "$CTL" >"$WORK/lazy.stats"
+    # 5: kill the daemon while the guest idles, start a new one on the same sockets.
+    kill -KILL "$DPID"
+    wait "$DPID" 2>/dev/null || true
+    vm_forget "$DPID"
+    sleep 0.5
+    # The new daemon starts empty; with --boot-bypass off the guest's orphaned endpoints
+    # fault instead of DMAing to their IOVAs as guest-physical addresses.
+    daemon_start "$D" --boot-bypass off
+    DPID=$VM_DPID
+    local s=$WORK/lazy.serial _
+    for _ in $(seq 50); do
+        grep -q 'translation service .* connected again' "$s.qemu" && break
+        sleep 0.1
+    done
+    # The guest's next requests: it cycles its links (UNMAP, MAP) on the carrier loss.
+    vm_monitor "$s" "set_link p0 off"
+    for _ in $(seq 100); do
+        vm_stats "$CTL" >"$WORK/restart.stats"
+        [ "$(requests_of "$WORK/restart.stats")" -gt 0 ] && break
+        sleep 0.2
+    done
+}
+run lazy "device:$D/viommu.sock:$D/viommu.xlate" "vm.nic=1 vm.viot=1 vm.hold=1"
+nic_checks lazy
+S=$WORK/lazy.serial
+expect "lazy: the VIOT QEMU built is the one mkviot writes for the daemon" \
+    "$(serial "$S" | sed -n 's/^VM-VIOT: //p' | cut -c73-)" "$(od -An -v -tx1 "$VIOT" | tr -d ' \n')"
+ensure "restart: QEMU reconnected to the new daemon's translation socket" \
+    grep -q 'translation service .* connected again' "$S.qemu"
+RST=$WORK/restart.stats
+expect "restart: QEMU's vhost-user connection came back (driver features negotiated twice)" \
+    "$(grep -c 'driver features' "$D/daemon.log")" 2
+ensure "restart: the guest's next requests were answered by the new daemon ($(requests_of "$RST"))" \
+    [ "$(requests_of "$RST")" -gt 0 ]
+log "restart: the new daemon's counters: $(jq -c '{map, unmap, attach, detach}' "$RST")"
+vm_daemon_stop "$DPID"
+
+# --- 1 strict: iommu.strict=1 ---------------------------------------------------------------
+D=$WORK/d2
+mkdir -p "$D"
+daemon_start "$D"
+DPID=$VM_DPID
+CTL=$D/viommu.ctl
+vm_on_hold() { vm_stats "$CTL" >"$WORK/strict.stats"; }
+DISK=$WORK/disk.img
+truncate -s 16M "$DISK"
+run strict "device:$D/viommu.sock:$D/viommu.xlate" "vm.nic=1 vm.blk=1 vm.hold=1 iommu.strict=1" \
+    -drive "file=$DISK,if=none,id=disk0,format=raw,cache=none" \
+    -device virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on,addr=06.0
+nic_checks strict
+ensure "strict: UNMAPs answered" [ "$(jq .unmap.ok "$WORK/strict.stats")" -gt 0 ]
+S=$WORK/strict.serial
+GSUM=$(serial "$S" | sed -n 's/^VM: blk dma: .* sha256 \([0-9a-f]*\)$/\1/p')
+ensure "blk: the guest read back what it wrote through translated DMA" [ -n "$GSUM" ]
+expect "blk: the disk image holds the guest's data" \
+    "$(head -c 4194304 "$DISK" | sha256sum | cut -d' ' -f1)" "$GSUM"
+expect "blk: the disk in a DMA domain" \
+    "$(serial "$S" | grep -cE '^VM-PCI: 0000:00:06\.0 .* type=DMA$')" 1
+vm_daemon_stop "$DPID"
+
+log "$passed checks passed, $failed failed, in $((SECONDS - T0)) s (logs: $WORK)"
+[ "$failed" = 0 ]
