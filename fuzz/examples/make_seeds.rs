@@ -20,4 +20,9 @@ fn main() {
         .map(virtio_iommu_fuzz::device::Scenario::encode)
         .collect();
     write("driver_hostile_device", &scenarios);
+    let engine: Vec<Vec<u8>> = virtio_iommu_fuzz::seeds::engine_requests()
+        .iter()
+        .map(virtio_iommu_fuzz::engine::EngineScenario::encode)
+        .collect();
+    write("engine_requests", &engine);
 }

@@ -32,6 +32,8 @@ use virtio_iommu_spec::features::VIRTIO_F_VERSION_1;
 use virtio_iommu_spec::request::{Attach, Detach, Map, Probe, Unmap};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use crate::code::{Reader, Writer};
+
 /// Polls of the used ring a blocking call makes before `Error::Timeout`.
 const MAX_SPINS: u64 = 64;
 /// Descriptor flags of the split ring.
@@ -781,40 +783,16 @@ pub fn run(s: &Scenario) -> Outcome {
     out
 }
 
-/// Reads the byte code; past the end every value reads as zero.
-struct Reader<'a>(&'a [u8]);
+/// The scenario's parts in the byte code.
+trait ScenarioCode {
+    fn queue(&mut self) -> Queue;
+    fn act(&mut self) -> DevAct;
+    fn acts(&mut self) -> Vec<DevAct>;
+    fn req(&mut self) -> ReqSpec;
+    fn op(&mut self) -> Op;
+}
 
-impl Reader<'_> {
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0; N];
-        let n = self.0.len().min(N);
-        out[..n].copy_from_slice(&self.0[..n]);
-        self.0 = &self.0[n..];
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.bytes::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.bytes())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.bytes())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.bytes())
-    }
-    fn opt_u32(&mut self) -> Option<u32> {
-        let tag = self.u8();
-        let v = self.u32();
-        (tag & 1 == 1).then_some(v)
-    }
-    fn vec(&mut self) -> Vec<u8> {
-        let n = usize::from(self.u8()).min(self.0.len());
-        let (v, rest) = self.0.split_at(n);
-        self.0 = rest;
-        v.to_vec()
-    }
+impl ScenarioCode for Reader<'_> {
     fn queue(&mut self) -> Queue {
         if self.u8() & 1 == 0 {
             Queue::Request
@@ -901,32 +879,16 @@ impl Reader<'_> {
     }
 }
 
-/// Writes the byte code [`Reader`] reads.
-#[derive(Default)]
-struct Writer(Vec<u8>);
+/// What [`ScenarioCode`] reads.
+trait ScenarioWrite {
+    fn queue(&mut self, q: Queue);
+    fn act(&mut self, a: &DevAct);
+    fn acts(&mut self, acts: &[DevAct]);
+    fn req(&mut self, r: &ReqSpec);
+    fn op(&mut self, op: &Op);
+}
 
-impl Writer {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn opt_u32(&mut self, v: Option<u32>) {
-        self.u8(u8::from(v.is_some()));
-        self.u32(v.unwrap_or(0));
-    }
-    fn vec(&mut self, v: &[u8]) {
-        let n = v.len().min(255);
-        self.u8(u8::try_from(n).unwrap_or(255));
-        self.0.extend_from_slice(&v[..n]);
-    }
+impl ScenarioWrite for Writer {
     fn queue(&mut self, q: Queue) {
         self.u8(q.index() as u8);
     }
@@ -1101,14 +1063,14 @@ impl Scenario {
     /// length, queue size), then ops until the input ends. Every input is a scenario.
     #[must_use]
     pub fn decode(data: &[u8]) -> Scenario {
-        let mut r = Reader(data);
+        let mut r = Reader::new(data);
         let features = r.u64();
         let flags = r.u8();
         let config = r.bytes::<40>();
         let config_len = r.u8();
         let max_queue_size = r.u32();
         let mut ops = Vec::new();
-        while !r.0.is_empty() {
+        while !r.is_empty() {
             ops.push(r.op());
         }
         Scenario {
@@ -1135,12 +1097,12 @@ impl Scenario {
             | u8::from(self.reject_features) << 3
             | u8::from(self.max_queue_size.is_some()) << 4
             | u8::from(self.extensions) << 5);
-        w.0.extend_from_slice(&self.config);
+        w.raw(&self.config);
         w.u8(self.config_len.unwrap_or(0));
         w.u32(self.max_queue_size.unwrap_or(0));
         for op in &self.ops {
             w.op(op);
         }
-        w.0
+        w.finish()
     }
 }

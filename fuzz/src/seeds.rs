@@ -14,6 +14,7 @@ use virtio_iommu_spec::{
 use zerocopy::IntoBytes;
 
 use crate::device::{DevAct, Op, Queue, ReqSpec, Scenario, UsedLen};
+use crate::engine::{EngineOp, EngineScenario, Header, Reply};
 use crate::spec::Decoder;
 
 /// One of every request, base and extension.
@@ -366,6 +367,318 @@ pub fn driver_hostile_device() -> Vec<Scenario> {
     ]
 }
 
+// ---- engine_requests ---------------------------------------------------------------------
+
+fn req(r: Request) -> EngineOp {
+    EngineOp::Request(r, Reply::Exact)
+}
+
+fn e_attach(domain: u32, endpoint: u32) -> EngineOp {
+    req(Request::Attach(Attach {
+        domain,
+        endpoint,
+        flags: AttachFlags::empty(),
+    }))
+}
+
+fn e_map(domain: u32, start: u64, last: u64, phys: u64, flags: MapFlags) -> EngineOp {
+    req(Request::Map(Map {
+        domain,
+        virt_start: start,
+        virt_end: last,
+        phys_start: phys,
+        flags,
+    }))
+}
+
+fn e_unmap(domain: u32, start: u64, last: u64) -> EngineOp {
+    req(Request::Unmap(Unmap {
+        domain,
+        virt_start: start,
+        virt_end: last,
+    }))
+}
+
+fn e_translate(endpoint: u32, pasid: Option<u32>, iova: u64, write: bool) -> EngineOp {
+    EngineOp::Translate {
+        endpoint,
+        pasid,
+        iova,
+        len: 0x1000,
+        write,
+    }
+}
+
+fn e_dma(endpoint: u32, pasid: Option<u32>, iova: u64, len: u8, write: bool) -> EngineOp {
+    EngineOp::DmaStart {
+        endpoint,
+        pasid,
+        iova,
+        len,
+        write,
+        attrs: 0,
+    }
+}
+
+/// The header of most seeds: extensions offered, bypass off at boot.
+fn e_header() -> Header {
+    Header {
+        extensions: true,
+        mmio: true,
+        ..Header::default()
+    }
+}
+
+/// An x86-64 4-level first-stage table at 0x1000 (PML4 0x1000, PDPT 0x2000, PD 0x3000,
+/// PT 0x4000) mapping VA 0x40_0000 to 0x5_0000, user read/write.
+fn x86_table() -> Vec<EngineOp> {
+    use virtio_iommu_spec::formats::x86::{P, RW, US};
+    let t = P | RW | US;
+    vec![
+        EngineOp::Entry(0x1000, 0x2000 | t),
+        EngineOp::Entry(0x2000, 0x3000 | t),
+        // PD index 2: VA 0x40_0000.
+        EngineOp::Entry(0x3000 + 8 * 2, 0x4000 | t),
+        EngineOp::Entry(0x4000, 0x5_0000 | t),
+    ]
+}
+
+/// A linear CD table at 0x2_0000 with CDs 0 and 1 (ASID 7, T0SZ 25: the walk starts at L1)
+/// pointing at AArch64 tables (L1 0x3_0000, L2 0x3_1000, L3 0x3_2000) mapping VA 0x40_0000 to
+/// 0x6_0000, EL0 read/write.
+fn arm_tables() -> Vec<EngineOp> {
+    use virtio_iommu_spec::formats::aarch64::{AF, AP_EL0, TABLE_OR_PAGE, VALID};
+    use virtio_iommu_spec::formats::cd_table::{CD0_AA64, CD0_ASID_SHIFT, CD0_V};
+    let cd0 = CD0_V | CD0_AA64 | 25 | (7 << CD0_ASID_SHIFT);
+    let tbl = VALID | TABLE_OR_PAGE;
+    vec![
+        EngineOp::Entry(0x2_0000, cd0),
+        EngineOp::Entry(0x2_0008, 0x3_0000),
+        EngineOp::Entry(0x2_0040, cd0),
+        EngineOp::Entry(0x2_0048, 0x3_0000),
+        EngineOp::Entry(0x3_0000, 0x3_1000 | tbl),
+        EngineOp::Entry(0x3_1000 + 8 * 2, 0x3_2000 | tbl),
+        EngineOp::Entry(0x3_2000, 0x6_0000 | tbl | AF | AP_EL0),
+    ]
+}
+
+/// Seeds of `engine_requests`.
+#[must_use]
+pub fn engine_requests() -> Vec<EngineScenario> {
+    let rw = MapFlags::READ | MapFlags::WRITE;
+    let basic = EngineScenario {
+        header: e_header(),
+        ops: vec![
+            e_attach(1, 0),
+            e_attach(1, 1),
+            e_map(1, 0x1_0000, 0x1_ffff, 0x2_0000, rw),
+            e_map(1, 0x2_0000, 0x2_0fff, 0x1_0000_0000, MapFlags::READ),
+            e_translate(0, None, 0x1_0800, true),
+            EngineOp::Dma {
+                endpoint: 0,
+                pasid: None,
+                iova: 0x1_fff0,
+                len: 32,
+                write: true,
+                fill: 1,
+            },
+            EngineOp::Dma {
+                endpoint: 1,
+                pasid: None,
+                iova: 0x1_fff0,
+                len: 32,
+                write: false,
+                fill: 0,
+            },
+            e_unmap(1, 0x1_0000, 0x1_ffff),
+            e_translate(1, None, 0x1_0800, false),
+            EngineOp::PopEvent(24),
+            e_unmap(1, 0x1_1000, 0x1_1fff),
+            e_map(1, 0, u64::MAX, 0, rw),
+            req(Request::Detach(Detach {
+                domain: 1,
+                endpoint: 0,
+            })),
+            e_translate(0, None, 0x1234, false),
+        ],
+    };
+    let bypass_and_reserved = EngineScenario {
+        header: Header {
+            boot_bypass: true,
+            ..e_header()
+        },
+        ops: vec![
+            e_translate(3, None, 0x5000, true),
+            req(Request::Attach(Attach {
+                domain: 2,
+                endpoint: 4,
+                flags: AttachFlags::BYPASS,
+            })),
+            e_translate(4, None, 0x8_0000, false),
+            e_attach(1, 5),
+            e_map(1, 0x8_0000, 0x8_0fff, 0x8_0000, rw),
+            e_map(1, 0xfee0_0000, 0xfee0_0fff, 0x1000, rw),
+            e_map(1, 0x9_0000, 0x9_0fff, 0x1000, rw | MapFlags::MMIO),
+            e_translate(5, None, 0xfee0_0040, true),
+            e_translate(5, None, 0x8_0010, true),
+            req(Request::Probe(Probe { endpoint: 4 })),
+            EngineOp::Request(Request::Probe(Probe { endpoint: 8 }), Reply::Len(100)),
+            EngineOp::Raw(vec![0x7f; 20], 4),
+            e_attach(1, 4),
+            EngineOp::WriteConfig(36, vec![0]),
+            e_translate(6, None, 0x5000, false),
+            EngineOp::WriteConfig(0, vec![1; 8]),
+        ],
+    };
+    let mut limits = vec![e_attach(1, 0)];
+    for i in 0..17 {
+        let a = 0x10_0000 + i * 0x1000;
+        limits.push(e_map(1, a, a + 0xfff, a, rw));
+    }
+    for d in 2..=6 {
+        limits.push(e_attach(d, d));
+    }
+    limits.push(e_attach(1, 8));
+    limits.push(e_attach(1, 9));
+    limits.push(e_attach(1, 10));
+    limits.push(e_unmap(1, 0, u64::MAX));
+    let limits = EngineScenario {
+        header: e_header(),
+        ops: limits,
+    };
+    let mut vtd = vec![e_attach(1, 8)];
+    vtd.extend(x86_table());
+    vtd.extend([
+        req(Request::AttachTable(AttachTable {
+            domain: 1,
+            endpoint: 8,
+            table: TableDesc::Vtd {
+                pasid: 1,
+                addr_width: 48,
+                pgd: 0x1000,
+                flags: VtdFlags::empty(),
+            },
+        })),
+        e_dma(8, Some(1), 0x40_0010, 16, true),
+        e_dma(8, Some(1), 0x40_1000, 16, true),
+        EngineOp::PopEvent(48),
+        EngineOp::Entry(0x4008, 0x5_1000 | 7),
+        req(Request::Invalidate(Invalidate {
+            domain: 1,
+            caches: InvalCaches::all(),
+            scope: InvalScope::Pasid(1),
+            archid: None,
+            leaf: false,
+        })),
+        req(Request::PageResp(PageResp {
+            endpoint: 8,
+            pasid: Some(1),
+            group_id: 0,
+            code: PageRespCode::Success,
+        })),
+        EngineOp::Resume(0),
+        e_dma(8, Some(1), 0x40_2000, 8, false),
+        EngineOp::Advance(2000),
+        EngineOp::Resume(0),
+        EngineOp::PopEvent(48),
+        e_dma(8, Some(1), 0x40_3000, 8, false),
+        EngineOp::Cancel(0),
+        EngineOp::Reset,
+    ]);
+    let vtd = EngineScenario {
+        header: e_header(),
+        ops: vtd,
+    };
+    let mut arm = vec![e_attach(1, 9), e_map(1, 0x7_0000, 0x7_0fff, 0x7_0000, rw)];
+    arm.extend(arm_tables());
+    arm.extend([
+        req(Request::AttachTable(AttachTable {
+            domain: 1,
+            endpoint: 9,
+            table: TableDesc::ArmSmmuV3 {
+                s1fmt: 0,
+                s1dss: 1,
+                s1contextptr: 0x2_0000,
+                s1cdmax: 1,
+            },
+        })),
+        e_dma(9, Some(1), 0x40_0000, 64, true),
+        e_dma(9, Some(0), 0x40_0100, 64, false),
+        e_translate(9, None, 0x7_0000, false),
+        e_dma(9, Some(1), 0x40_1000, 4, false),
+        req(Request::Invalidate(Invalidate {
+            domain: 1,
+            caches: InvalCaches::IOTLB,
+            scope: InvalScope::Range {
+                pasid: Some(1),
+                start: 0x40_0000,
+                nr_pages: 1,
+                granule: 12,
+            },
+            archid: Some(7),
+            leaf: true,
+        })),
+        EngineOp::PopEvent(48),
+        req(Request::PageResp(PageResp {
+            endpoint: 9,
+            pasid: Some(1),
+            group_id: 0,
+            code: PageRespCode::Failure,
+        })),
+        EngineOp::Resume(0),
+        e_attach(2, 9),
+        e_translate(9, None, 0x7_0000, false),
+    ]);
+    let arm = EngineScenario {
+        header: e_header(),
+        ops: arm,
+    };
+    let resets = EngineScenario {
+        header: Header {
+            boot_bypass: true,
+            ..e_header()
+        },
+        ops: vec![
+            e_attach(3, 2),
+            e_map(3, 0x1000, 0x1fff, 0x3000, MapFlags::WRITE),
+            EngineOp::WriteConfig(36, vec![0]),
+            EngineOp::Reset,
+            e_translate(2, None, 0x1000, true),
+            EngineOp::SystemReset,
+            EngineOp::Negotiate(0),
+            e_map(3, 0x1000, 0x1fff, 0x3000, MapFlags::WRITE),
+            e_attach(3, 2),
+            EngineOp::Negotiate(u64::MAX),
+            e_attach(3, 2),
+        ],
+    };
+    let narrow = EngineScenario {
+        header: Header {
+            narrow: true,
+            granule_64k: true,
+            raw_features: true,
+            features: (Features::MAP_UNMAP
+                | Features::INPUT_RANGE
+                | Features::DOMAIN_RANGE
+                | Features::BYPASS_CONFIG)
+                .bits(),
+            ..Header::default()
+        },
+        ops: vec![
+            e_attach(0, 0),
+            e_attach(1, 0),
+            e_map(1, 0x1000, 0x1fff, 0x1000, rw),
+            e_map(1, 0x1_0000, 0x1_ffff, 0x1_0000, rw),
+            e_map(1, 0xffff_ffff_0000, 0xffff_ffff_ffff, 0, rw),
+            e_map(1, 0x1_0000_0000_0000, 0x1_0000_0000_ffff, 0, rw),
+            req(Request::Probe(Probe { endpoint: 0 })),
+            e_unmap(1, 0x1_8000, 0x1_ffff),
+            e_unmap(1, 0x1000, 0xffff_ffff_ffff),
+        ],
+    };
+    vec![basic, bypass_and_reserved, limits, vtd, arm, resets, narrow]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +694,48 @@ mod tests {
         let area = probe_area(&properties());
         let found: Vec<Property> = virtio_iommu_spec::ProbeProperties::new(&area).collect();
         assert_eq!(found, properties());
+    }
+
+    #[test]
+    fn engine_seeds_encode_decode_and_run() {
+        let o: Vec<_> = engine_requests()
+            .iter()
+            .map(|s| {
+                assert_eq!(EngineScenario::decode(&s.encode()), *s);
+                crate::engine::run(s)
+            })
+            .collect();
+        let got = |x: &crate::engine::EngineOutcome| {
+            (
+                x.ok,
+                x.refused,
+                x.nomem,
+                x.reached,
+                x.parked,
+                x.events,
+                x.page_requests,
+            )
+        };
+        // Basic: 2 ATTACH, 2 MAP, 2 UNMAP, DETACH answered; the whole-space MAP refused (MSI
+        // window); the translation and the DMA read reach memory, the write into the
+        // read-only mapping faults and its event is delivered.
+        assert_eq!(got(&o[0]), (7, 1, 0, 2, 0, 1, 0), "{:?}", o[0]);
+        // Bypass and reserved regions: MAPs onto RESERVED and MSI refused, a short PROBE area
+        // and an unknown type refused; bypass, bypass domain and MSI window translate 1:1.
+        assert_eq!(got(&o[1]), (5, 4, 0, 3, 0, 0, 0), "{:?}", o[1]);
+        // Limits: 16 mappings, 4 domains, 6 attached endpoints; one past each is S_NOMEM.
+        assert_eq!(got(&o[2]), (23, 4, 4, 0, 0, 0, 0), "{:?}", o[2]);
+        // VT-d: DMA through the bound table; three DMAs park behind page requests: one
+        // answered SUCCESS (completes), one timed out (faults), one cancelled.
+        assert_eq!(got(&o[3]), (4, 0, 0, 2, 3, 2, 1), "{:?}", o[3]);
+        // SMMUv3: DMA through CD 1 and CD 0, S1DSS bypass to the domain; a page request
+        // answered FAILURE.
+        assert_eq!(got(&o[4]), (6, 0, 0, 3, 1, 1, 1), "{:?}", o[4]);
+        // Resets: MAP without MAP_UNMAP negotiated gets no reply.
+        assert_eq!(got(&o[5]), (4, 1, 0, 0, 0, 0, 0), "{:?}", o[5]);
+        // Narrow ranges, 64 KiB granule: out-of-range domain and addresses, unaligned MAP,
+        // PROBE not negotiated and a splitting UNMAP refused.
+        assert_eq!(got(&o[6]), (4, 5, 0, 0, 0, 0, 0), "{:?}", o[6]);
     }
 
     #[test]
