@@ -12,14 +12,20 @@
 //! `cargo bench -p vhost-device-iommu --bench queue` runs N = 1k, 10k and 100k live mappings
 //! (add 1M with `QUEUE_BENCH_1M=1`). Under `cargo test --benches` (no `--bench` flag) each
 //! benchmark runs once and only N = 1k is set up.
+//!
+//! `queue --instructions` (what `scripts/bench.sh` runs under callgrind) runs every case once
+//! more without criterion: a warm-up batch, then [`COUNTED`] units; only [`measured`] is
+//! collected (`--toggle-collect`), and a dump after each [`part_end`] separates the parts. It
+//! prints one `part NAME UNITS` line per part (`part - 0` for a warm-up) in dump order.
 
 mod common;
 
 use std::collections::HashSet;
+use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use common::{map_req, send, unmap_req, PAGE};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::queue::{process_request, Scratch};
@@ -68,7 +74,8 @@ const POOL: usize = 8 * BATCH;
 fn sizes() -> Vec<u64> {
     if std::env::args().any(|a| a == "--bench") {
         let mut v = vec![1_000, 10_000, 100_000];
-        if std::env::var_os("QUEUE_BENCH_1M").is_some() {
+        if std::env::var_os("QUEUE_BENCH_1M").is_some() && std::env::var_os("BENCH_QUICK").is_none()
+        {
             v.push(1_000_000);
         }
         v
@@ -196,13 +203,15 @@ impl Rig {
 
     /// The timed part: what `IommuBackend::process_requests` does per chain.
     fn run(&mut self) -> Duration {
-        let mem = &self.mem;
         let start = Instant::now();
-        while let Some(chain) = self.q.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let used = process_request(mem, chain, &mut self.engine, &mut self.scratch);
-            self.q.add_used(mem, head, used).unwrap();
-        }
+        measured(|| {
+            let mem = &self.mem;
+            while let Some(chain) = self.q.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let used = process_request(mem, chain, &mut self.engine, &mut self.scratch);
+                self.q.add_used(mem, head, used).unwrap();
+            }
+        });
         start.elapsed()
     }
 
@@ -289,68 +298,172 @@ fn timed(
 
 const BATCH_U64: u64 = BATCH as u64;
 
+/// Units per counted part in `--instructions` mode.
+const COUNTED: u64 = 8 * BATCH_U64;
+
+/// The cases with N live mappings: their requests and the untimed undo of each batch.
+struct WithN {
+    live: Vec<u64>,
+    fresh: Vec<u64>,
+    random: bool,
+    n: u64,
+    next: u64,
+}
+
+/// What one batch of a case is: its requests, its cleanup and units per batch.
+#[derive(Clone, Copy)]
+enum Case {
+    /// MAP of a new page with N live; the batch is unmapped afterwards (untimed).
+    Map,
+    /// UNMAP of one of the N live mappings; MAPped back afterwards (untimed).
+    Unmap,
+    /// MAP of a new page then its UNMAP, N live kept steady (time per pair).
+    Pair,
+}
+
+impl Case {
+    const ALL: [Case; 3] = [Case::Map, Case::Unmap, Case::Pair];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::Map => "map",
+            Case::Unmap => "unmap",
+            Case::Pair => "map_unmap_pair",
+        }
+    }
+
+    fn per_batch(self) -> u64 {
+        match self {
+            Case::Pair => BATCH_U64 / 2,
+            Case::Map | Case::Unmap => BATCH_U64,
+        }
+    }
+}
+
+impl WithN {
+    fn new(n: u64, random: bool) -> (Self, Rig) {
+        let (live, fresh) = iovas(n, random);
+        let rig = rig(&live);
+        (
+            WithN {
+                live,
+                fresh,
+                random,
+                n,
+                next: 0,
+            },
+            rig,
+        )
+    }
+
+    fn kind(&self) -> &'static str {
+        if self.random {
+            "rand"
+        } else {
+            "seq"
+        }
+    }
+
+    /// The seq cases map past the live ones (appending), as cloud-hypervisor's seq MAP.
+    fn fresh_at(&self, i: u64) -> u64 {
+        let pool = if self.random { POOL } else { BATCH };
+        self.fresh[usize::try_from(i).unwrap() % pool]
+    }
+
+    fn live_at(&self, i: u64) -> u64 {
+        self.live[usize::try_from(i * 7919 % self.n).unwrap()]
+    }
+
+    fn batch(&mut self, case: Case, k: u64) -> (Vec<Posted>, Vec<Request>) {
+        let range = self.next..self.next + k;
+        self.next += k;
+        match case {
+            Case::Map => {
+                let io: Vec<u64> = range.map(|i| self.fresh_at(i)).collect();
+                (
+                    io.iter().map(|i| Posted::req(&map_req(*i))).collect(),
+                    io.iter().map(|i| unmap_req(*i)).collect(),
+                )
+            }
+            Case::Unmap => {
+                let io: Vec<u64> = range.map(|i| self.live_at(i)).collect();
+                (
+                    io.iter().map(|i| Posted::req(&unmap_req(*i))).collect(),
+                    io.iter().map(|i| map_req(*i)).collect(),
+                )
+            }
+            Case::Pair => {
+                let reqs = range
+                    .map(|i| self.fresh_at(i))
+                    .flat_map(|i| [map_req(i), unmap_req(i)])
+                    .map(|r| Posted::req(&r))
+                    .collect();
+                (reqs, Vec::new())
+            }
+        }
+    }
+}
+
+/// The cases without mappings.
+#[derive(Clone, Copy)]
+enum Fixed {
+    Probe,
+    /// ATTACH of endpoint 1 to a new domain 2, then DETACH (frees the domain); per pair.
+    AttachDetach,
+    /// Unknown request type: popped, returned with used length 0 (the floor).
+    Unknown,
+}
+
+impl Fixed {
+    const ALL: [Fixed; 3] = [Fixed::Probe, Fixed::AttachDetach, Fixed::Unknown];
+
+    fn name(self) -> &'static str {
+        match self {
+            Fixed::Probe => "probe",
+            Fixed::AttachDetach => "attach_detach_pair",
+            Fixed::Unknown => "unknown_type",
+        }
+    }
+
+    fn per_batch(self) -> u64 {
+        match self {
+            Fixed::AttachDetach => BATCH_U64 / 2,
+            Fixed::Probe | Fixed::Unknown => BATCH_U64,
+        }
+    }
+
+    fn batch(self, k: u64) -> (Vec<Posted>, Vec<Request>) {
+        let reqs = match self {
+            Fixed::Probe => (0..k).map(|_| Posted::req(&req::probe(0))).collect(),
+            Fixed::AttachDetach => (0..k)
+                .flat_map(|_| {
+                    [
+                        Posted::req(&req::attach(2, 1)),
+                        Posted::req(&req::detach(2, 1)),
+                    ]
+                })
+                .collect(),
+            Fixed::Unknown => (0..k).map(|_| Posted::unknown()).collect(),
+        };
+        (reqs, Vec::new())
+    }
+}
+
 fn with_n(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue");
     for n in sizes() {
         for random in [false, true] {
-            let kind = if random { "rand" } else { "seq" };
-            let (live, fresh) = iovas(n, random);
-            let mut rig = rig(&live);
-            // The seq cases map past the live ones (appending), as cloud-hypervisor's seq MAP.
-            let fresh_at =
-                |i: u64| fresh[usize::try_from(i).unwrap() % if random { POOL } else { BATCH }];
-            let live_at = |i: u64| live[usize::try_from(i * 7919 % n).unwrap()];
-
-            // MAP of a new page with N live; the batch is unmapped afterwards (untimed).
-            let mut next = 0u64;
-            g.bench_with_input(BenchmarkId::new(format!("map_{kind}"), n), &n, |b, _| {
-                b.iter_custom(|iters| {
-                    timed(&mut rig, iters, BATCH_U64, |_, k| {
-                        let io: Vec<u64> = (next..next + k).map(fresh_at).collect();
-                        next += k;
-                        (
-                            io.iter().map(|i| Posted::req(&map_req(*i))).collect(),
-                            io.iter().map(|i| unmap_req(*i)).collect(),
-                        )
-                    })
-                });
-            });
-
-            // UNMAP of one of the N live mappings; MAPped back afterwards (untimed).
-            let mut next = 0u64;
-            g.bench_with_input(BenchmarkId::new(format!("unmap_{kind}"), n), &n, |b, _| {
-                b.iter_custom(|iters| {
-                    timed(&mut rig, iters, BATCH_U64, |_, k| {
-                        let io: Vec<u64> = (next..next + k).map(live_at).collect();
-                        next += k;
-                        (
-                            io.iter().map(|i| Posted::req(&unmap_req(*i))).collect(),
-                            io.iter().map(|i| map_req(*i)).collect(),
-                        )
-                    })
-                });
-            });
-
-            // MAP of a new page then its UNMAP, N live kept steady (time per pair).
-            let mut next = 0u64;
-            g.bench_with_input(
-                BenchmarkId::new(format!("map_unmap_pair_{kind}"), n),
-                &n,
-                |b, _| {
+            let (mut cases, mut rig) = WithN::new(n, random);
+            for case in Case::ALL {
+                let id = BenchmarkId::new(format!("{}_{}", case.name(), cases.kind()), n);
+                g.bench_with_input(id, &n, |b, _| {
                     b.iter_custom(|iters| {
-                        timed(&mut rig, iters, BATCH_U64 / 2, |_, k| {
-                            let io: Vec<u64> = (next..next + k).map(fresh_at).collect();
-                            next += k;
-                            let reqs = io
-                                .iter()
-                                .flat_map(|i| [map_req(*i), unmap_req(*i)])
-                                .map(|r| Posted::req(&r))
-                                .collect();
-                            (reqs, Vec::new())
+                        timed(&mut rig, iters, case.per_batch(), |_, k| {
+                            cases.batch(case, k)
                         })
                     });
-                },
-            );
+                });
+            }
         }
     }
     g.finish();
@@ -359,39 +472,69 @@ fn with_n(c: &mut Criterion) {
 fn fixed(c: &mut Criterion) {
     let mut g = c.benchmark_group("queue");
     let mut rig = rig(&[]);
-
-    g.bench_function("probe", |b| {
-        let probe = req::probe(0);
-        b.iter_custom(|iters| {
-            timed(&mut rig, iters, BATCH_U64, |_, k| {
-                ((0..k).map(|_| Posted::req(&probe)).collect(), Vec::new())
-            })
+    for case in Fixed::ALL {
+        g.bench_function(case.name(), |b| {
+            b.iter_custom(|iters| timed(&mut rig, iters, case.per_batch(), |_, k| case.batch(k)));
         });
-    });
-
-    // ATTACH of endpoint 1 to a new domain 2, then DETACH (frees the domain); per pair.
-    g.bench_function("attach_detach_pair", |b| {
-        let attach = req::attach(2, 1);
-        let detach = req::detach(2, 1);
-        b.iter_custom(|iters| {
-            timed(&mut rig, iters, BATCH_U64 / 2, |_, k| {
-                let reqs = (0..k)
-                    .flat_map(|_| [Posted::req(&attach), Posted::req(&detach)])
-                    .collect();
-                (reqs, Vec::new())
-            })
-        });
-    });
-
-    // Unknown request type: popped, returned with used length 0 (the floor).
-    g.bench_function("unknown_type", |b| {
-        b.iter_custom(|iters| {
-            timed(&mut rig, iters, BATCH_U64, |_, k| {
-                ((0..k).map(|_| Posted::unknown()).collect(), Vec::new())
-            })
-        });
-    });
+    }
     g.finish();
+}
+
+/// Everything that runs inside a case's timed part: callgrind collects only this function.
+#[inline(never)]
+fn measured<R>(f: impl FnOnce() -> R) -> R {
+    black_box(f())
+}
+
+/// Marks the end of a part: callgrind dumps its counters after this function.
+#[inline(never)]
+fn part_end(name: &str, units: u64) {
+    println!("part {name} {units}");
+}
+
+/// One case in `--instructions` mode: a warm-up batch, then [`COUNTED`] units.
+fn count(
+    name: &str,
+    rig: &mut Rig,
+    per_batch: u64,
+    mut make: impl FnMut(u64) -> (Vec<Posted>, Vec<Request>),
+) {
+    timed(rig, per_batch, per_batch, |_, k| make(k));
+    part_end("-", 0);
+    timed(rig, COUNTED, per_batch, |_, k| make(k));
+    part_end(name, COUNTED);
+}
+
+/// `--instructions`: every case once, in parts for callgrind (see the module doc).
+fn instructions() {
+    let mut rig = rig(&[]);
+    for case in Fixed::ALL {
+        count(
+            &format!("queue/{}", case.name()),
+            &mut rig,
+            case.per_batch(),
+            |k| case.batch(k),
+        );
+    }
+    drop(rig);
+    for n in sizes_for_instructions() {
+        for random in [false, true] {
+            let (mut cases, mut rig) = WithN::new(n, random);
+            for case in Case::ALL {
+                let name = format!("queue/{}_{}/{n}", case.name(), cases.kind());
+                count(&name, &mut rig, case.per_batch(), |k| cases.batch(case, k));
+            }
+        }
+    }
+}
+
+/// N in `--instructions` mode: the bench's sizes (1M with `QUEUE_BENCH_1M`).
+fn sizes_for_instructions() -> Vec<u64> {
+    let mut v = vec![1_000, 10_000, 100_000];
+    if std::env::var_os("QUEUE_BENCH_1M").is_some() && std::env::var_os("BENCH_QUICK").is_none() {
+        v.push(1_000_000);
+    }
+    v
 }
 
 fn config() -> Criterion {
@@ -406,4 +549,12 @@ criterion_group! {
     config = config();
     targets = fixed, with_n
 }
-criterion_main!(benches);
+
+fn main() {
+    if std::env::args().any(|a| a == "--instructions") {
+        instructions();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

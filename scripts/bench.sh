@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# Runs every benchmark of the daemon (device/benches: queue, mappings) and writes ONE markdown
+# table: per case its criterion median (ns per unit) and its instructions per unit counted by
+# `valgrind --tool=callgrind` (repeatable on a loaded machine, unlike time), plus the resident
+# bytes per mapping at 1M, with the machine and the commit.
+#
+# usage: scripts/bench.sh [--quick] [--no-time] [--out FILE]
+#   --quick    skip the 1M-mapping cases (minutes instead of tens of minutes)
+#   --no-time  instruction counts and memory only (no criterion run)
+#   --out      where the table goes (default target/bench/bench-COMMIT.md); also printed
+#
+# A unit is one request, or one pair for the *_pair cases (and unmap_remap). Criterion writes
+# its estimates under target/criterion/; callgrind's parts go to target/bench/callgrind/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/common.sh
+source scripts/common.sh
+
+quick=0 time=1 out=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) quick=1 ;;
+        --no-time) time=0 ;;
+        --out) out=$2; shift ;;
+        *) die "unknown argument $1 (usage: scripts/bench.sh [--quick] [--no-time] [--out FILE])" ;;
+    esac
+    shift
+done
+
+command -v valgrind >/dev/null || apt_ensure valgrind
+command -v jq >/dev/null || apt_ensure jq
+
+commit=$(git rev-parse --short=12 HEAD)
+git diff --quiet HEAD -- . 2>/dev/null || commit="$commit+dirty"
+work=target/bench
+mkdir -p "$work"
+out=${out:-$work/bench-$commit.md}
+
+if [ "$quick" = 1 ]; then
+    export BENCH_QUICK=1
+    unset QUEUE_BENCH_1M
+else
+    export QUEUE_BENCH_1M=1
+fi
+
+log "building the bench binaries"
+mapfile -t bins < <(cargo bench -p vhost-device-iommu --no-run --message-format=json 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bench"]) | "\(.target.name)=\(.executable)"')
+declare -A bin
+for b in "${bins[@]}"; do bin[${b%%=*}]=${b#*=}; done
+[ -n "${bin[queue]:-}" ] && [ -n "${bin[mappings]:-}" ] || die "bench binaries not found (${bins[*]})"
+
+# The binaries run directly (as `cargo bench` would, with `--bench`), so that nothing is
+# rebuilt between the runs of one table.
+export CRITERION_HOME=$PWD/target/criterion
+if [ "$time" = 1 ]; then
+    for b in queue mappings; do
+        log "criterion: $b"
+        "${bin[$b]}" --bench >"$work/criterion-$b.log" 2>&1 ||
+            die "criterion run of $b failed (see $work/criterion-$b.log)"
+    done
+fi
+
+# Instruction counts: collection only inside `measured`, a dump after every `part_end`; the
+# binary names the parts in dump order.
+cg=$work/callgrind
+rm -rf "$cg"
+mkdir -p "$cg"
+for b in queue mappings; do
+    log "callgrind: $b"
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured*' \
+        --dump-after='*part_end*' --callgrind-out-file="$cg/$b.out" \
+        "${bin[$b]}" --instructions >"$cg/$b.parts" 2>"$cg/$b.log" ||
+        die "callgrind run of $b failed (see $cg/$b.log)"
+done
+
+# `instr NAME PER_UNIT` lines from the parts (part i is dump file NAME.out.i).
+instr_lines() {
+    local b=$1 i=0 name units file total
+    while read -r _ name units; do
+        i=$((i + 1))
+        [ "$name" = - ] && continue
+        file=$cg/$b.out.$i
+        [ -f "$file" ] || die "missing callgrind dump $file"
+        total=$(awk '/^(summary|totals):/ { print $2; exit }' "$file")
+        awk -v n="$name" -v t="$total" -v u="$units" 'BEGIN { printf "instr %s %.0f\n", n, t / u }'
+    done <"$cg/$b.parts"
+}
+instr=$( { instr_lines queue; instr_lines mappings; } )
+
+log "memory per mapping"
+mem=""
+if [ "$quick" = 0 ]; then
+    for kind in seq rand; do
+        mem+="$("${bin[mappings]}" --memory "$kind")"$'\n'
+    done
+fi
+
+# The criterion median of a case, ns per unit ("-" without a run).
+median() {
+    local f=$CRITERION_HOME/$1/new/estimates.json
+    if [ "$time" = 1 ] && [ -f "$f" ]; then
+        jq -r '.median.point_estimate | . * 10 | round / 10' "$f"
+    else
+        echo -
+    fi
+}
+
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+{
+    echo "Commit \`$commit\`, $(date -u +%Y-%m-%d), $(rustc --version | cut -d' ' -f1-2)," \
+        "$cpu, $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the end" \
+        "($([ "$quick" = 1 ] && echo "quick: no 1M cases" || echo "full"))."
+    echo
+    echo "| case | ns median | instructions |"
+    echo "|---|---:|---:|"
+    while read -r _ name per; do
+        echo "| $name | $(median "$name") | $per |"
+    done <<<"$instr"
+    while read -r _ name bytes; do
+        [ -n "$name" ] && echo "| $name (bytes, ΔRSS / N) | — | $bytes |"
+    done <<<"$mem"
+} >"$out"
+cat "$out"
+log "table written to $out"
