@@ -178,7 +178,6 @@ fn daemon_in_a_thread_through_the_library() {
         },
         vfio: Vec::new(),
         iommufd_fd: None,
-        translation: None,
     };
     let daemon = vhost_device_iommu::daemon::Daemon::new(config).unwrap();
     let stop = daemon.stop_flag();
