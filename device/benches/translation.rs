@@ -12,7 +12,8 @@
 //! `cargo bench -p vhost-device-iommu --bench translation` runs criterion, then prints the
 //! medians of 5000 single timings each. `TRANSLATION_BENCH_ITERS=N` instead runs N of each
 //! without criterion or timing, for `valgrind --tool=callgrind` (run it with N and 0 and
-//! divide the difference by N: instructions per operation, both threads together).
+//! divide the difference by N: instructions per operation, both threads together);
+//! `TRANSLATION_BENCH_ONLY=translate` or `invalidate` runs one of them.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -204,10 +205,15 @@ criterion_group! {
 fn main() {
     if let Some(n) = std::env::var_os("TRANSLATION_BENCH_ITERS") {
         let n: u64 = n.to_str().and_then(|s| s.parse().ok()).expect("a count");
+        let only = std::env::var("TRANSLATION_BENCH_ONLY").unwrap_or_default();
         let mut rig = Rig::new();
         for _ in 0..n {
-            rig.translate();
-            rig.invalidate();
+            if only != "invalidate" {
+                rig.translate();
+            }
+            if only != "translate" {
+                rig.invalidate();
+            }
         }
         return;
     }
