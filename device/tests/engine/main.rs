@@ -8,3 +8,4 @@ mod hostile;
 mod model;
 mod requests;
 mod sva;
+mod translation;
