@@ -25,8 +25,9 @@ pub(super) enum ReadState {
 pub(super) struct Connection {
     reader: UnixStream,
     buf: Vec<u8>,
-    /// Start of the unconsumed bytes in `buf`.
+    /// The unconsumed bytes are `buf[start..end]`.
     start: usize,
+    end: usize,
     /// Whether HELLO was accepted.
     pub(super) hello_done: bool,
     /// TRANSLATEs waiting for a page response.
@@ -38,8 +39,9 @@ impl Connection {
     pub(super) fn new(reader: UnixStream) -> Self {
         Connection {
             reader,
-            buf: Vec::with_capacity(READ_CHUNK),
+            buf: vec![0; READ_CHUNK],
             start: 0,
+            end: 0,
             hello_done: false,
             waiting: 0,
         }
@@ -52,44 +54,36 @@ impl Connection {
 
     /// Reads what the socket has (one chunk at most, so a fast client cannot starve others).
     pub(super) fn fill(&mut self) -> io::Result<ReadState> {
-        if self.start > 0 {
-            self.buf.drain(..self.start);
-            self.start = 0;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            // Move the partial message to the front (the buffer is allocated once).
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
         }
-        let at = self.buf.len();
-        if at >= READ_CHUNK {
+        if self.end == self.buf.len() {
             return Ok(ReadState::Open); // Unconsumed input waits (the client is throttled).
         }
-        self.buf.resize(READ_CHUNK, 0);
         let r = loop {
-            match self.reader.read(&mut self.buf[at..]) {
+            match self.reader.read(&mut self.buf[self.end..]) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => break r,
             }
         };
         match r {
-            Ok(0) => {
-                self.buf.truncate(at);
-                Ok(ReadState::Closed)
-            }
+            Ok(0) => Ok(ReadState::Closed),
             Ok(n) => {
-                self.buf.truncate(at + n);
+                self.end += n;
                 Ok(ReadState::Open)
             }
-            Err(e) => {
-                self.buf.truncate(at);
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    Ok(ReadState::Open)
-                } else {
-                    Err(e)
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadState::Open),
+            Err(e) => Err(e),
         }
     }
 
     /// The next whole message, if one is buffered; `Err` for a protocol error.
     pub(super) fn next_message(&mut self) -> Result<Option<ClientMessage<'_>>, ProtocolError> {
-        let rest = &self.buf[self.start..];
+        let rest = &self.buf[self.start..self.end];
         let Some(head) = rest.get(..HEADER_SIZE) else {
             return Ok(None);
         };
@@ -105,6 +99,6 @@ impl Connection {
 
     /// Whether unconsumed bytes are buffered.
     pub(super) fn has_input(&self) -> bool {
-        self.buf.len() > self.start
+        self.end > self.start
     }
 }

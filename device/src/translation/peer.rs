@@ -7,9 +7,14 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
-use virtio_iommu_spec::translation::{DaemonMessage, EndpointRange, Invalidate, MAX_UNSENT};
+use virtio_iommu_spec::translation::{
+    DaemonMessage, EndpointRange, Invalidate, HEADER_SIZE, MAX_REPLY_RANGES, MAX_UNSENT,
+};
 
 use super::scope::Scope;
+
+/// The largest daemon message: TRANSLATE_REPLY with 8 ranges.
+const MAX_MESSAGE: usize = HEADER_SIZE + 32 + 32 * MAX_REPLY_RANGES;
 
 /// The client stopped reading: [`MAX_UNSENT`] messages wait for it (spec/TRANSLATION.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +65,7 @@ impl Peer {
         self.ranges.iter().any(|r| r.contains(endpoint))
     }
 
-    /// Queues a message and writes what the socket takes.
+    /// Writes a message, queueing what the socket does not take.
     pub(super) fn send(&mut self, msg: &DaemonMessage) -> Result<(), Backlog> {
         if self.cut {
             return Ok(());
@@ -68,12 +73,26 @@ impl Peer {
         if self.out.len() >= MAX_UNSENT {
             return Err(Backlog);
         }
-        let mut bytes = vec![0u8; msg.encoded_len()];
-        // The buffer has the encoded length.
-        let _ = msg.encode_into(&mut bytes);
-        self.out.push_back(bytes);
-        // A write error ends the connection; the service thread sees it on the socket.
-        let _ = self.flush();
+        let mut buf = [0u8; MAX_MESSAGE];
+        // Every daemon message fits MAX_MESSAGE.
+        let len = msg.encode_into(&mut buf).unwrap_or(0);
+        let bytes = &buf[..len];
+        let mut done = 0;
+        if self.out.is_empty() {
+            // The common case: straight to the socket, nothing queued.
+            while done < len {
+                match self.writer.write(&bytes[done..]) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // A dead socket shows on the service thread's epoll.
+                    Err(_) => break,
+                }
+            }
+        }
+        if done < len {
+            self.out.push_back(bytes[done..].to_vec());
+        }
         Ok(())
     }
 

@@ -13,6 +13,7 @@ mod model;
 mod requests;
 mod state;
 mod sva;
+mod translation;
 
 #[global_allocator]
 static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
