@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use parking_lot::MutexGuard;
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserProtocolFeatures,
+    VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_iommu_spec::features::{
     VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC, VIRTIO_F_VERSION_1,
@@ -26,6 +29,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::engine::Engine;
 use crate::queue::{self, Scratch};
+use crate::state_transfer::StateTransfer;
 
 /// Number of virtqueues: requestq and eventq.
 pub const NUM_QUEUES: usize = 2;
@@ -80,6 +84,8 @@ pub struct IommuBackend {
     broken: [bool; NUM_QUEUES],
     /// The last request drain stopped at its budget; the wake-up it queued resumes it.
     requests_deferred: bool,
+    /// A device-state transfer between SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE.
+    transfer: StateTransfer,
 }
 
 impl IommuBackend {
@@ -109,6 +115,7 @@ impl IommuBackend {
             scratch: Scratch::default(),
             broken: [false; NUM_QUEUES],
             requests_deferred: false,
+            transfer: StateTransfer::default(),
         })
     }
 
@@ -372,6 +379,33 @@ impl VhostUserBackendMut for IommuBackend {
         VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::DEVICE_STATE
+    }
+
+    fn set_device_state_fd(
+        &mut self,
+        direction: VhostTransferStateDirection,
+        phase: VhostTransferStatePhase,
+        file: std::fs::File,
+    ) -> io::Result<Option<std::fs::File>> {
+        if phase != VhostTransferStatePhase::STOPPED {
+            return Err(io::Error::other("device state moves only while stopped"));
+        }
+        match direction {
+            VhostTransferStateDirection::SAVE => self.transfer.start_save(&self.engine, file)?,
+            VhostTransferStateDirection::LOAD => {
+                // The rings' history is the source's now: their next start (at the bases the
+                // frontend carried) is a resume, whatever this connection did before.
+                self.last_avail = [0; NUM_QUEUES];
+                self.ring_addrs = None;
+                self.transfer.start_load(file)?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn check_device_state(&self) -> io::Result<()> {
+        self.transfer.finish(&self.engine)
     }
 
     fn set_event_idx(&mut self, enabled: bool) {

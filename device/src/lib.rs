@@ -4,7 +4,7 @@
 //! virtqueues, [`queue`] turns a descriptor chain into bytes, the `virtio-iommu-spec` crate
 //! decodes them, [`engine`] applies the virtio-iommu rules (pure, no I/O), and a [`host`]
 //! backend mirrors the result into a real or emulated IOMMU. [`control`] is the operator's
-//! window into a running daemon.
+//! window into a running daemon; [`state_transfer`] moves the device state to another daemon.
 
 pub mod args;
 pub mod backend;
@@ -15,3 +15,4 @@ pub mod error;
 pub mod host;
 pub mod queue;
 pub mod ratelimit;
+pub mod state_transfer;

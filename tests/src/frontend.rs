@@ -9,6 +9,10 @@
 //!
 //! A guest reset and a VM pause send the same messages; only the base a ring restarts at differs
 //! (0 after a reset, the saved base after a pause). See vhost-user-notes.md trap 6.
+//!
+//! Migration (`DEVICE_STATE`, as QEMU's `vhost_save_backend_state` / `vhost_load_backend_state`
+//! for vhost-user-fs): with the device stopped, SET_DEVICE_STATE_FD(SAVE or LOAD, STOPPED) with a
+//! pipe end, the bytes through the pipe until EOF, then CHECK_DEVICE_STATE.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -16,7 +20,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserHeaderFlag};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use vhost::vhost_user::message::{
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserHeaderFlag,
+};
 use vhost::vhost_user::{
     Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -38,7 +48,8 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Protocol features the frontend asks for (it takes the intersection with the backend's).
 pub const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::CONFIG
     .union(VhostUserProtocolFeatures::MQ)
-    .union(VhostUserProtocolFeatures::REPLY_ACK);
+    .union(VhostUserProtocolFeatures::REPLY_ACK)
+    .union(VhostUserProtocolFeatures::DEVICE_STATE);
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`, a vhost-user bit inside the virtio feature word.
 pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -360,6 +371,65 @@ impl Frontend {
         Ok(bases)
     }
 
+    /// Records the base ring `index` starts at next (what a migration destination gets from the
+    /// source's GET_VRING_BASE through the migration stream).
+    pub fn set_ring_base(&mut self, index: usize, base: u16) -> Result<()> {
+        self.ring_mut(index)?.next_base = base;
+        Ok(())
+    }
+
+    /// Records the features [`Self::start`] sends (on a migration destination: the source
+    /// driver's), without sending anything yet.
+    pub fn set_driver_features(&mut self, virtio_features: u64) {
+        self.driver_features = Some(virtio_features);
+    }
+
+    fn device_stopped(&self, what: &str) -> Result<()> {
+        if self.rings.iter().any(|r| r.running) {
+            return Err(Error::Usage(format!(
+                "{what} while the device runs: stop it first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// SAVE: the backend's device state, read from a pipe to its end, then CHECK_DEVICE_STATE.
+    /// The device must be stopped ([`Self::stop`]).
+    pub fn save_state(&mut self) -> Result<Vec<u8>> {
+        self.device_stopped("SAVE")?;
+        let (read, write) = pipe()?;
+        self.vu.set_device_state_fd(
+            VhostTransferStateDirection::SAVE,
+            VhostTransferStatePhase::STOPPED,
+            write,
+        )?;
+        let mut bytes = Vec::new();
+        File::from(read).read_to_end(&mut bytes)?;
+        self.vu.check_device_state()?;
+        Ok(bytes)
+    }
+
+    /// LOAD: `bytes` written into a pipe and closed, then CHECK_DEVICE_STATE (which fails when
+    /// the backend refused the state). The device must be stopped (a migration destination
+    /// loads before its first start).
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
+        self.device_stopped("LOAD")?;
+        let (read, write) = pipe()?;
+        self.vu.set_device_state_fd(
+            VhostTransferStateDirection::LOAD,
+            VhostTransferStatePhase::STOPPED,
+            read,
+        )?;
+        let mut w = File::from(write);
+        // A backend that refuses early closes its end: the rest of the write then fails with
+        // EPIPE, and CHECK_DEVICE_STATE says why.
+        let written = w.write_all(bytes);
+        drop(w);
+        self.vu.check_device_state()?;
+        written?;
+        Ok(())
+    }
+
     /// Signals ring `index`'s kick eventfd (what a guest's queue notify becomes).
     pub fn kick(&self, index: usize) -> Result<()> {
         self.ring(index)?.kick.write(1)?;
@@ -430,6 +500,17 @@ impl Frontend {
             .get_mut(index)
             .ok_or_else(|| Error::Usage(format!("no ring {index}")))
     }
+}
+
+/// A pipe (read end, write end), close-on-exec, as QEMU makes for a state transfer.
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a valid array of two ints for pipe2 to fill; nothing else is touched.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Errors worth retrying while a daemon starts or re-listens.

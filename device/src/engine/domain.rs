@@ -15,7 +15,7 @@ use virtio_iommu_spec::request::{
 use virtio_iommu_spec::{Features, Status};
 
 use super::dump::{DomainDump, MappingDump};
-use super::engine_config::{EndpointTable, EngineConfig};
+use super::engine_config::{EndpointConfig, EndpointTable, EngineConfig};
 use super::mapping_store::{Mapping, MappingStore, WouldSplit};
 use super::tables::Tables;
 use crate::host::{AttachTarget, HostError, HostIommu, Perm, SpaceId};
@@ -361,10 +361,7 @@ impl Domains {
         let Some((_, ep)) = ctx.endpoints.find(a.endpoint) else {
             return Status::NoEnt;
         };
-        if !ep.table_formats.contains(&a.table.format()) {
-            return Status::Unsupp;
-        }
-        if matches!(a.table, TableDesc::ArmSmmuV3 { s1fmt, .. } if s1fmt == S1FMT_64KL2) {
+        if !table_supported(ep, &a.table) {
             return Status::Unsupp;
         }
         if self.attached.get(&a.endpoint) != Some(&a.domain) {
@@ -373,28 +370,7 @@ impl Domains {
         let Some(d) = self.domains.get(&a.domain) else {
             return Status::Inval;
         };
-        if d.bypass {
-            return Status::Inval;
-        }
-        let pasid_bits = u32::from(ep.pasid_bits);
-        let valid = match a.table {
-            TableDesc::Vtd {
-                pasid,
-                addr_width,
-                pgd,
-                ..
-            } => {
-                matches!(addr_width, 48 | 57)
-                    && pgd & 0xfff == 0
-                    && pasid.checked_shr(pasid_bits).unwrap_or(0) == 0
-            }
-            TableDesc::ArmSmmuV3 {
-                s1contextptr,
-                s1cdmax,
-                ..
-            } => s1contextptr & 0xfff == 0 && s1cdmax <= pasid_bits,
-        };
-        if !valid {
+        if d.bypass || !table_valid(ep, &a.table) {
             return Status::Inval;
         }
         if self.tables.count() >= ctx.cfg.limits.max_tables
@@ -464,6 +440,20 @@ impl Domains {
         *self = Domains::default();
     }
 
+    /// Every bound table as the ATTACH_TABLE that bound it (a saved state binds it again).
+    pub(super) fn tables(&self) -> Vec<AttachTable> {
+        self.tables
+            .descs()
+            .filter_map(|(endpoint, table)| {
+                Some(AttachTable {
+                    domain: self.domain_of(endpoint)?,
+                    endpoint,
+                    table,
+                })
+            })
+            .collect()
+    }
+
     /// Domains → endpoints → mappings.
     pub(super) fn dump(&self) -> Vec<DomainDump> {
         self.domains
@@ -484,6 +474,37 @@ impl Domains {
                     .collect(),
             })
             .collect()
+    }
+}
+
+/// Whether the endpoint accepts the table's format: advertised by its PROBE, and for Arm not
+/// `S1FMT_64KL2` (ATTACH_TABLE answers S_UNSUPP otherwise).
+pub(super) fn table_supported(ep: &EndpointConfig, table: &TableDesc) -> bool {
+    ep.table_formats.contains(&table.format())
+        && !matches!(table, TableDesc::ArmSmmuV3 { s1fmt, .. } if *s1fmt == S1FMT_64KL2)
+}
+
+/// Whether the descriptor's fields are valid for the endpoint: VT-d `addr_width` 48 or 57,
+/// `pgd` 4 KiB aligned, `pasid` below 2^pasid_bits; Arm `s1contextptr` 4 KiB aligned,
+/// `s1cdmax` ≤ pasid_bits (ATTACH_TABLE answers S_INVAL otherwise).
+pub(super) fn table_valid(ep: &EndpointConfig, table: &TableDesc) -> bool {
+    let pasid_bits = u32::from(ep.pasid_bits);
+    match *table {
+        TableDesc::Vtd {
+            pasid,
+            addr_width,
+            pgd,
+            ..
+        } => {
+            matches!(addr_width, 48 | 57)
+                && pgd & 0xfff == 0
+                && pasid.checked_shr(pasid_bits).unwrap_or(0) == 0
+        }
+        TableDesc::ArmSmmuV3 {
+            s1contextptr,
+            s1cdmax,
+            ..
+        } => s1contextptr & 0xfff == 0 && s1cdmax <= pasid_bits,
     }
 }
 

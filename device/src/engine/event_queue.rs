@@ -128,6 +128,19 @@ impl EventQueue {
         self.q.len()
     }
 
+    /// The queued events, oldest first (a saved state carries them).
+    pub(super) fn snapshot(&self) -> Vec<Event> {
+        self.q.iter().copied().collect()
+    }
+
+    /// Replaces the queue and the counters with a saved state's (at most `cap` events, checked
+    /// by the caller; any beyond are dropped oldest first).
+    pub(super) fn restore(&mut self, events: &[Event], counters: EventCounters) {
+        let skip = events.len().saturating_sub(self.cap);
+        self.q = events[skip..].iter().copied().collect();
+        self.counters = counters;
+    }
+
     /// Drops everything (device reset).
     pub(super) fn clear(&mut self) {
         self.q.clear();

@@ -20,6 +20,7 @@ pub mod mapping_store;
 mod probe_properties;
 mod prq;
 mod request_log;
+pub mod state;
 pub mod stats;
 mod tables;
 
@@ -43,6 +44,7 @@ pub use self::engine_config::{
 pub use self::event_queue::{EventBytes, EventCounters};
 pub use self::footprint::Footprint;
 pub use self::prq::PageRequestCounters;
+pub use self::state::{SavedState, StateError};
 pub use self::stats::{RequestCounters, RequestStats, Stats};
 pub use crate::host::{Access, DmaAttrs, GuestRange as Translation, ReservedRegion};
 
@@ -531,6 +533,51 @@ impl Engine {
     /// The host backend, mutable (e.g. to poll it from the daemon's event loop).
     pub fn host_mut(&mut self) -> &mut dyn HostIommu {
         self.host.as_mut()
+    }
+
+    /// Everything the guest can observe, and the counters, as a saved state (PROTOCOL.md §12);
+    /// page-request deadlines become the time left at `now`.
+    #[must_use]
+    pub fn saved_state(&self, now: Instant) -> SavedState {
+        state::snapshot(self, now)
+    }
+
+    /// [`Engine::saved_state`] as the stream of PROTOCOL.md §12.
+    #[must_use]
+    pub fn save_state(&self, now: Instant) -> Vec<u8> {
+        self.saved_state(now).encode()
+    }
+
+    /// Decodes a stream and checks that it fits this device (the same configuration, and a
+    /// state a guest could have built on it). Changes nothing.
+    ///
+    /// # Errors
+    /// A [`StateError`] naming the first problem or difference.
+    pub fn check_state(&self, bytes: &[u8]) -> Result<SavedState, StateError> {
+        let s = SavedState::decode(bytes)?;
+        state::check(self, &s)?;
+        Ok(s)
+    }
+
+    /// Replaces the device's state with a saved one: checked first (a refusal changes
+    /// nothing), then the old state is reset away and the saved one rebuilt through the host.
+    /// Restored page-request groups time out `now` plus the time they had left.
+    ///
+    /// # Errors
+    /// A [`StateError`]; only [`StateError::Rebuild`] (the host refused) comes after the
+    /// device changed, and leaves it reset.
+    pub fn restore_state(&mut self, s: &SavedState, now: Instant) -> Result<(), StateError> {
+        state::check(self, s)?;
+        state::apply(self, s, now)
+    }
+
+    /// [`Engine::check_state`], then [`Engine::restore_state`].
+    ///
+    /// # Errors
+    /// As those.
+    pub fn load_state(&mut self, bytes: &[u8], now: Instant) -> Result<(), StateError> {
+        let s = SavedState::decode(bytes)?;
+        self.restore_state(&s, now)
     }
 
     /// Hands guest memory to the host (DMA emulation, host mappings).

@@ -18,6 +18,7 @@ use virtio_iommu_spec::{PageRequest, Status};
 
 use super::domain::host_status;
 use super::event_queue::EventQueue;
+use super::state::SavedGroup;
 use crate::host::HostIommu;
 
 /// Who waits for a group's response.
@@ -27,6 +28,9 @@ pub(super) enum Origin {
     Dma(u64),
     /// The host backend (its fault queue gets the response).
     Host,
+    /// Loaded from a saved state: whoever raised it stayed with the source device, so the
+    /// response is accepted and counted but goes nowhere (PROTOCOL.md §12.6).
+    Restored,
 }
 
 /// One outstanding group.
@@ -260,6 +264,7 @@ impl PageRequests {
                     warn!("cannot fail page request group {gid} of endpoint {endpoint}: {e}");
                 }
             }
+            Origin::Restored => {}
         }
     }
 
@@ -366,6 +371,55 @@ impl PageRequests {
         }
         self.counters.raised += 1;
         true
+    }
+
+    /// The state a saved device carries (PROTOCOL.md §12.6): the next group ID, the stopped
+    /// endpoints, and every outstanding group with the time it has left at `now`.
+    pub(super) fn snapshot(&self, now: Instant) -> (u16, Vec<u32>, Vec<SavedGroup>) {
+        let groups = self
+            .groups
+            .iter()
+            .map(|(&(endpoint, group_id), g)| SavedGroup {
+                endpoint,
+                group_id,
+                pasid: g.pasid,
+                remaining: g.deadline.saturating_duration_since(now),
+            })
+            .collect();
+        (self.next_id, self.stopped.iter().copied().collect(), groups)
+    }
+
+    /// Replaces the groups, the stopped endpoints, the next ID and the counters with a saved
+    /// state's (checked against the limits by the caller). Restored groups wait for their
+    /// PAGE_RESP as long as they had left; nobody on this side waits for their answer.
+    pub(super) fn restore(
+        &mut self,
+        next_id: u16,
+        stopped: &[u32],
+        groups: &[SavedGroup],
+        counters: PageRequestCounters,
+        now: Instant,
+    ) {
+        self.next_id = next_id;
+        self.stopped = stopped.iter().copied().collect();
+        self.groups = groups
+            .iter()
+            .map(|g| {
+                (
+                    (g.endpoint, g.group_id),
+                    Group {
+                        pasid: g.pasid,
+                        origin: Origin::Restored,
+                        deadline: now.checked_add(g.remaining).unwrap_or(now),
+                    },
+                )
+            })
+            .collect();
+        self.dma_answers.clear();
+        self.counters = PageRequestCounters {
+            outstanding: 0,
+            ..counters
+        };
     }
 
     /// Device reset: every outstanding group is completed with FAILURE and stopped endpoints

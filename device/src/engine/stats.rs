@@ -49,7 +49,12 @@ impl RequestCounters {
     }
 
     fn bump(&mut self, status: Status) {
-        let c = match status {
+        *self.get_mut(status) += 1;
+    }
+
+    /// The counter of `status`, to write (a saved state restores them).
+    pub(super) fn get_mut(&mut self, status: Status) -> &mut u64 {
+        match status {
             Status::Ok => &mut self.ok,
             Status::IoErr => &mut self.ioerr,
             Status::Unsupp => &mut self.unsupp,
@@ -59,8 +64,7 @@ impl RequestCounters {
             Status::NoEnt => &mut self.noent,
             Status::Fault => &mut self.fault,
             Status::NoMem => &mut self.nomem,
-        };
-        *c += 1;
+        }
     }
 
     /// Requests of this type completed with any status.
@@ -130,7 +134,8 @@ impl RequestStats {
         }
     }
 
-    fn of_mut(&mut self, t: RequestType) -> &mut RequestCounters {
+    /// The counters of a request type, to write.
+    pub(super) fn of_mut(&mut self, t: RequestType) -> &mut RequestCounters {
         match t {
             RequestType::Attach => &mut self.attach,
             RequestType::Detach => &mut self.detach,

@@ -12,10 +12,11 @@ use virtio_iommu_spec::request::TableDesc;
 
 use crate::host::{AttachTarget, HostError, HostIommu, SpaceId, TableId};
 
+/// An endpoint's tables, each with the descriptor that bound it (a saved state re-binds it).
 #[derive(Debug, Default)]
 struct EndpointTables {
-    arm: Option<TableId>,
-    vtd: BTreeMap<u32, TableId>,
+    arm: Option<(TableId, TableDesc)>,
+    vtd: BTreeMap<u32, (TableId, TableDesc)>,
 }
 
 /// All bound tables.
@@ -51,8 +52,25 @@ impl Tables {
     pub(super) fn of(&self, endpoint: u32) -> Vec<TableId> {
         self.by_endpoint
             .get(&endpoint)
-            .map(|t| t.arm.iter().chain(t.vtd.values()).copied().collect())
+            .map(|t| {
+                t.arm
+                    .iter()
+                    .chain(t.vtd.values())
+                    .map(|(id, _)| *id)
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// Every bound table's descriptor with its endpoint: by endpoint, the CD table before the
+    /// PASID tables, those by PASID.
+    pub(super) fn descs(&self) -> impl Iterator<Item = (u32, TableDesc)> + '_ {
+        self.by_endpoint.iter().flat_map(|(ep, t)| {
+            t.arm
+                .iter()
+                .chain(t.vtd.values())
+                .map(move |(_, desc)| (*ep, *desc))
+        })
     }
 
     /// Allocates and attaches a table, then destroys the one it replaces. A host failure
@@ -75,11 +93,11 @@ impl Tables {
         }
         let t = self.by_endpoint.entry(endpoint).or_default();
         let old = match pasid {
-            Some(p) => t.vtd.insert(p, id),
-            None => t.arm.replace(id),
+            Some(p) => t.vtd.insert(p, (id, *desc)),
+            None => t.arm.replace((id, *desc)),
         };
         match old {
-            Some(old) => destroy(host, old),
+            Some((old, _)) => destroy(host, old),
             None => self.count += 1,
         }
         Ok(())
@@ -92,13 +110,13 @@ impl Tables {
             return;
         };
         self.count -= usize::from(t.arm.is_some()) + t.vtd.len();
-        for (pasid, id) in t.vtd {
+        for (pasid, (id, _)) in t.vtd {
             if let Err(e) = host.detach(endpoint, Some(pasid)) {
                 warn!("host detach({endpoint}, PASID {pasid}) failed: {e}");
             }
             destroy(host, id);
         }
-        if let Some(id) = t.arm {
+        if let Some((id, _)) = t.arm {
             destroy(host, id);
         }
     }

@@ -11,6 +11,7 @@ mod footprint;
 mod hostile;
 mod model;
 mod requests;
+mod state;
 mod sva;
 
 #[global_allocator]

@@ -56,7 +56,8 @@ fn protocol_features_queue_count_and_default_config() {
     let mut fe = d.connect(memory()).unwrap();
     let want = VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
-        | VhostUserProtocolFeatures::REPLY_ACK;
+        | VhostUserProtocolFeatures::REPLY_ACK
+        | VhostUserProtocolFeatures::DEVICE_STATE;
     assert_eq!(fe.protocol_features(), want);
     // What the backend offers, not just the intersection the frontend kept: nothing else.
     assert_eq!(fe.raw().get_protocol_features().unwrap(), want);

@@ -6,4 +6,5 @@ mod control;
 mod hostile;
 mod lifecycle;
 mod requests;
+mod state;
 pub mod vm;
