@@ -16,7 +16,7 @@ pub const DOMAIN_BYTES: u64 = 600;
 /// One more endpoint attached to a domain.
 pub const ENDPOINT_BYTES: u64 = 100;
 /// One bound guest table (the engine's record, the host's table and PASID attachment).
-pub const TABLE_BYTES: u64 = 300;
+pub const TABLE_BYTES: u64 = 320;
 /// One outstanding page-request group, with the DMA parked behind it (without its data,
 /// which the control socket bounds at 1 MiB per client).
 pub const PAGE_REQUEST_BYTES: u64 = 450;

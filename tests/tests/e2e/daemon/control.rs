@@ -355,13 +355,6 @@ fn control_errors_keep_the_connection() {
     );
 }
 
-/// Threads of process `pid`.
-fn thread_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("/proc/PID/task")
-        .count()
-}
-
 /// At most `--max-control-clients` clients at once: one more gets one error line and is
 /// closed (no thread for it), the refusals are logged rate-limited, the served clients keep
 /// working, and a freed place serves a new client.

@@ -205,6 +205,14 @@ pub fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// Threads of process `pid`.
+#[must_use]
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("/proc/PID/task")
+        .count()
+}
+
 /// Shared guest RAM (all tests of a binary allocate from it).
 #[must_use]
 pub fn memory() -> Arc<GuestMemory> {

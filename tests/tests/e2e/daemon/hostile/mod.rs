@@ -6,12 +6,12 @@
 //! fds and threads. The impossible avail index is in `chains.rs`, hostile guest tables in
 //! `sva::hostile`.
 
-//mod connections;
+mod connections;
 mod floods;
-//mod isolation;
-//mod page_requests;
-//mod ranges;
-//mod storms;
+mod isolation;
+mod page_requests;
+mod ranges;
+mod storms;
 
 use std::collections::HashMap;
 
