@@ -214,9 +214,6 @@ fn device(c: &mut Cursor<'_>) -> Result<(EngineConfig, Features, Features, bool)
             max_page_request_groups,
             max_page_request_groups_total,
             page_request_timeout,
-            // The device-wide budget is not in the stream (format 1 predates it): the loading
-            // daemon's own budget applies.
-            ..Limits::default()
         },
         offer_mmio: offered.contains(Features::MMIO),
         offer_attach_table: offered.contains(Features::ATTACH_TABLE),
