@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::engine::Engine;
+use crate::limited;
 use crate::queue::{self, Scratch};
 use crate::state_transfer::StateTransfer;
 use crate::translation::{HeldReplies, HeldReply, Hub};
@@ -476,7 +477,10 @@ impl VhostUserBackendMut for IommuBackend {
         // device has, and fail hard on an empty reply); absurd sizes get nothing.
         const MAX_CONFIG_READ: u32 = 256;
         if size > MAX_CONFIG_READ || offset > MAX_CONFIG_READ {
-            warn!("GET_CONFIG offset {offset} size {size} is outside any config space");
+            limited!(
+                Warn,
+                "GET_CONFIG offset {offset} size {size} is outside any config space"
+            );
             return Vec::new();
         }
         let cfg = lock(&self.engine).config_space();
@@ -495,7 +499,10 @@ impl VhostUserBackendMut for IommuBackend {
         // comes from the guest.
         let mut engine = lock(&self.engine);
         if let Err(e) = engine.write_config(offset, buf) {
-            warn!("ignored config write at offset {offset} ({buf:02x?}): {e}");
+            limited!(
+                Warn,
+                "ignored config write at offset {offset} ({buf:02x?}): {e}"
+            );
         }
         self.flush_invalidations(&mut engine);
         Ok(())

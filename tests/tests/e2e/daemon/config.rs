@@ -230,3 +230,22 @@ fn json_domains(domains: &[(u32, &[u32])]) -> serde_json::Value {
             .collect(),
     )
 }
+
+/// Refused config writes come from the guest: a flood of them logs a bounded number of lines
+/// (the rate limit's burst), and the connection stays up.
+#[test]
+fn refused_config_writes_log_a_bounded_number_of_lines() {
+    let mut vm = Vm::start(&[]);
+    for _ in 0..1000 {
+        vm.fe.set_config(32, &[0, 1, 0, 0]).unwrap();
+    }
+    let logged = vm
+        .daemon
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("ignored config write"))
+        .count();
+    assert!((1..=10).contains(&logged), "{logged} lines for 1000 writes");
+    assert_eq!(vm.send(&attach(1, 3)), Status::Ok);
+    vm.assert_alive();
+}
