@@ -206,7 +206,12 @@ impl<I: Iommu + Clone + 'static> Rig<I> {
             let d = 3 * k;
             let descs = [
                 (addr(gpa_header(k)), 16u32, NEXT, d + 1),
-                (addr(gpa_data(k)), IO as u32, NEXT | WRITE, d + 2),
+                (
+                    addr(gpa_data(k)),
+                    u32::try_from(IO).unwrap(),
+                    NEXT | WRITE,
+                    d + 2,
+                ),
                 (addr(gpa_header(k)) + 16, 1, WRITE, 0),
             ];
             for (i, (a, len, flags, next)) in (0u64..).zip(descs) {

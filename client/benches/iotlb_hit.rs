@@ -98,8 +98,11 @@ impl Rig {
             }],
         ))
         .unwrap();
-        let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), (PAGES * PAGE) as usize)])
-            .unwrap();
+        let ram = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(0),
+            usize::try_from(PAGES * PAGE).unwrap(),
+        )])
+        .unwrap();
         for i in 0..PAGES {
             ram.write_obj(i, GuestAddress(i * PAGE + 0x18)).unwrap();
         }
@@ -177,10 +180,13 @@ fn part_end(name: &str, units: u64) {
     println!("part {name} {units}");
 }
 
+/// One access of a case.
+type Case = fn(&mut Rig) -> u64;
+
 /// `--instructions`: each case once, in parts for callgrind (see the module doc).
 fn instructions() {
     let mut rig = Rig::new();
-    let cases: [(&str, fn(&mut Rig) -> u64); 2] = [
+    let cases: [(&str, Case); 2] = [
         ("client/iotlb_hit", Rig::hit),
         ("client/iommu_read_u64", Rig::read),
     ];

@@ -52,7 +52,7 @@ fn a_pasid_access_to_a_missing_page_waits_for_the_guest_and_reads_its_bytes() {
     ConfinedHal::with(|s| {
         s.iommu
             .bind_table(DOMAIN, EP, &table.desc(PASID, VtdFlags::empty()))
-            .expect("ATTACH_TABLE")
+            .expect("ATTACH_TABLE");
     });
     let mut buf = vec![0u8; SECTOR];
     vm.dev.read_blocks(5, &mut buf).unwrap();
