@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Runs every benchmark of the daemon (device/benches: queue, mappings) and writes ONE markdown
-# table: per case its criterion median (ns per unit) and its instructions per unit counted by
-# `valgrind --tool=callgrind` (repeatable on a loaded machine, unlike time), plus the resident
-# bytes per mapping at 1M, with the machine and the commit.
+# Runs the benchmarks (device/benches: queue, mappings, translation; client/benches: iotlb_hit;
+# blk/benches: read_4k) and writes ONE markdown table: per case its criterion median (ns per
+# unit) and its instructions per unit counted by `valgrind --tool=callgrind` (repeatable on a
+# loaded machine, unlike time), plus the resident bytes per mapping at 1M, with the machine and
+# the commit.
 #
 # usage: scripts/bench.sh [--quick] [--no-time] [--out FILE]
 #   --quick    skip the 1M-mapping cases (minutes instead of tens of minutes)
 #   --no-time  instruction counts and memory only (no criterion run)
 #   --out      where the table goes (default target/bench/bench-COMMIT.md); also printed
 #
-# A unit is one request, or one pair for the *_pair cases (and unmap_remap). Criterion writes
+# A unit is one request, or one pair for the *_pair cases (and unmap_remap); one access for
+# client/*; one 4 KiB read request for blk/* (the confined/unconfined ratio follows the
+# table); one round trip for translation/* (instructions of every thread: a run of N minus a
+# run of 0, divided by N, since the daemon's service thread does half the work). Criterion writes
 # its estimates under target/criterion/; callgrind's parts go to target/bench/callgrind/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,17 +48,21 @@ else
 fi
 
 log "building the bench binaries"
-mapfile -t bins < <(cargo bench -p vhost-device-iommu --no-run --message-format=json 2>/dev/null |
+mapfile -t bins < <(cargo bench -p vhost-device-iommu -p virtio-iommu-client \
+    -p vhost-user-blk-confined --no-run --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bench"]) | "\(.target.name)=\(.executable)"')
 declare -A bin
 for b in "${bins[@]}"; do bin[${b%%=*}]=${b#*=}; done
-[ -n "${bin[queue]:-}" ] && [ -n "${bin[mappings]:-}" ] || die "bench binaries not found (${bins[*]})"
+parted=(queue mappings iotlb_hit read_4k)
+for b in "${parted[@]}" translation; do
+    [ -n "${bin[$b]:-}" ] || die "bench binary $b not found (${bins[*]})"
+done
 
 # The binaries run directly (as `cargo bench` would, with `--bench`), so that nothing is
 # rebuilt between the runs of one table.
 export CRITERION_HOME=$PWD/target/criterion
 if [ "$time" = 1 ]; then
-    for b in queue mappings; do
+    for b in "${parted[@]}" translation; do
         log "criterion: $b"
         "${bin[$b]}" --bench >"$work/criterion-$b.log" 2>&1 ||
             die "criterion run of $b failed (see $work/criterion-$b.log)"
@@ -66,7 +74,7 @@ fi
 cg=$work/callgrind
 rm -rf "$cg"
 mkdir -p "$cg"
-for b in queue mappings; do
+for b in "${parted[@]}"; do
     log "callgrind: $b"
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured*' \
         --dump-after='*part_end*' --callgrind-out-file="$cg/$b.out" \
@@ -86,7 +94,25 @@ instr_lines() {
         awk -v n="$name" -v t="$total" -v u="$units" 'BEGIN { printf "instr %s %.0f\n", n, t / u }'
     done <"$cg/$b.parts"
 }
-instr=$( { instr_lines queue; instr_lines mappings; } )
+# The translation bench's round trips run on two threads: whole-program totals of N and of 0.
+translation_instr() {
+    local only=$1 name=$2 n=2000 t0 tn
+    for iters in 0 $n; do
+        TRANSLATION_BENCH_ITERS=$iters TRANSLATION_BENCH_ONLY=$only valgrind --tool=callgrind \
+            --callgrind-out-file="$cg/translation-$only-$iters.out" "${bin[translation]}" \
+            >/dev/null 2>"$cg/translation-$only-$iters.log" ||
+            die "callgrind run of translation ($only, $iters) failed"
+    done
+    t0=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-0.out")
+    tn=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-$n.out")
+    awk -v n="$name" -v a="$t0" -v b="$tn" -v u="$n" 'BEGIN { printf "instr %s %.0f\n", n, (b - a) / u }'
+}
+log "callgrind: translation"
+instr=$( {
+    for b in "${parted[@]}"; do instr_lines "$b"; done
+    translation_instr translate translation/translate_round_trip
+    translation_instr invalidate translation/invalidate_push_ack
+} )
 
 log "memory per mapping"
 mem=""
@@ -120,6 +146,14 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     while read -r _ name bytes; do
         [ -n "$name" ] && echo "| $name (bytes, ΔRSS / N) | — | $bytes |"
     done <<<"$mem"
+    # Confined over unconfined 4 KiB read throughput (time, and instructions, per request).
+    plain=$(median blk/read_4k_unconfined) confined=$(median blk/read_4k_confined)
+    iplain=$(awk '$2 == "blk/read_4k_unconfined" { print $3 }' <<<"$instr")
+    iconfined=$(awk '$2 == "blk/read_4k_confined" { print $3 }' <<<"$instr")
+    echo
+    awk -v p="$plain" -v c="$confined" -v ip="$iplain" -v ic="$iconfined" 'BEGIN {
+        printf "blk 4 KiB reads, confined / unconfined throughput: %s (time), %.2f (instructions)\n",
+            (p == "-" || c == "-") ? "-" : sprintf("%.2f", p / c), ip / ic }'
 } >"$out"
 cat "$out"
 log "table written to $out"

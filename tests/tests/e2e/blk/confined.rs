@@ -4,6 +4,7 @@
 //! guest unmapped gets an I/O error (the old page untouched) and the guest driver receives the
 //! fault; a read-only mapping refuses the device's write.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -19,36 +20,46 @@ use virtio_iommu_testkit::GuestMemory;
 use super::confined_hal::{ConfinedHal, Installed};
 use super::vm::{pattern_disk, payload, BLK_CONFIG_SIZE, VIRTIO_ID_BLOCK};
 
-const DOMAIN: u32 = 1;
-const EP: u32 = 8;
-const SECTORS: usize = 64;
+pub(super) const DOMAIN: u32 = 1;
+pub(super) const EP: u32 = 8;
+pub(super) const SECTORS: usize = 64;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Both daemons and both drivers. Fields drop in order: the blk driver (its reset frees
 /// rings through the HAL) before the HAL's slot, the backends last.
-struct Confined {
-    dev: VirtIOBlk<ConfinedHal, VhostUserTransport>,
+pub(super) struct Confined {
+    pub(super) dev: VirtIOBlk<ConfinedHal, VhostUserTransport>,
     _hal: Installed,
-    blk: BlkDaemon,
-    daemon: Daemon,
+    pub(super) blk: BlkDaemon,
+    pub(super) daemon: Daemon,
+    /// The daemon's translation socket.
+    pub(super) socket: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Confined {
     fn start(disk: &[u8]) -> Confined {
+        Self::start_with(disk, &[], Features::empty())
+    }
+
+    /// As [`Confined::start`], the daemon also given `daemon_args` and our driver negotiating
+    /// `extensions`.
+    pub(super) fn start_with(disk: &[u8], daemon_args: &[&str], extensions: Features) -> Confined {
         let _ = env_logger::builder().is_test(true).try_init();
         let dir = tempfile::Builder::new()
             .prefix("vublk-ts")
             .tempdir()
             .unwrap();
-        let socket = dir.path().join("translation.sock");
-        let socket = socket.to_str().unwrap();
-        let daemon = Daemon::spawn(&["--translation-socket", socket]).expect("spawn the daemon");
+        let path = dir.path().join("translation.sock");
+        let socket = path.to_str().unwrap();
+        let mut args = vec!["--translation-socket", socket];
+        args.extend_from_slice(daemon_args);
+        let daemon = Daemon::spawn(&args).expect("spawn the daemon");
         let fe = daemon.connect(GuestMemory::global()).expect("connect");
         let config_size = u32::try_from(size_of::<Config>()).unwrap();
         let t = VhostUserTransport::new(fe, VIRTIO_ID_IOMMU, config_size).unwrap();
         let options = DriverOptions {
-            extensions: Features::empty(),
+            extensions,
             max_spins: Some(50_000_000),
         };
         let mut iommu = virtio_iommu_driver::VirtIOIommu::new_with(t, options).unwrap();
@@ -72,11 +83,12 @@ impl Confined {
             _hal: hal,
             blk,
             daemon,
+            socket: path,
             _dir: dir,
         }
     }
 
-    fn translation_stats(&self) -> serde_json::Value {
+    pub(super) fn translation_stats(&self) -> serde_json::Value {
         let mut c = self.daemon.control().unwrap();
         c.cmd("stats", serde_json::Value::Null).unwrap()["stats"]["translation"].clone()
     }

@@ -2,5 +2,6 @@
 
 mod confined;
 mod confined_hal;
+mod page_request;
 mod unconfined;
 pub mod vm;

@@ -5,9 +5,11 @@
 //!   malformed accesses, and the fault events the guest gets.
 //! - [`invalidation`]: INVALIDATE pushes and the held completion of UNMAP / DETACH / ATTACH,
 //!   the cut-off of a silent client, frontend disconnect.
+//! - [`backlog`]: the cut-off of a client that stops reading (1024 unsent messages).
 //! - [`protocol`]: protocol errors, HELLO statuses, the client limit.
 //! - [`page_requests`]: a PASID translation that waits for the guest's page response.
 
+mod backlog;
 mod invalidation;
 mod page_requests;
 mod protocol;
