@@ -26,6 +26,7 @@ mod heap;
 mod host;
 mod interrupts;
 mod pci;
+mod platform_transport;
 mod raw_device;
 mod report;
 mod rt;

@@ -5,8 +5,11 @@
 //! an IOVA the guest unmapped gets an I/O error, the old page untouched, and the guest driver
 //! receives the fault; a read-only mapping refuses the device's write.
 //!
-//! `VirtIOBlk` never negotiates VIRTIO_F_ACCESS_PLATFORM; the backend translates regardless
-//! (a device behind an IOMMU cannot opt out), so without these mappings nothing would work.
+//! `VirtIOBlk` never negotiates VIRTIO_F_ACCESS_PLATFORM, which the confined backend offers
+//! and QEMU then insists on: [`PlatformTransport`] accepts it for the driver. QEMU does not pass
+//! it on to the backend (it knows of no IOMMU for the device); the backend translates
+//! regardless (a device behind an IOMMU cannot opt out), so without these mappings nothing
+//! would work.
 
 use alloc::format;
 use alloc::string::String;
@@ -24,10 +27,11 @@ use super::{requester_id, Iommu, Page};
 use crate::confined_hal::{ConfinedHal, BUFFER_IOVAS};
 use crate::interrupts;
 use crate::pci::Pci;
+use crate::platform_transport::{self, PlatformTransport, ACCESS_PLATFORM};
 use crate::report::{expect, Report};
 
 /// The driver over the PCI transport, confined.
-type Blk = VirtIOBlk<ConfinedHal, PciTransport>;
+type Blk = VirtIOBlk<ConfinedHal, PlatformTransport<PciTransport>>;
 
 /// PCI ID of a modern virtio-blk function.
 pub const BLK_ID: (u16, u16) = (0x1af4, 0x1042);
@@ -154,7 +158,7 @@ pub fn run(r: &mut Report, mut iommu: Iommu, pci: &mut Pci, df: DeviceFunction) 
     ConfinedHal::install(iommu, DOMAIN);
     let blk = PciTransport::new::<ConfinedHal, _>(&mut pci.root, df)
         .map_err(|e| format!("PCI transport: {e}"))
-        .and_then(|t| Blk::new(t).map_err(|e| format!("VirtIOBlk: {e}")));
+        .and_then(|t| Blk::new(PlatformTransport::new(t)).map_err(|e| format!("VirtIOBlk: {e}")));
     let mut blk = match blk {
         Ok(b) => b,
         Err(e) => {
@@ -162,7 +166,12 @@ pub fn run(r: &mut Report, mut iommu: Iommu, pci: &mut Pci, df: DeviceFunction) 
             return;
         }
     };
-    r.check("blk-init", expect("capacity", blk.capacity(), SECTORS));
+    let platform = platform_transport::last_driver_features() & ACCESS_PLATFORM;
+    r.check(
+        "blk-init",
+        expect("capacity", blk.capacity(), SECTORS)
+            .and_then(|()| expect("ACCESS_PLATFORM accepted", platform, ACCESS_PLATFORM)),
+    );
 
     let mut written = Vec::new();
     r.check("blk-write-read", write_read(&mut blk, &mut written));
