@@ -19,7 +19,9 @@
 # Without a cached QEMU (scripts/build-qemu.sh) the boots are skipped with a message; the
 # kernel is still built. Logs: $VIRTIO_IOMMU_CACHE/baremetal/.
 # Env: BM_TIMEOUT (s per VM, default 120), VERBOSE=1 (dump serial logs), BM_DAEMON (a prebuilt
-#      daemon), BM_BLK (a prebuilt blk backend), BM_ONLY=qemu|daemon|blk (one run only), BM_BUILD_QEMU=1 (build QEMU if missing).
+#      daemon), BM_BLK (a prebuilt blk backend), BM_ONLY=qemu|daemon|blk (one run only),
+#      BM_BUILD_QEMU=1 (build QEMU if missing), BM_RUST_LOG / BM_BLK_RUST_LOG (the daemon's and
+#      the blk backend's RUST_LOG).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=common.sh
