@@ -249,9 +249,18 @@ impl<I: Iommu + Clone + 'static> VhostUserBackendMut for BlkBackend<I> {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let f = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::REPLY_ACK;
+        if self.iommu.is_some() {
+            // QEMU refuses a backend that offers ACCESS_PLATFORM without BACKEND_REQ (the
+            // channel its IOTLB misses would use). The channel stays unused: the translations
+            // come from the daemon, and QEMU sends no IOTLB updates to a device it knows of
+            // no IOMMU for.
+            f | VhostUserProtocolFeatures::BACKEND_REQ
+        } else {
+            f
+        }
     }
 
     fn set_event_idx(&mut self, enabled: bool) {

@@ -25,14 +25,16 @@ impl DeviceKind {
     }
 }
 
-/// What the command line asks for: `device=qemu|daemon`, and `sva=1` for the vSVA checks
-/// (the daemon must run with `--pasid-bits`).
+/// What the command line asks for: `device=qemu|daemon`, `sva=1` for the vSVA checks (the
+/// daemon must run with `--pasid-bits`) and `blk=1` for the confined virtio-blk checks only.
 #[derive(Debug, Clone, Copy)]
 pub struct Args {
     /// The device under test.
     pub kind: DeviceKind,
     /// Run the vSVA checks.
     pub sva: bool,
+    /// Run only the confined virtio-blk checks (a blk backend behind the daemon).
+    pub blk: bool,
 }
 
 impl Args {
@@ -43,17 +45,20 @@ impl Args {
     pub fn parse(cmdline: &str) -> Result<Args, &str> {
         let mut kind = None;
         let mut sva = false;
+        let mut blk = false;
         for word in cmdline.split_ascii_whitespace() {
             match word {
                 "device=qemu" => kind = Some(DeviceKind::Qemu),
                 "device=daemon" => kind = Some(DeviceKind::Daemon),
                 "sva=1" => sva = true,
+                "blk=1" => blk = true,
                 other => return Err(other),
             }
         }
         Ok(Args {
             kind: kind.ok_or("device=qemu|daemon missing")?,
             sva,
+            blk,
         })
     }
 }

@@ -3,8 +3,8 @@
 //! `vhost-user-test-device-pci` (`scripts/test-baremetal.sh` boots both).
 //!
 //! Booted by QEMU's `-kernel` through the PVH entry ([`boot`]); the command line says which
-//! device answers (`device=qemu|daemon`, plus `sva=1` for the vSVA checks). Results go to the
-//! serial port ([`report`]) and the exit status through `isa-debug-exit` ([`exit`]).
+//! device answers (`device=qemu|daemon`, plus `sva=1` for the vSVA checks, or `blk=1` for the
+//! confined virtio-blk checks alone). Results go to the serial port ([`report`]) and the exit status through `isa-debug-exit` ([`exit`]).
 //!
 //! Memory: everything below 4 GiB is identity mapped, so a virtual address is the physical
 //! address the device sees. After the image come the heap and then the DMA pool the
@@ -17,6 +17,7 @@ extern crate alloc;
 
 mod boot;
 mod checks;
+mod confined_hal;
 mod cpu;
 mod device_kind;
 mod exit;
@@ -25,6 +26,7 @@ mod heap;
 mod host;
 mod interrupts;
 mod pci;
+mod platform_transport;
 mod raw_device;
 mod report;
 mod rt;
@@ -101,9 +103,10 @@ pub extern "C" fn kmain(start_info: u32) -> ! {
     interrupts::init();
     let tsc_per_ms = tsc::calibrate();
     println!(
-        "KERNEL-INFO: device={} sva={} heap {heap_start:#x}, DMA pool {dma_start:#x}..{dma_end:#x}, TSC {tsc_per_ms} cycles/ms",
+        "KERNEL-INFO: device={} sva={} blk={} heap {heap_start:#x}, DMA pool {dma_start:#x}..{dma_end:#x}, TSC {tsc_per_ms} cycles/ms",
         args.kind.name(),
-        args.sva
+        args.sva,
+        args.blk
     );
     let passed = checks::run(args);
     exit::exit(if passed { exit::PASSED } else { exit::FAILED })

@@ -1,7 +1,9 @@
 //! The scenario: find the IOMMU and two `edu` functions (the endpoints) on bus 0, bring the
 //! driver up over the PCI transport, run every check, reset, run the raw-request checks, and
-//! with `sva=1` bring the driver up again with the extensions for the vSVA checks.
+//! with `sva=1` bring the driver up again with the extensions for the vSVA checks. With
+//! `blk=1` only the driver comes up, and then the confined virtio-blk checks run ([`blk`]).
 
+mod blk;
 mod dma;
 mod driver;
 mod irq;
@@ -170,6 +172,13 @@ pub fn run(args: Args) -> bool {
         }
     };
     r.info(format!("config {:?}", iommu.config()));
+    if args.blk {
+        match pci.find(blk::BLK_ID.0, blk::BLK_ID.1).first() {
+            Some(&df) => blk::run(&mut r, iommu, &mut pci, df),
+            None => r.check("blk-init", Err("no virtio-blk function on bus 0".into())),
+        }
+        return r.finish();
+    }
     driver::run(&mut r, &mut iommu, &setup);
     irq::run(&mut r, &mut iommu, &setup, line);
     timing::run(&mut r, &mut iommu, &setup);
