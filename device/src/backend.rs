@@ -30,6 +30,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::engine::Engine;
 use crate::limited;
 use crate::queue::{self, Scratch};
+use crate::ring::{RingError, RingView};
 use crate::state_transfer::StateTransfer;
 use crate::translation::{HeldReplies, HeldReply, Hub};
 
@@ -235,19 +236,25 @@ impl IommuBackend {
                 break;
             }
             let batch = ready.min(CHAINS_PER_LOCK).min(budget);
+            let queue = state.get_queue_mut();
+            let view = match RingView::new(&*mem, queue) {
+                Ok(v) => v,
+                Err(e) => return break_queue(&mut self.broken, q, &e.to_string()),
+            };
+            let (mut next_avail, old_used) = (queue.next_avail(), queue.next_used());
+            let mut next_used = old_used;
+            let mut broke = None;
             for _ in 0..batch {
-                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
-                    return break_queue(&mut self.broken, q, "an avail ring entry cannot be read");
+                let head = match view.avail_head(next_avail) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        broke = Some(e);
+                        break;
+                    }
                 };
-                let head = chain.head_index();
-                if head >= state.get_queue().size() {
-                    return break_queue(
-                        &mut self.broken,
-                        q,
-                        "a chain head is outside the descriptor table",
-                    );
-                }
-                let used = queue::process_request(&*mem, chain, &mut engine, &mut self.scratch);
+                next_avail = next_avail.wrapping_add(1);
+                let used =
+                    queue::process_request(&*mem, view.chain(head), &mut engine, &mut self.scratch);
                 // Told while the engine is still locked (see translation/registry.rs).
                 let hold = self
                     .hub
@@ -257,15 +264,24 @@ impl IommuBackend {
                     self.held.push(HeldReply { hold, head, used });
                     continue;
                 }
-                if let Err(e) = state.add_used(head, used) {
-                    return break_queue(
-                        &mut self.broken,
-                        q,
-                        &format!("the used ring cannot be written ({e})"),
-                    );
+                if let Err(e) = view.put_used(next_used, head, used) {
+                    broke = Some(e);
+                    break;
+                }
+                next_used = next_used.wrapping_add(1);
+            }
+            queue.set_next_avail(next_avail);
+            let published = publish(&view, queue, old_used, next_used, self.event_idx);
+            match (broke, published) {
+                (None, Ok(notify)) => {
+                    if notify {
+                        Self::signal(&state, "requestq");
+                    }
+                }
+                (Some(e), _) | (None, Err(e)) => {
+                    return break_queue(&mut self.broken, q, &e.to_string());
                 }
             }
-            Self::notify(&mut state, "requestq");
             self.last_avail[q] = state.get_queue().next_avail();
             budget -= batch;
             drop(state);
@@ -305,16 +321,33 @@ impl IommuBackend {
             debug!("{} held request(s) released on a stopped ring", ready.len());
             return;
         }
+        let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
+            return;
+        };
+        let queue = state.get_queue_mut();
+        let view = match RingView::new(&*mem, queue) {
+            Ok(v) => v,
+            Err(e) => return break_queue(&mut self.broken, q, &e.to_string()),
+        };
+        let old_used = queue.next_used();
+        let mut next_used = old_used;
+        let mut broke = None;
         for r in ready {
-            if let Err(e) = state.add_used(r.head, r.used) {
-                return break_queue(
-                    &mut self.broken,
-                    q,
-                    &format!("the used ring cannot be written ({e})"),
-                );
+            if let Err(e) = view.put_used(next_used, r.head, r.used) {
+                broke = Some(e);
+                break;
             }
+            next_used = next_used.wrapping_add(1);
         }
-        Self::notify(&mut state, "requestq");
+        let published = publish(&view, queue, old_used, next_used, self.event_idx);
+        match (broke, published) {
+            (None, Ok(notify)) => {
+                if notify {
+                    Self::signal(&state, "requestq");
+                }
+            }
+            (Some(e), _) | (None, Err(e)) => break_queue(&mut self.broken, q, &e.to_string()),
+        }
     }
 
     fn deliver_events(&mut self, vring: &VringRwLock) {
@@ -371,6 +404,13 @@ impl IommuBackend {
         self.last_avail[q] = state.get_queue().next_avail();
     }
 
+    /// Signals the driver (the caller decided it asked for it).
+    fn signal(state: &vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>, q: &str) {
+        if let Err(e) = state.signal_used_queue() {
+            warn!("{q}: call eventfd: {e}");
+        }
+    }
+
     fn notify(
         state: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>,
         q: &str,
@@ -392,6 +432,22 @@ impl IommuBackend {
 fn break_queue(broken: &mut [bool; NUM_QUEUES], q: usize, why: &str) {
     warn!("queue {q}: {why}; the queue is stopped until the device is reset");
     broken[q] = true;
+}
+
+/// Publishes the used entries `[old, next)` once (nothing when there are none) and records
+/// the new index in `queue`; returns whether the driver asked to be notified.
+fn publish(
+    view: &RingView<'_, GuestMemoryMmap>,
+    queue: &mut Queue,
+    old: u16,
+    next: u16,
+    event_idx: bool,
+) -> Result<bool, RingError> {
+    if next == old {
+        return Ok(false);
+    }
+    queue.set_next_used(next);
+    view.publish_used(old, next, event_idx)
 }
 
 /// Chains the driver has published and the device not yet taken. More than the ring holds is

@@ -16,5 +16,6 @@ pub mod error;
 pub mod host;
 pub mod queue;
 pub mod ratelimit;
+pub mod ring;
 pub mod state_transfer;
 pub mod translation;

@@ -4,9 +4,10 @@
 
 use crate::limited;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{
-    Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress,
-};
+use vm_memory::bitmap::MS;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions, VolatileSlice};
+
+use crate::ring::{Desc, RingError};
 
 use crate::engine::Engine;
 
@@ -16,6 +17,9 @@ const READABLE_CAP: usize = 128;
 /// Largest writable part accepted (a PROBE area of up to 64 KiB plus the tail). A larger one
 /// is answered with used length 0 instead of an unbounded allocation.
 pub const MAX_WRITABLE: usize = 64 * 1024 + 4;
+
+/// A host slice of guest memory `M`.
+type Slice<'m, M> = VolatileSlice<'m, MS<'m, M>>;
 
 /// Buffers reused across requests so the hot path does not allocate.
 #[derive(Debug, Default)]
@@ -37,23 +41,29 @@ pub enum ChainError {
     /// The writable part is larger than [`MAX_WRITABLE`].
     #[error("the device-writable part is larger than {MAX_WRITABLE} bytes")]
     WritableTooLarge,
+    /// The chain itself is malformed.
+    #[error("{0}")]
+    Ring(RingError),
 }
 
 impl Scratch {
     /// Collects the chain: readable bytes into `readable` (capped), writable segments into
-    /// `segments`. Returns the total writable size.
-    fn gather<M: GuestMemoryBackend>(
+    /// `segments`. Returns the total writable size and the first writable segment's host
+    /// slice (the whole reply, for almost every request).
+    fn gather<'m, M: GuestMemoryBackend>(
         &mut self,
-        mem: &M,
-        chain: impl Iterator<Item = Descriptor>,
-    ) -> Result<usize, ChainError> {
+        mem: &'m M,
+        chain: impl Iterator<Item = Result<Desc, RingError>>,
+    ) -> Result<(usize, Option<Slice<'m, M>>), ChainError> {
         self.readable.clear();
         self.segments.clear();
         let mut writable = 0usize;
+        let mut first = None;
         for desc in chain {
-            let addr = GuestAddress(desc.addr().0);
-            let len = desc.len() as usize;
-            if desc.is_write_only() {
+            let desc = desc.map_err(ChainError::Ring)?;
+            let addr = GuestAddress(desc.addr);
+            let len = desc.len as usize;
+            if desc.write {
                 writable = writable
                     .checked_add(len)
                     .ok_or(ChainError::WritableTooLarge)?;
@@ -62,10 +72,13 @@ impl Scratch {
                 }
                 // Checked before the engine runs: a request whose reply cannot be written must
                 // not take effect (the guest would see no reply for a changed state).
-                if len > 0
-                    && !GuestMemory::check_range(mem, addr, len, vm_memory::Permissions::Write)
-                {
-                    return Err(ChainError::BadAddress(addr.0));
+                if len > 0 {
+                    match mem.get_slice(addr, len) {
+                        Ok(s) if self.segments.is_empty() => first = Some(s),
+                        Ok(_) => {}
+                        Err(_) if writable_in(mem, addr, len) => {}
+                        Err(_) => return Err(ChainError::BadAddress(addr.0)),
+                    }
                 }
                 self.segments.push((addr, len));
             } else {
@@ -74,85 +87,82 @@ impl Scratch {
                 }
                 let room = READABLE_CAP - self.readable.len();
                 let take = len.min(room);
-                if take > 0 {
-                    let at = self.readable.len();
-                    self.readable.resize(at + take, 0);
-                    read_at(mem, &mut self.readable[at..], addr)?;
-                }
-                // Bytes beyond the cap are not read, but must still lie in guest memory.
-                if len > take
-                    && !GuestMemory::check_range(mem, addr, len, vm_memory::Permissions::Read)
-                {
-                    return Err(ChainError::BadAddress(addr.0));
+                let at = self.readable.len();
+                match mem.get_slice(addr, len) {
+                    // One region holds it all: one checked slice, no per-byte lookups.
+                    Ok(s) => {
+                        if take > 0 {
+                            self.readable.resize(at + take, 0);
+                            s.copy_to(&mut self.readable[at..]);
+                        }
+                    }
+                    Err(_) => {
+                        if take > 0 {
+                            self.readable.resize(at + take, 0);
+                            mem.read_slice(&mut self.readable[at..], addr)
+                                .map_err(|_| ChainError::BadAddress(addr.0))?;
+                        }
+                        // Bytes beyond the cap are not read, but must still lie in guest memory.
+                        if !GuestMemory::check_range(mem, addr, len, Permissions::Read) {
+                            return Err(ChainError::BadAddress(addr.0));
+                        }
+                    }
                 }
             }
         }
-        Ok(writable)
+        Ok((writable, first))
     }
 
-    /// Writes `data` across the gathered writable segments.
-    fn scatter<M: GuestMemoryBackend>(&self, mem: &M, data: &[u8]) -> Result<(), ChainError> {
+    /// Writes `data` across the gathered writable segments; `first` is the first one's slice.
+    fn scatter<M: GuestMemoryBackend>(
+        &self,
+        mem: &M,
+        first: Option<&Slice<'_, M>>,
+        data: &[u8],
+    ) -> Result<(), ChainError> {
         let mut rest = data;
-        for (addr, len) in &self.segments {
+        for (i, (addr, len)) in self.segments.iter().enumerate() {
             if rest.is_empty() {
                 break;
             }
             let n = (*len).min(rest.len());
-            write_at(mem, &rest[..n], *addr)?;
+            match first {
+                Some(s) if i == 0 => s.copy_from(&rest[..n]),
+                _ => mem
+                    .write_slice(&rest[..n], *addr)
+                    .map_err(|_| ChainError::BadAddress(addr.0))?,
+            }
             rest = &rest[n..];
         }
         Ok(())
     }
 }
 
-/// The region holding all of `[addr, addr + len)`, if one does. A request's bytes almost always
-/// sit inside one region: copying from it directly skips vm-memory's generic per-slice
-/// iteration, which costs more than the rest of a small request.
-fn one_region<M: GuestMemoryBackend>(
-    mem: &M,
-    addr: GuestAddress,
-    len: usize,
-) -> Option<(&M::R, MemoryRegionAddress)> {
-    let (region, at) = mem.to_region_addr(addr)?;
-    let end = at.0.checked_add(u64::try_from(len).ok()?)?;
-    (end <= region.len()).then_some((region, at))
+/// Whether `[addr, addr + len)` is writable guest memory across regions.
+fn writable_in<M: GuestMemoryBackend>(mem: &M, addr: GuestAddress, len: usize) -> bool {
+    GuestMemory::check_range(mem, addr, len, Permissions::Write)
 }
 
-/// Reads `buf.len()` bytes at `addr`.
-fn read_at<M: GuestMemoryBackend>(
-    mem: &M,
-    buf: &mut [u8],
-    addr: GuestAddress,
-) -> Result<(), ChainError> {
-    let r = match one_region(mem, addr, buf.len()) {
-        Some((region, at)) => region.read_slice(buf, at),
-        None => mem.read_slice(buf, addr),
-    };
-    r.map_err(|_| ChainError::BadAddress(addr.0))
-}
-
-/// Writes `data` at `addr`.
-fn write_at<M: GuestMemoryBackend>(
-    mem: &M,
-    data: &[u8],
-    addr: GuestAddress,
-) -> Result<(), ChainError> {
-    let r = match one_region(mem, addr, data.len()) {
-        Some((region, at)) => region.write_slice(data, at),
-        None => mem.write_slice(data, addr),
-    };
-    r.map_err(|_| ChainError::BadAddress(addr.0))
+/// A virtio-queue chain's descriptors as the gather takes them.
+fn descs(chain: impl Iterator<Item = Descriptor>) -> impl Iterator<Item = Result<Desc, RingError>> {
+    chain.map(|d| {
+        Ok(Desc {
+            addr: d.addr().0,
+            len: d.len(),
+            write: d.is_write_only(),
+        })
+    })
 }
 
 /// Processes one request chain; returns the used length to report (0 = nothing written).
 pub fn process_request<M: GuestMemoryBackend>(
     mem: &M,
-    chain: impl Iterator<Item = Descriptor>,
+    chain: impl Iterator<Item = Result<Desc, RingError>>,
     engine: &mut Engine,
     scratch: &mut Scratch,
 ) -> u32 {
-    let writable = match scratch.gather(mem, chain) {
-        Ok(n) => n,
+    let (writable, first) = match scratch.gather(mem, chain) {
+        Ok(g) => g,
         Err(e) => {
             limited!(
                 Warn,
@@ -167,7 +177,7 @@ pub fn process_request<M: GuestMemoryBackend>(
     let used = engine
         .handle_request(&scratch.readable, &mut out)
         .min(out.len());
-    let result = scratch.scatter(mem, &out[..used]);
+    let result = scratch.scatter(mem, first.as_ref(), &out[..used]);
     scratch.writable = out;
     match result {
         // `used` is at most MAX_WRITABLE, far below u32::MAX.
@@ -189,8 +199,8 @@ pub fn deliver_event<M: GuestMemoryBackend>(
     engine: &mut Engine,
     scratch: &mut Scratch,
 ) -> u32 {
-    let capacity = match scratch.gather(mem, chain) {
-        Ok(n) if scratch.readable.is_empty() => n,
+    let (capacity, first) = match scratch.gather(mem, descs(chain)) {
+        Ok(g) if scratch.readable.is_empty() => g,
         Ok(_) => {
             limited!(
                 Warn,
@@ -210,7 +220,7 @@ pub fn deliver_event<M: GuestMemoryBackend>(
         );
         return 0;
     };
-    match scratch.scatter(mem, ev.as_bytes()) {
+    match scratch.scatter(mem, first.as_ref(), ev.as_bytes()) {
         Ok(()) => u32::try_from(ev.as_bytes().len()).unwrap_or(0),
         Err(e) => {
             limited!(Warn, "eventq: event could not be written ({e}), dropped");

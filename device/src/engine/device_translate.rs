@@ -220,7 +220,7 @@ impl DeviceTranslate<'_> {
         let Some((_, ep)) = self.endpoints.find(req.endpoint) else {
             return TranslateOutcome::Unsupported;
         };
-        let route = self.domains.route(req.endpoint);
+        let route = self.domains.route(req.endpoint, &*self.host);
         if req.pasid.is_some() || matches!(route, Route::Table) {
             if !self.host.walks_guest_tables() {
                 return TranslateOutcome::Unsupported;

@@ -18,9 +18,10 @@ use virtio_iommu_spec::{Features, Status};
 use super::dump::{DomainDump, MappingDump};
 use super::engine_config::{EndpointConfig, EndpointTable, EngineConfig};
 use super::invalidation::{InvalEndpoints, Invalidation, Invalidations};
-use super::mapping_store::{Mapping, MappingStore, WouldSplit};
 use super::tables::Tables;
-use crate::host::{AttachTarget, HostError, HostIommu, Perm, SpaceId};
+use crate::host::{
+    AttachTarget, HostError, HostIommu, Mapping, MappingStore, Perm, SpaceId, WouldSplit,
+};
 
 /// What a request handler may use besides the domain state.
 pub(super) struct Ctx<'a> {
@@ -57,10 +58,18 @@ struct Domain {
     /// Attached endpoints per endpoint-config index: MAP must avoid the reserved regions of
     /// every config present, and there are far fewer configs than endpoints.
     configs: BTreeMap<usize, u32>,
-    mappings: MappingStore,
+    /// The mappings, when the host keeps none in the shared form (iommufd); empty otherwise.
+    own: MappingStore,
 }
 
 impl Domain {
+    /// The domain's mappings: the host's when it keeps them, else its own.
+    fn mappings<'a>(&'a self, host: &'a dyn HostIommu) -> &'a MappingStore {
+        self.space
+            .and_then(|s| host.mappings(s))
+            .unwrap_or(&self.own)
+    }
+
     fn add(&mut self, endpoint: u32, cfg: usize) {
         self.endpoints.insert(endpoint);
         *self.configs.entry(cfg).or_insert(0) += 1;
@@ -163,7 +172,7 @@ impl Domains {
                 if ep
                     .reserved
                     .iter()
-                    .any(|r| d.mappings.overlaps(r.start, r.last))
+                    .any(|r| d.mappings(&*ctx.host).overlaps(r.start, r.last))
                 {
                     return Status::Unsupp;
                 }
@@ -212,7 +221,7 @@ impl Domains {
                 space: new_space,
                 endpoints: BTreeSet::new(),
                 configs: BTreeMap::new(),
-                mappings: MappingStore::default(),
+                own: MappingStore::default(),
             })
             .add(a.endpoint, cfg_idx);
         self.attached.insert(a.endpoint, a.domain);
@@ -232,7 +241,7 @@ impl Domains {
             return;
         }
         if let Some(d) = self.domains.remove(&domain) {
-            self.mappings_total -= d.mappings.len();
+            self.mappings_total -= d.mappings(host).len();
             if let Some(s) = d.space {
                 // The guest's view is already right; a leaked host space is only logged.
                 if let Err(e) = host.destroy_space(s) {
@@ -311,11 +320,12 @@ impl Domains {
             .filter_map(|i| ctx.endpoints.get(*i))
             .flat_map(|e| e.reserved.iter())
             .any(|r| r.overlaps(m.virt_start, m.virt_end));
-        if on_reserved || d.mappings.overlaps(m.virt_start, m.virt_end) {
+        let store = d.mappings(&*ctx.host);
+        if on_reserved || store.overlaps(m.virt_start, m.virt_end) {
             return Status::Inval;
         }
         let limits = &ctx.cfg.limits;
-        if d.mappings.len() >= limits.max_mappings_per_domain
+        if store.len() >= limits.max_mappings_per_domain
             || self.mappings_total >= limits.max_mappings_total
         {
             return Status::NoMem;
@@ -330,12 +340,14 @@ impl Domains {
         {
             return host_status("map", e);
         }
-        d.mappings.insert(Mapping {
-            virt_start: m.virt_start,
-            virt_last: m.virt_end,
-            phys_start: m.phys_start,
-            flags: m.flags,
-        });
+        if ctx.host.mappings(space).is_none() {
+            d.own.insert(Mapping {
+                virt_start: m.virt_start,
+                virt_last: m.virt_end,
+                phys_start: m.phys_start,
+                flags: m.flags,
+            });
+        }
         self.mappings_total += 1;
         Status::Ok
     }
@@ -357,7 +369,9 @@ impl Domains {
         if u.virt_start < ctx.cfg.input_range.0 || u.virt_end > ctx.cfg.input_range.1 {
             return Status::Range;
         }
-        match d.mappings.check_unmap(u.virt_start, u.virt_end) {
+        let store = d.mappings(&*ctx.host);
+        let before = store.len();
+        match store.check_unmap(u.virt_start, u.virt_end) {
             Err(WouldSplit) => Status::Range,
             Ok(false) => Status::Ok,
             Ok(true) => {
@@ -367,8 +381,11 @@ impl Domains {
                 if let Err(e) = ctx.host.unmap(space, u.virt_start, u.virt_end) {
                     return host_status("unmap", e);
                 }
-                self.mappings_total -= d.mappings.remove_range(u.virt_start, u.virt_end);
-                d.mappings.remove_range(u.virt_start, u.virt_end);
+                let removed = match ctx.host.mappings(space) {
+                    Some(host) => before - host.len(),
+                    None => d.own.remove_range(u.virt_start, u.virt_end).count,
+                };
+                self.mappings_total -= removed;
                 if ctx.inval.enabled() {
                     record_unmap(ctx.inval, &self.tables, &d.endpoints, u);
                 }
@@ -491,7 +508,7 @@ impl Domains {
     }
 
     /// Where `endpoint`'s requests without PASID go.
-    pub(super) fn route(&self, endpoint: u32) -> Route<'_> {
+    pub(super) fn route<'a>(&'a self, endpoint: u32, host: &'a dyn HostIommu) -> Route<'a> {
         let Some(d) = self
             .attached
             .get(&endpoint)
@@ -504,7 +521,7 @@ impl Domains {
         } else if self.tables.has_cd_table(endpoint) {
             Route::Table
         } else {
-            Route::Mapped(&d.mappings)
+            Route::Mapped(d.mappings(host))
         }
     }
 
@@ -541,7 +558,7 @@ impl Domains {
     }
 
     /// Domains → endpoints → mappings.
-    pub(super) fn dump(&self) -> Vec<DomainDump> {
+    pub(super) fn dump(&self, host: &dyn HostIommu) -> Vec<DomainDump> {
         self.domains
             .iter()
             .map(|(id, d)| DomainDump {
@@ -549,7 +566,7 @@ impl Domains {
                 bypass: d.bypass,
                 endpoints: d.endpoints.iter().copied().collect(),
                 mappings: d
-                    .mappings
+                    .mappings(host)
                     .iter()
                     .map(|m| MappingDump {
                         virt_start: m.virt_start,

@@ -12,7 +12,7 @@ use crate::host::ReservedRegion;
 pub const DEFAULT_PAGE_REQUEST_GROUPS: u32 = 32;
 
 /// Default of [`Limits::max_mappings_total`]: with the worst-case cost of a mapping
-/// ([`super::footprint::MAPPING_BYTES`]) about 200 MiB of device state.
+/// ([`super::footprint::MAPPING_BYTES`]) about 64 MiB of device state.
 pub const DEFAULT_MAX_MAPPINGS_TOTAL: usize = 1 << 20;
 
 /// Resource limits. Exceeding one makes the request fail with S_NOMEM and change nothing.

@@ -1,15 +1,15 @@
 //! The worst-case memory of the device state under a set of [`Limits`]: what a guest that
 //! fills every limit makes the daemon hold. The per-item costs are upper bounds of what the
 //! engine test `footprint` measures (heap bytes as glibc's malloc spends them, engine state
-//! and the emulated host's mirror together, in the least favourable insertion orders); the
+//! and the emulated host together, in the least favourable insertion orders); the
 //! README's table "Worst-case memory of the defaults" is this arithmetic.
 
 use super::engine_config::Limits;
 
-/// One mapping: an entry in the domain's B-tree and in the host's mirror of it. B-tree leaves
-/// hold 5 to 11 entries, so a guest that maps in order and unmaps every sixth page keeps them
-/// at their emptiest.
-pub const MAPPING_BYTES: u64 = 200;
+/// One mapping: a 24-byte entry (key and 16-byte value) in the one B-tree that both the rules
+/// and the emulated host's translation use. B-tree leaves hold 5 to 11 entries, so a guest
+/// that maps in order and unmaps every seventh page keeps them at their emptiest.
+pub const MAPPING_BYTES: u64 = 64;
 /// One domain with its first endpoint: the domain record, its endpoint set, the host's
 /// address space and attachment.
 pub const DOMAIN_BYTES: u64 = 600;

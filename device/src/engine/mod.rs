@@ -3,7 +3,8 @@
 //! [`Engine`] owns the device state (config space, negotiated features, domains, mappings,
 //! pending events) and answers requests byte-for-byte as the virtio specification and
 //! `spec/PROTOCOL.md` (§4–§6, §9 for the extensions) require. It drives a [`HostIommu`] so that
-//! the host always mirrors what the guest asked for.
+//! the host always holds what the guest asked for; a host that keeps the mappings in the shared
+//! form ([`HostIommu::mappings`], the emulated host) is their only copy.
 //!
 //! Status choices where the specification is loose are documented at each check
 //! (`domain.rs`); the summary: ranges and alignment → S_RANGE, everything inconsistent →
@@ -18,7 +19,6 @@ pub mod engine_config;
 pub mod event_queue;
 pub mod footprint;
 pub mod invalidation;
-pub mod mapping_store;
 mod probe_properties;
 mod prq;
 mod request_log;
@@ -555,7 +555,7 @@ impl Engine {
     pub fn dump(&self) -> Dump {
         Dump {
             bypass: self.bypass,
-            domains: self.domains.dump(),
+            domains: self.domains.dump(&*self.host),
         }
     }
 

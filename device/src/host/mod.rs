@@ -14,6 +14,7 @@
 pub mod emulated;
 #[cfg(target_os = "linux")]
 pub mod iommufd;
+pub mod mapping_store;
 
 use core::fmt;
 use core::ops::RangeInclusive;
@@ -27,6 +28,7 @@ use virtio_iommu_spec::Event;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 pub use emulated::EmulatedHost;
+pub use mapping_store::{Mapping, MappingStore, Removed, WouldSplit};
 
 /// Handle of a host address space (an iommufd IOAS, or a page table of the emulator).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -213,6 +215,14 @@ pub trait HostIommu: Send + fmt::Debug {
     /// # Errors
     /// `Invalid` for a bad space.
     fn unmap(&mut self, space: SpaceId, iova: u64, last: u64) -> Result<u64, HostError>;
+
+    /// The mappings of `space` when this host keeps them in the shared form (the emulated host
+    /// translates from them): the engine checks its rules against them and keeps no copy.
+    /// `None` (iommufd: the kernel holds the IOAS) leaves the engine its own store.
+    fn mappings(&self, space: SpaceId) -> Option<&MappingStore> {
+        let _ = space;
+        None
+    }
 
     /// Points the DMA of `endpoint` (of one PASID, or its requests without PASID) at `target`,
     /// replacing any previous attachment atomically (iommufd `ATTACH_IOMMUFD_PT` "replace").

@@ -99,10 +99,9 @@ fn a_mapping_costs_at_most_mapping_bytes() {
     }
     eprintln!("mapping, worst: {worst:.1} B (bound {MAPPING_BYTES})");
     assert!(worst <= bound(MAPPING_BYTES), "{worst} B per mapping");
-    // An ascending fill costs what the issue measured before the budget existed (~132 B):
-    // nothing per mapping was added.
+    // The emptiest leaves cost more than the 24 bytes of an entry: the allocator is counting.
     assert!(
-        worst >= 100.0,
+        worst >= 40.0,
         "{worst}: is the counting allocator installed?"
     );
 }
@@ -238,6 +237,6 @@ fn the_defaults_fit_a_small_host() {
     let mib = |b: u64| b >> 20;
     eprintln!("{f:?}: {} MiB", mib(f.total()));
     // README "Worst-case memory of the defaults".
-    assert_eq!(mib(f.mappings), 200);
-    assert!(mib(f.total()) < 300, "{f:?}");
+    assert_eq!(mib(f.mappings), 64);
+    assert_eq!(mib(f.total()), 129, "{f:?}");
 }

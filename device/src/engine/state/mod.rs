@@ -55,7 +55,7 @@ pub(super) fn snapshot(engine: &Engine, now: Instant) -> SavedState {
             outstanding: 0,
             ..engine.prq.counters()
         },
-        domains: engine.domains.dump(),
+        domains: engine.domains.dump(&*engine.host),
         tables: engine.domains.tables(),
         next_group_id,
         stopped_endpoints,

@@ -39,8 +39,8 @@ pub use s1tlb::S1Stats;
 pub use space::{AddressSpace, AddressSpaces, HostMapping};
 
 use super::{
-    Access, AttachTarget, DmaAttrs, Fault, GuestRange, HostError, HostIommu, Perm, ReservedRegion,
-    SpaceId, TableId, TranslateFault,
+    Access, AttachTarget, DmaAttrs, Fault, GuestRange, HostError, HostIommu, MappingStore, Perm,
+    ReservedRegion, SpaceId, TableId, TranslateFault,
 };
 use attachments::Attachments;
 use iotlb::Iotlb;
@@ -330,9 +330,9 @@ impl HostIommu for EmulatedHost {
     }
 
     fn unmap(&mut self, space: SpaceId, iova: u64, last: u64) -> Result<u64, HostError> {
-        let bytes = self.spaces.get_mut(space)?.unmap(iova, last);
+        let removed = self.spaces.get_mut(space)?.unmap(iova, last);
         self.iotlb.invalidate_range(space, iova, last);
-        Ok(bytes)
+        Ok(removed.bytes)
     }
 
     fn attach(
@@ -361,6 +361,10 @@ impl HostIommu for EmulatedHost {
         }
         self.iotlb.invalidate_endpoint(endpoint, pasid);
         Ok(())
+    }
+
+    fn mappings(&self, space: SpaceId) -> Option<&MappingStore> {
+        self.spaces.get(space).map(AddressSpace::store)
     }
 
     fn set_unattached_bypass(&mut self, bypass: bool) {

@@ -1,11 +1,11 @@
-//! One emulated address space: IOVA intervals → guest-physical, like an iommufd IOAS.
-//!
-//! Independent of the engine's own mapping store on purpose: the host is a mirror, and tests
-//! that translate through it check that the mirror matches what the guest asked for.
+//! One emulated address space: IOVA intervals → guest-physical, like an iommufd IOAS, held in
+//! the shared [`MappingStore`] (the engine keeps no copy of them).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use crate::host::{HostError, Perm, SpaceId};
+use virtio_iommu_spec::request::MapFlags;
+
+use crate::host::{HostError, Mapping, MappingStore, Perm, Removed, SpaceId};
 
 /// A mapping of the space, keyed in the tree by its first IOVA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,20 +28,27 @@ impl HostMapping {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    last: u64,
-    phys: u64,
-    perm: Perm,
-}
-
-/// An address space: non-overlapping intervals, O(log n) per operation.
+/// An address space: non-overlapping intervals, O(log n) per operation. Its tree is the only
+/// copy of the mappings: the engine checks its rules against it too.
 #[derive(Debug, Default)]
 pub struct AddressSpace {
-    map: BTreeMap<u64, Entry>,
+    store: MappingStore,
     /// Attachments and nested tables pointing at this space (iommufd refuses to destroy a
     /// busy IOAS).
     users: u32,
+}
+
+fn flags(perm: Perm) -> MapFlags {
+    MapFlags::from_bits_truncate(perm.bits())
+}
+
+fn host_mapping(m: Mapping) -> HostMapping {
+    HostMapping {
+        iova: m.virt_start,
+        last: m.virt_last,
+        phys: m.phys_start,
+        perm: Perm::from_bits_truncate(m.flags.bits()),
+    }
 }
 
 impl AddressSpace {
@@ -53,69 +60,50 @@ impl AddressSpace {
         if last < iova || phys.checked_add(last - iova).is_none() {
             return Err(HostError::Invalid);
         }
-        if self.find_overlap(iova, last) {
+        if self.store.overlaps(iova, last) {
             return Err(HostError::Invalid);
         }
-        self.map.insert(iova, Entry { last, phys, perm });
+        self.store.insert(Mapping {
+            virt_start: iova,
+            virt_last: last,
+            phys_start: phys,
+            flags: flags(perm),
+        });
         Ok(())
     }
 
-    fn find_overlap(&self, iova: u64, last: u64) -> bool {
-        // Mappings are disjoint and ordered: only the last one starting at or before `last`
-        // can reach into `[iova, last]`.
-        self.map
-            .range(..=last)
-            .next_back()
-            .is_some_and(|(_, e)| e.last >= iova)
-    }
-
-    /// Removes the mappings wholly inside `[iova, last]`; returns the bytes unmapped
-    /// (saturating: a full 2^64 unmap reads as `u64::MAX`).
-    pub fn unmap(&mut self, iova: u64, last: u64) -> u64 {
-        let mut bytes = 0u64;
-        while let Some((&start, e)) = self.map.range(iova..=last).next() {
-            if e.last > last {
-                // Only the last mapping in the range can stick out; it stays.
-                break;
-            }
-            bytes = bytes.saturating_add((e.last - start).saturating_add(1));
-            self.map.remove(&start);
-        }
-        bytes
+    /// Removes the mappings wholly inside `[iova, last]`.
+    pub fn unmap(&mut self, iova: u64, last: u64) -> Removed {
+        self.store.remove_range(iova, last)
     }
 
     /// The mapping that translates `iova`, if any.
     #[must_use]
     pub fn lookup(&self, iova: u64) -> Option<HostMapping> {
-        let (&start, e) = self.map.range(..=iova).next_back()?;
-        (e.last >= iova).then_some(HostMapping {
-            iova: start,
-            last: e.last,
-            phys: e.phys,
-            perm: e.perm,
-        })
+        self.store.lookup(iova).map(host_mapping)
+    }
+
+    /// The mappings, as the guest sent them.
+    #[must_use]
+    pub fn store(&self) -> &MappingStore {
+        &self.store
     }
 
     /// Number of mappings.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.store.len()
     }
 
     /// Whether the space has no mapping.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.store.is_empty()
     }
 
     /// All mappings in IOVA order.
     pub fn iter(&self) -> impl Iterator<Item = HostMapping> + '_ {
-        self.map.iter().map(|(&iova, e)| HostMapping {
-            iova,
-            last: e.last,
-            phys: e.phys,
-            perm: e.perm,
-        })
+        self.store.iter().map(host_mapping)
     }
 }
 
@@ -232,9 +220,9 @@ mod tests {
         assert_eq!(s.lookup(0x2000), None);
         assert_eq!(s.lookup(0xfff), None);
         // Only whole mappings go: [0x1000, 0x37ff] holds the first one wholly.
-        assert_eq!(s.unmap(0x1000, 0x37ff), 0x1000);
+        assert_eq!(s.unmap(0x1000, 0x37ff).bytes, 0x1000);
         assert_eq!(s.len(), 1);
-        assert_eq!(s.unmap(0, u64::MAX), 0x1000);
+        assert_eq!(s.unmap(0, u64::MAX).bytes, 0x1000);
         assert!(s.is_empty());
     }
 
@@ -243,7 +231,7 @@ mod tests {
         let mut s = AddressSpace::default();
         s.map(0, u64::MAX, 0, RW).unwrap();
         assert_eq!(s.lookup(u64::MAX).unwrap().last, u64::MAX);
-        assert_eq!(s.unmap(0, u64::MAX), u64::MAX);
+        assert_eq!(s.unmap(0, u64::MAX).bytes, u64::MAX);
         assert_eq!(
             s.map(0x1000, 0x1fff, u64::MAX - 0xffe, RW),
             Err(HostError::Invalid)
