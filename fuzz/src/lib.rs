@@ -9,3 +9,5 @@ pub mod device;
 pub mod engine;
 pub mod seeds;
 pub mod spec;
+pub mod table_seeds;
+pub mod tables;
