@@ -30,4 +30,9 @@ fn main() {
         .map(virtio_iommu_fuzz::tables::WalkScenario::encode)
         .collect();
     write("table_walk", &walks);
+    let backend: Vec<Vec<u8>> = virtio_iommu_fuzz::backend_seeds::backend_events()
+        .iter()
+        .map(virtio_iommu_fuzz::backend::BackendScenario::encode)
+        .collect();
+    write("backend_events", &backend);
 }

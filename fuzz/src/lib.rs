@@ -4,6 +4,8 @@
 //! The checks live here, not in `fuzz_targets/`, so that regression tests can replay a crash
 //! input without libFuzzer.
 
+pub mod backend;
+pub mod backend_seeds;
 pub mod code;
 pub mod device;
 pub mod engine;
