@@ -16,6 +16,7 @@
 //! rewrite what the driver published while it serves it; then only the bounds that hold
 //! whatever the rings say are checked.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use vhost_device_iommu::backend::{lock, IommuBackend, SharedEngine, CHAINS_PER_WAKE, WAKE_EVENT};
@@ -332,8 +333,9 @@ struct Before {
     next_used: u16,
     /// Chains the driver published (wrapping difference).
     published: u16,
-    /// The writable bytes of the chain at each head.
-    writable: Vec<u64>,
+    /// The heads in the published part of the avail ring (none when it is impossible) with
+    /// their chains' writable bytes and buffers.
+    chains: BTreeMap<u16, (u64, Vec<(u64, u64)>)>,
 }
 
 struct Harness {
@@ -412,19 +414,32 @@ impl Harness {
         let queue = state.get_queue();
         let (next_avail, next_used) = (queue.next_avail(), queue.next_used());
         drop(state);
+        let size = self.size();
+        let published = self.avail_idx(q).wrapping_sub(next_avail);
+        let mut chains = BTreeMap::new();
+        if published <= size {
+            for i in 0..published {
+                let slot = u64::from(next_avail.wrapping_add(i) % size);
+                let head = self
+                    .mem
+                    .read_obj::<u16>(GuestAddress(RINGS[q][1] + 4 + 2 * slot))
+                    .unwrap_or(0);
+                chains
+                    .entry(head)
+                    .or_insert_with(|| chain_writable(&self.mem, RINGS[q][0], size, head));
+            }
+        }
         Before {
             next_avail,
             next_used,
-            published: self.avail_idx(q).wrapping_sub(next_avail),
-            writable: (0..self.size())
-                .map(|h| chain_writable(&self.mem, RINGS[q][0], self.size(), h).0)
-                .collect(),
+            published,
+            chains,
         }
     }
 
-    /// Whether a writable buffer of any chain overlaps a ring or a descriptor table (the
-    /// device's writes may then rewrite what the driver published).
-    fn self_modifying(&self) -> bool {
+    /// Whether a writable buffer of a published chain overlaps a ring or a descriptor table
+    /// (the device's writes may then rewrite what the driver published).
+    fn self_modifying(&self, before: &[Before]) -> bool {
         let size = u64::from(self.size());
         let mut areas: Vec<(u64, u64)> = Vec::new();
         for [desc, avail, used] in RINGS {
@@ -433,31 +448,26 @@ impl Harness {
                 (avail, 6 + 2 * size),
                 (used, 6 + 8 * size),
             ]);
-        }
-        // Indirect tables of any descriptor.
-        for [desc, ..] in RINGS {
+            // Indirect tables of any descriptor.
             for i in 0..size {
                 let mut d = [0u8; 16];
                 if self
                     .mem
                     .read_slice(&mut d, GuestAddress(desc + 16 * i))
                     .is_ok()
+                    && u16::from_le_bytes([d[12], d[13]]) & DESC_F_INDIRECT != 0
                 {
-                    let flags = u16::from_le_bytes([d[12], d[13]]);
-                    if flags & DESC_F_INDIRECT != 0 {
-                        let addr = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
-                        let len = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
-                        areas.push((addr, u64::from(len)));
-                    }
+                    let addr = u64::from_le_bytes(d[0..8].try_into().unwrap_or_default());
+                    let len = u32::from_le_bytes(d[8..12].try_into().unwrap_or_default());
+                    areas.push((addr, u64::from(len)));
                 }
             }
         }
-        RINGS.iter().any(|[desc, ..]| {
-            (0..self.size()).any(|h| {
-                let (_, buffers) = chain_writable(&self.mem, *desc, self.size(), h);
+        before.iter().any(|b| {
+            b.chains.values().any(|(_, buffers)| {
                 buffers
                     .iter()
-                    .any(|b| areas.iter().any(|a| overlaps(*a, *b)))
+                    .any(|buf| areas.iter().any(|a| overlaps(*a, *buf)))
             })
         })
     }
@@ -511,7 +521,11 @@ impl Harness {
                 .read_obj::<u32>(GuestAddress(at + 4))
                 .expect("used ring in RAM");
             assert!(id < u32::from(size), "queue {q}: used id {id}, size {size}");
-            let writable = b.writable[usize::try_from(id).unwrap_or(0)];
+            let head = u16::try_from(id).unwrap_or(u16::MAX);
+            let Some((writable, _)) = b.chains.get(&head) else {
+                panic!("queue {q}: used id {id} was not published");
+            };
+            let writable = *writable;
             assert!(
                 u64::from(len) <= writable,
                 "queue {q}: used len {len} for head {id} with {writable} writable bytes"
@@ -534,8 +548,8 @@ impl Harness {
             2 => (WAKE_EVENT, EventSet::IN),
             _ => (REQUEST_QUEUE, EventSet::OUT),
         };
-        let strict = !self.self_modifying();
         let before = [self.before(0), self.before(1)];
+        let strict = !self.self_modifying(&before);
         self.backend
             .handle_event(id, set, &self.vrings, 0)
             .expect("handle_event never fails");
