@@ -25,4 +25,14 @@ fn main() {
         .map(virtio_iommu_fuzz::engine::EngineScenario::encode)
         .collect();
     write("engine_requests", &engine);
+    let walks: Vec<Vec<u8>> = virtio_iommu_fuzz::table_seeds::table_walk()
+        .iter()
+        .map(virtio_iommu_fuzz::tables::WalkScenario::encode)
+        .collect();
+    write("table_walk", &walks);
+    let backend: Vec<Vec<u8>> = virtio_iommu_fuzz::backend_seeds::backend_events()
+        .iter()
+        .map(virtio_iommu_fuzz::backend::BackendScenario::encode)
+        .collect();
+    write("backend_events", &backend);
 }

@@ -4,8 +4,12 @@
 //! The checks live here, not in `fuzz_targets/`, so that regression tests can replay a crash
 //! input without libFuzzer.
 
+pub mod backend;
+pub mod backend_seeds;
 pub mod code;
 pub mod device;
 pub mod engine;
 pub mod seeds;
 pub mod spec;
+pub mod table_seeds;
+pub mod tables;

@@ -10,9 +10,11 @@ use virtio_iommu_spec::formats::aarch64::{
     VALID,
 };
 use virtio_iommu_spec::formats::{bits, PAGE_SHIFT};
-use vm_memory::GuestMemoryMmap;
 
-use super::walk::{entry_addr, read_entry, Leaf, LeafPerms, WalkError};
+use super::walk::{entry_addr, Leaf, LeafPerms, TableMemory, WalkError};
+
+/// Descriptor reads of one walk at most: one per level, four levels.
+pub const MAX_READS: u32 = 4;
 
 /// Walks the table at `ttb0` for `va` with a `64 − t0sz`-bit input space.
 ///
@@ -20,7 +22,7 @@ use super::walk::{entry_addr, read_entry, Leaf, LeafPerms, WalkError};
 /// `AddressSize` for an input beyond the space, `NotPresent`, `AccessFlag`, `Malformed`
 /// (L0 block, L3 entry with bit 1 clear, reserved output bits, table outside RAM). Permissions
 /// are not checked here: the leaf carries them.
-pub fn walk(mem: &GuestMemoryMmap, ttb0: u64, t0sz: u32, va: u64) -> Result<Leaf, WalkError> {
+pub fn walk(mem: &impl TableMemory, ttb0: u64, t0sz: u32, va: u64) -> Result<Leaf, WalkError> {
     if !T0SZ_RANGE.contains(&t0sz) {
         return Err(WalkError::Malformed);
     }
@@ -33,7 +35,7 @@ pub fn walk(mem: &GuestMemoryMmap, ttb0: u64, t0sz: u32, va: u64) -> Result<Leaf
     let mut table = ttb0;
     for level in (4 - levels)..=3 {
         let shift = PAGE_SHIFT + 9 * (3 - level);
-        let desc = read_entry(mem, entry_addr(table, (va >> shift) & 0x1ff)?)?;
+        let desc = mem.read_entry(entry_addr(table, (va >> shift) & 0x1ff)?)?;
         if desc & VALID == 0 {
             return Err(WalkError::NotPresent);
         }
@@ -83,7 +85,7 @@ fn perms(desc: u64) -> LeafPerms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()

@@ -242,7 +242,7 @@ impl EmulatedHost {
         };
         let leaf = self
             .nested
-            .translate(&guard, tag, iova, req)
+            .translate(&*guard, tag, iova, req)
             .map_err(walk_fault)?;
         let gpa = leaf.gpa | (iova - leaf.va);
         let outside = TranslateFault {

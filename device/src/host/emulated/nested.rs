@@ -8,15 +8,26 @@ use std::collections::HashMap;
 
 use virtio_iommu_spec::ext::{range_last, InvalCaches, InvalScope, S1DSS_BYPASS, S1DSS_SSID0};
 use virtio_iommu_spec::request::{Invalidate, TableDesc};
-use vm_memory::GuestMemoryMmap;
 
 use super::s1tlb::{S1Caches, S1Stats, Selector, Tag};
-use super::walk::{AccessReq, Leaf, WalkError};
+use super::walk::{AccessReq, Leaf, TableMemory, WalkError};
 use super::{aarch64, smmuv3_cd, x86};
 use crate::host::{HostError, SpaceId, TableId};
 
 /// Default cap on nested tables.
 pub const DEFAULT_MAX_TABLES: usize = 1 << 16;
+
+/// Guest-memory reads of one [`Nested::translate`] at most: a CD lookup and an AArch64 walk,
+/// or an x86-64 walk.
+pub const MAX_READS: u32 = max(smmuv3_cd::MAX_READS + aarch64::MAX_READS, x86::MAX_READS);
+
+const fn max(a: u32, b: u32) -> u32 {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
 
 /// One bound table.
 #[derive(Debug, Clone)]
@@ -170,7 +181,7 @@ impl Nested {
     /// The [`WalkError`].
     pub fn translate(
         &mut self,
-        mem: &GuestMemoryMmap,
+        mem: &impl TableMemory,
         mut tag: Tag,
         va: u64,
         req: AccessReq,

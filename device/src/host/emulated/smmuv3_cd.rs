@@ -13,9 +13,11 @@ use virtio_iommu_spec::formats::cd_table::{
     CD1_TTB0_RES0, CD_SIZE, L1_L2PTR_MASK, L1_VALID, L2_CDS_LOG2,
 };
 use virtio_iommu_spec::formats::ENTRY_SIZE;
-use vm_memory::GuestMemoryMmap;
 
-use super::walk::{read_entry, WalkError};
+use super::walk::{TableMemory, WalkError};
+
+/// Entry reads of one CD lookup at most: the L1 descriptor, then the CD's two words.
+pub const MAX_READS: u32 = 3;
 
 /// The fields of a CD the walker uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,7 @@ pub struct ContextDesc {
 /// `NoContext` for an ssid beyond `2^s1cdmax`, an invalid L1 descriptor or CD; `Malformed` for
 /// bad CD fields, an unsupported `s1fmt` or a table outside guest RAM.
 pub fn fetch_cd(
-    mem: &GuestMemoryMmap,
+    mem: &impl TableMemory,
     s1fmt: u8,
     s1contextptr: u64,
     s1cdmax: u32,
@@ -51,7 +53,7 @@ pub fn fetch_cd(
             let l1_addr = s1contextptr
                 .checked_add(u64::from(ssid >> L2_CDS_LOG2) * ENTRY_SIZE)
                 .ok_or(WalkError::Malformed)?;
-            let l1 = read_entry(mem, l1_addr)?;
+            let l1 = mem.read_entry(l1_addr)?;
             if l1 & L1_VALID == 0 {
                 return Err(WalkError::NoContext);
             }
@@ -61,8 +63,8 @@ pub fn fetch_cd(
         _ => return Err(WalkError::Malformed),
     }
     .ok_or(WalkError::Malformed)?;
-    let w0 = read_entry(mem, cd_addr)?;
-    let w1 = read_entry(mem, cd_addr.checked_add(8).ok_or(WalkError::Malformed)?)?;
+    let w0 = mem.read_entry(cd_addr)?;
+    let w1 = mem.read_entry(cd_addr.checked_add(8).ok_or(WalkError::Malformed)?)?;
     decode(w0, w1)
 }
 
@@ -97,7 +99,7 @@ pub fn decode(w0: u64, w1: u64) -> Result<ContextDesc, WalkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     const V: u64 = CD0_V;
     const AA64: u64 = CD0_AA64;

@@ -145,6 +145,22 @@ impl WalkError {
     }
 }
 
+/// Guest memory as the walkers read it: one little-endian 64-bit entry at a time. Every walker
+/// reads through this, so a wrapper can count (and tests bound) the reads of one walk.
+pub trait TableMemory {
+    /// The entry at `gpa`.
+    ///
+    /// # Errors
+    /// [`WalkError::Malformed`] when its 8 bytes are not all in guest RAM (or wrap).
+    fn read_entry(&self, gpa: u64) -> Result<u64, WalkError>;
+}
+
+impl TableMemory for GuestMemoryMmap {
+    fn read_entry(&self, gpa: u64) -> Result<u64, WalkError> {
+        read_entry(self, gpa)
+    }
+}
+
 /// Reads the little-endian 64-bit entry at `gpa`. An address whose 8 bytes are not all in
 /// guest RAM (or that wraps) is a malformed table.
 ///
@@ -156,6 +172,40 @@ pub fn read_entry(mem: &GuestMemoryMmap, gpa: u64) -> Result<u64, WalkError> {
     mem.read_slice(&mut b, GuestAddress(gpa))
         .map_err(|_| WalkError::Malformed)?;
     Ok(u64::from_le_bytes(b))
+}
+
+/// Guest memory that counts the entries read through it (tests and fuzzing check the walkers'
+/// `MAX_READS` bounds with it).
+#[cfg(any(test, feature = "test-support"))]
+#[derive(Debug)]
+pub struct CountingMemory<'a> {
+    mem: &'a GuestMemoryMmap,
+    reads: std::cell::Cell<u32>,
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl<'a> CountingMemory<'a> {
+    /// Counts reads of `mem`, from zero.
+    #[must_use]
+    pub fn new(mem: &'a GuestMemoryMmap) -> Self {
+        CountingMemory {
+            mem,
+            reads: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Entries read since the last call (the count restarts at zero).
+    pub fn take(&self) -> u32 {
+        self.reads.replace(0)
+    }
+}
+
+#[cfg(any(test, feature = "test-support"))]
+impl TableMemory for CountingMemory<'_> {
+    fn read_entry(&self, gpa: u64) -> Result<u64, WalkError> {
+        self.reads.set(self.reads.get().saturating_add(1));
+        read_entry(self.mem, gpa)
+    }
 }
 
 /// The entry address of `index` in the table at `table`.
@@ -197,5 +247,37 @@ mod tests {
             },
         );
         assert!(!wx.exec);
+    }
+
+    /// Tables whose every entry points back at the table itself: every walk ends within its
+    /// bound (at a leaf at the table), however the entries loop.
+    #[test]
+    fn self_referencing_tables_end_within_the_read_bounds() {
+        use super::super::{aarch64, nested, smmuv3_cd, x86};
+        use virtio_iommu_spec::ext::{VtdFlags, S1FMT_4KL2};
+        use virtio_iommu_spec::formats::{aarch64 as arm, x86 as ia};
+        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let put = |gpa: u64, v: u64| m.write_slice(&v.to_le_bytes(), GuestAddress(gpa)).unwrap();
+        put(0x1000, 0x1000 | arm::VALID | arm::TABLE_OR_PAGE | arm::AF);
+        put(0x2000, 0x2000 | ia::P | ia::RW | ia::US);
+        // An L1 CD descriptor pointing at its own table, read as a CD: V clear, no context.
+        put(0x3000, 0x3000 | 1);
+        let c = CountingMemory::new(&m);
+        let leaf = aarch64::walk(&c, 0x1000, 16, 0).unwrap();
+        assert_eq!(
+            (leaf.gpa, leaf.shift, c.take()),
+            (0x1000, 12, aarch64::MAX_READS)
+        );
+        let leaf = x86::walk(&c, 0x2000, 57, VtdFlags::empty(), 0, false).unwrap();
+        assert_eq!(
+            (leaf.gpa, leaf.shift, c.take()),
+            (0x2000, 12, x86::MAX_READS)
+        );
+        assert_eq!(
+            smmuv3_cd::fetch_cd(&c, S1FMT_4KL2, 0x3000, 8, 0),
+            Err(WalkError::NoContext)
+        );
+        assert_eq!(c.take(), smmuv3_cd::MAX_READS);
+        const { assert!(nested::MAX_READS == 7) };
     }
 }

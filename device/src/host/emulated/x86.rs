@@ -10,9 +10,11 @@ use virtio_iommu_spec::formats::x86::{
     ADDR_MASK as ADDR, ADDR_WIDTH_4_LEVEL, ADDR_WIDTH_5_LEVEL, P, PS, RW, US, XD,
 };
 use virtio_iommu_spec::formats::{bits, PAGE_SHIFT};
-use vm_memory::GuestMemoryMmap;
 
-use super::walk::{entry_addr, read_entry, Leaf, LeafPerms, WalkError};
+use super::walk::{entry_addr, Leaf, LeafPerms, TableMemory, WalkError};
+
+/// Entry reads of one walk at most: one per level, five levels.
+pub const MAX_READS: u32 = 5;
 
 /// Whether `va` is canonical for a `width`-bit input space: bits 63..width−1 all equal. Every
 /// address is canonical for 64 bits; none for a width of 0 or above 64.
@@ -31,7 +33,7 @@ pub fn canonical(va: u64, width: u32) -> bool {
 /// `AddressSize` (non-canonical), `Forbidden` (privileged without `SRE`), `NotPresent`,
 /// `Malformed`. Permissions are not checked here: the leaf carries them.
 pub fn walk(
-    mem: &GuestMemoryMmap,
+    mem: &impl TableMemory,
     pgd: u64,
     addr_width: u32,
     flags: VtdFlags,
@@ -53,7 +55,7 @@ pub fn walk(
     let mut table = pgd;
     for level in (0..levels).rev() {
         let shift = PAGE_SHIFT + 9 * level;
-        let e = read_entry(mem, entry_addr(table, (va >> shift) & 0x1ff)?)?;
+        let e = mem.read_entry(entry_addr(table, (va >> shift) & 0x1ff)?)?;
         if e & P == 0 {
             return Err(WalkError::NotPresent);
         }
@@ -101,7 +103,7 @@ fn perms(rw: bool, us: bool, xd: bool, flags: VtdFlags) -> LeafPerms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     fn put(m: &GuestMemoryMmap, gpa: u64, v: u64) {
         m.write_slice(&v.to_le_bytes(), GuestAddress(gpa)).unwrap();
