@@ -98,7 +98,9 @@ pub mod iova;
 mod mapping;
 mod preflight;
 mod probe;
+mod ratelimit;
 mod requestq;
+mod stats;
 pub mod sva;
 
 pub use config::IommuConfig;
@@ -109,6 +111,7 @@ pub use mapping::Mapping;
 pub use preflight::MAX_PROBE_SIZE;
 pub use probe::{EndpointInfo, PageRequestInfo, ReservedRegion};
 pub use requestq::{Reply, Token, MAX_REQUESTS_IN_FLIGHT, REQUEST_QUEUE_SIZE};
+pub use stats::DriverStats;
 
 // The protocol types that appear in this crate's API.
 pub use virtio_drivers::transport::InterruptStatus;
