@@ -5,10 +5,13 @@
 //!
 //! The device writes only where a real one could: into buffers the driver currently describes
 //! in its descriptor table (a recycled descriptor has address 0 and is skipped), and into the
-//! used rings. Checked after every step: no panic (libFuzzer), no unbounded wait (every
-//! blocking call has `max_spins`), and the IOVA allocator built from the device's config and
-//! PROBE replies only hands out ranges inside the input range, aligned, and outside every
-//! reserved region the device reported.
+//! used rings. Checked after every step: no panic (libFuzzer); no unbounded wait (the driver
+//! runs with the default options, whose wait is bounded, with the bound shortened so that an
+//! unanswered call costs microseconds); every device anomaly a typed error (no
+//! `Error::Transport` from a request or event call); a PROBE reply the driver accepts has only
+//! well-formed reserved regions; the driver's anomaly counters stay within the ring; and the
+//! IOVA allocator built from the device's config and PROBE replies only hands out ranges
+//! inside the input range, aligned, and outside every reserved region the device reported.
 //!
 //! Inputs are a small byte code ([`Scenario::decode`], every byte string is a scenario) so that
 //! [`Scenario::encode`] can write seeds that describe well-behaved and specific devices.
@@ -24,8 +27,9 @@ use virtio_drivers::{BufferDirection, Hal, PhysAddr, PAGE_SIZE};
 use virtio_iommu_driver::iova::IovaAllocator;
 use virtio_iommu_driver::sva::PageRequestGroups;
 use virtio_iommu_driver::{
-    AttachFlags, DriverOptions, Features, InvalCaches, InvalScope, Invalidate, MapFlags, Mapping,
-    PageResp, PageRespCode, Request, ReservedRegion, TableDesc, Token, VirtIOIommu,
+    AttachFlags, DriverOptions, Error, Features, InvalCaches, InvalScope, Invalidate, MapFlags,
+    Mapping, PageResp, PageRespCode, Request, ReservedRegion, TableDesc, Token, VirtIOIommu,
+    MAX_REQUESTS_IN_FLIGHT,
 };
 use virtio_iommu_spec::ext::VtdFlags;
 use virtio_iommu_spec::features::VIRTIO_F_VERSION_1;
@@ -34,7 +38,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::code::{Reader, Writer};
 
-/// Polls of the used ring a blocking call makes before `Error::Timeout`.
+/// Polls of the used ring a blocking call makes before `Error::Timeout` (the default bound,
+/// `DriverOptions::DEFAULT_MAX_SPINS`, would take seconds per unanswered call).
 const MAX_SPINS: u64 = 64;
 /// Descriptor flags of the split ring.
 const DESC_F_NEXT: u16 = 1;
@@ -655,13 +660,18 @@ pub fn run(s: &Scenario) -> Outcome {
         held: [VecDeque::new(), VecDeque::new()],
         armed: VecDeque::new(),
     }));
+    let defaults = DriverOptions::default();
+    assert!(
+        defaults.max_spins.is_some(),
+        "the default wait is unbounded"
+    );
     let options = DriverOptions {
-        extensions: if s.extensions {
+        max_spins: Some(MAX_SPINS),
+        ..defaults.with_extensions(if s.extensions {
             virtio_iommu_driver::EXTENSION_FEATURES
         } else {
             Features::empty()
-        },
-        max_spins: Some(MAX_SPINS),
+        })
     };
     let Ok(mut iommu) =
         VirtIOIommu::<FuzzHal, FuzzTransport>::new_with(FuzzTransport(dev.clone()), options)
@@ -676,6 +686,12 @@ pub fn run(s: &Scenario) -> Outcome {
     let mut tokens: Vec<Token> = Vec::new();
     let mut groups = PageRequestGroups::new();
     for op in &s.ops {
+        let stats = iommu.stats();
+        assert!(
+            stats.abandoned_in_flight <= MAX_REQUESTS_IN_FLIGHT as u64,
+            "{stats:?}"
+        );
+        assert!(stats.suppressed_warnings <= stats.bad_used_ids + stats.malformed_events);
         match op {
             Op::Arm(acts) => dev.borrow_mut().armed.push_back(acts.clone()),
             Op::Device(acts) => {
@@ -684,9 +700,12 @@ pub fn run(s: &Scenario) -> Outcome {
                     d.act(a);
                 }
             }
-            Op::Request(r) => match iommu.request(&r.request()) {
+            Op::Request(r) => match typed(iommu.request(&r.request())) {
                 Ok(virtio_iommu_driver::Reply::Probe(info)) => {
                     out.ok += 1;
+                    for r in &info.reserved_regions {
+                        assert!(r.start <= r.last, "accepted an inverted region {r:x?}");
+                    }
                     iovas.reserve_probed(&info);
                     reserved.extend(info.reserved_regions.iter().copied());
                 }
@@ -694,20 +713,20 @@ pub fn run(s: &Scenario) -> Outcome {
                 Err(_) => {}
             },
             Op::Submit(r) => {
-                if let Ok(t) = iommu.submit(&r.request()) {
+                if let Ok(t) = typed(iommu.submit(&r.request())) {
                     tokens.push(t);
                 }
             }
             Op::Poll(i) => {
                 if let Some(t) = tokens.get(usize::from(*i) % tokens.len().max(1)) {
-                    if let Ok(Some(_)) = iommu.poll(*t) {
+                    if let Ok(Some(_)) = typed(iommu.poll(*t)) {
                         out.ok += 1;
                     }
                 }
             }
             Op::Wait(i) => {
                 if let Some(t) = tokens.get(usize::from(*i) % tokens.len().max(1)) {
-                    if iommu.wait(*t).is_ok() {
+                    if typed(iommu.wait(*t)).is_ok() {
                         out.ok += 1;
                     }
                 }
@@ -724,7 +743,7 @@ pub fn run(s: &Scenario) -> Outcome {
                         flags: MapFlags::READ | MapFlags::WRITE,
                     })
                     .collect();
-                if let Ok(results) = iommu.map_batch(&maps) {
+                if let Ok(results) = typed(iommu.map_batch(&maps)) {
                     assert_eq!(results.len(), maps.len());
                     out.ok += results.iter().filter(|r| r.is_ok()).count();
                 }
@@ -733,7 +752,7 @@ pub fn run(s: &Scenario) -> Outcome {
                 let _ = iommu.set_bypass(*b);
             }
             Op::PollEvent => {
-                if let Ok(Some(_)) = iommu.poll_event() {
+                if let Ok(Some(_)) = typed(iommu.poll_event()) {
                     out.events += 1;
                 }
             }
@@ -743,7 +762,7 @@ pub fn run(s: &Scenario) -> Outcome {
                     1 => PageRespCode::Invalid,
                     _ => PageRespCode::Failure,
                 };
-                if let Ok(d) = iommu.handle_page_requests(&mut groups, |_, _| code) {
+                if let Ok(d) = typed(iommu.handle_page_requests(&mut groups, |_, _| code)) {
                     out.page_responses += d.responses.len();
                 }
                 assert!(groups.pending() <= virtio_iommu_driver::sva::MAX_PENDING_GROUPS);
@@ -781,6 +800,15 @@ pub fn run(s: &Scenario) -> Outcome {
     }
     out.reserved = reserved.len();
     out
+}
+
+/// Checks that a request or event call failed, if it did, with a typed error: device
+/// anomalies have their own variants, so `Error::Transport` would mean one went unnamed.
+fn typed<T>(r: Result<T, Error>) -> Result<T, Error> {
+    if let Err(e) = &r {
+        assert!(!matches!(e, Error::Transport(_)), "untyped error {e:?}");
+    }
+    r
 }
 
 /// The scenario's parts in the byte code.

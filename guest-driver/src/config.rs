@@ -67,6 +67,30 @@ impl IommuConfig {
         }
     }
 
+    /// Rejects values no device may report: a zero page-size mask, or an input or domain
+    /// range whose last value is below its start.
+    ///
+    /// # Errors
+    /// [`Error::ZeroPageSizeMask`], [`Error::BadInputRange`] or [`Error::BadDomainRange`].
+    pub fn check(&self) -> Result<(), Error> {
+        if self.page_size_mask == 0 {
+            return Err(Error::ZeroPageSizeMask);
+        }
+        if self.input_last < self.input_start {
+            return Err(Error::BadInputRange {
+                start: self.input_start,
+                last: self.input_last,
+            });
+        }
+        if self.domain_last < self.domain_start {
+            return Err(Error::BadDomainRange {
+                start: self.domain_start,
+                last: self.domain_last,
+            });
+        }
+        Ok(())
+    }
+
     /// The mapping granule: the smallest page size in `page_size_mask`.
     #[must_use]
     pub fn granule(&self) -> u64 {
@@ -142,5 +166,23 @@ mod tests {
         assert!(!c.contains_range(0x1800, 0x17ff));
         assert!(c.contains_domain(2) && c.contains_domain(4));
         assert!(!c.contains_domain(1) && !c.contains_domain(5));
+    }
+
+    #[test]
+    fn check_rejects_impossible_values() {
+        assert_eq!(cfg(0x1000).check(), Ok(()));
+        assert_eq!(cfg(0).check(), Err(Error::ZeroPageSizeMask));
+        let mut c = cfg(0x1000);
+        c.input_last = 0xfff;
+        assert_eq!(
+            c.check(),
+            Err(Error::BadInputRange {
+                start: 0x1000,
+                last: 0xfff
+            })
+        );
+        let mut c = cfg(0x1000);
+        c.domain_last = 1;
+        assert_eq!(c.check(), Err(Error::BadDomainRange { start: 2, last: 1 }));
     }
 }

@@ -22,6 +22,7 @@ use crate::mapping::Mapping;
 use crate::preflight::{self, MAX_PROBE_SIZE};
 use crate::probe::EndpointInfo;
 use crate::requestq::{Reply, RequestQueue, Token};
+use crate::stats::DriverStats;
 
 /// The device features this driver accepts whenever the device offers them.
 pub const SUPPORTED_FEATURES: Features = Features::INPUT_RANGE
@@ -35,14 +36,61 @@ pub const SUPPORTED_FEATURES: Features = Features::INPUT_RANGE
 pub const EXTENSION_FEATURES: Features = Features::ATTACH_TABLE.union(Features::PAGE_REQUEST);
 
 /// How the driver initialises and waits.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// The default waits a bounded time: a device that stops answering makes a blocking call
+/// return [`Error::Timeout`], never hang the guest. Waiting forever must be asked for with
+/// [`DriverOptions::unbounded`] (or `max_spins: None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DriverOptions {
     /// Extension features to accept if offered (a subset of [`EXTENSION_FEATURES`]; other bits
     /// are ignored).
     pub extensions: Features,
     /// How many times a blocking call polls the used ring before it gives up with
-    /// [`Error::Timeout`]; `None` waits forever, as `virtio-drivers`' own drivers do.
+    /// [`Error::Timeout`]; `None` waits as long as the device takes. Default:
+    /// [`DriverOptions::DEFAULT_MAX_SPINS`].
     pub max_spins: Option<u64>,
+}
+
+impl DriverOptions {
+    /// The default bound on a blocking call's polls of the used ring. A poll that finds
+    /// nothing reads the used index, looks the token up and runs a spin-loop hint: about
+    /// 110 ns on an x86-64 host (measured against the test device), so about 11 s here, and
+    /// longer under TCG, where each poll costs more. A live daemon answers within
+    /// microseconds to milliseconds even to a slow TCG guest on a loaded host, so only a
+    /// device that stopped answering runs into it.
+    pub const DEFAULT_MAX_SPINS: u64 = 100_000_000;
+
+    /// Blocking calls give up after `max_spins` polls of the used ring.
+    #[must_use]
+    pub const fn bounded(max_spins: u64) -> Self {
+        DriverOptions {
+            extensions: Features::empty(),
+            max_spins: Some(max_spins),
+        }
+    }
+
+    /// Blocking calls wait for as long as the device takes: only for a device the guest
+    /// trusts to answer (`virtio-drivers`' own drivers wait like this).
+    #[must_use]
+    pub const fn unbounded() -> Self {
+        DriverOptions {
+            extensions: Features::empty(),
+            max_spins: None,
+        }
+    }
+
+    /// These options, accepting `extensions` if offered.
+    #[must_use]
+    pub const fn with_extensions(self, extensions: Features) -> Self {
+        DriverOptions { extensions, ..self }
+    }
+}
+
+impl Default for DriverOptions {
+    /// No extensions; blocking calls bounded by [`DriverOptions::DEFAULT_MAX_SPINS`].
+    fn default() -> Self {
+        DriverOptions::bounded(DriverOptions::DEFAULT_MAX_SPINS)
+    }
 }
 
 /// A virtio-iommu device driven over a `virtio-drivers` transport.
@@ -58,6 +106,8 @@ pub struct VirtIOIommu<H: Hal, T: Transport> {
     features: Features,
     config: IommuConfig,
     max_spins: Option<u64>,
+    /// Blocking calls that timed out.
+    timeouts: u64,
 }
 
 impl<H: Hal, T: Transport> fmt::Debug for VirtIOIommu<H, T> {
@@ -84,8 +134,9 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     ///
     /// # Errors
     /// [`Error::WrongDeviceType`], [`Error::NoVersion1`], [`Error::NoMapUnmap`],
-    /// [`Error::ZeroPageSizeMask`], [`Error::FeaturesRejected`], [`Error::ConfigUnstable`] or
-    /// a queue-setup [`Error::Transport`]. The device is marked `FAILED` on any of them.
+    /// [`Error::ZeroPageSizeMask`], [`Error::FeaturesRejected`], [`Error::ConfigUnstable`],
+    /// [`Error::BadInputRange`], [`Error::BadDomainRange`] or a queue-setup
+    /// [`Error::Transport`]. The device is marked `FAILED` on any of them.
     pub fn new_with(mut transport: T, options: DriverOptions) -> Result<Self, Error> {
         if transport.device_type() != DeviceType::IOMMU {
             return Err(Error::WrongDeviceType);
@@ -99,6 +150,7 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
                     features,
                     config,
                     max_spins: options.max_spins,
+                    timeouts: 0,
                 };
                 dev.transport.finish_init();
                 dev.events.kick(&mut dev.transport);
@@ -150,9 +202,7 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
             return Err(Error::FeaturesRejected);
         }
         let config = IommuConfig::from_raw(&config::read_raw(transport)?, features);
-        if config.page_size_mask == 0 {
-            return Err(Error::ZeroPageSizeMask);
-        }
+        config.check()?;
         let requests = RequestQueue::new(transport)?;
         let events = match EventQueue::new(transport) {
             Ok(e) => e,
@@ -162,6 +212,13 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
             }
         };
         Ok((features, config, requests, events))
+    }
+
+    /// The bound on a blocking call's polls of the used ring (`None`: unbounded), from
+    /// [`DriverOptions::max_spins`].
+    #[must_use]
+    pub fn max_spins(&self) -> Option<u64> {
+        self.max_spins
     }
 
     /// The negotiated device features (transport bits excluded).
@@ -180,12 +237,12 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     /// Re-reads the config space (e.g. after a configuration-change interrupt).
     ///
     /// # Errors
-    /// [`Error::ConfigUnstable`] or a transport error; the previous snapshot is kept then.
+    /// [`Error::ConfigUnstable`], a value [`IommuConfig::check`] refuses, or a transport
+    /// error; the previous snapshot is kept then. (A `probe_size` above [`MAX_PROBE_SIZE`] is
+    /// kept: PROBE then fails its pre-flight check with [`Error::ProbeTooLarge`].)
     pub fn read_config(&mut self) -> Result<IommuConfig, Error> {
         let config = IommuConfig::from_raw(&config::read_raw(&self.transport)?, self.features);
-        if config.page_size_mask == 0 {
-            return Err(Error::ZeroPageSizeMask);
-        }
+        config.check()?;
         self.config = config;
         Ok(config)
     }
@@ -239,14 +296,24 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     /// The request's own error, [`Error::UnknownToken`] for a spent or foreign token, or a
     /// used-ring error.
     pub fn poll(&mut self, token: Token) -> Result<Option<Reply>, Error> {
-        self.requests.reap()?;
-        self.requests.take(token)?.transpose()
+        // A completion collected before a bad used entry is still returned.
+        let reaped = self.requests.reap();
+        let taken = self.requests.take(token);
+        if let Ok(Some(result)) = taken {
+            return result.map(Some);
+        }
+        reaped?;
+        taken?;
+        Ok(None)
     }
 
     /// Waits for `token` to complete.
     ///
     /// # Errors
-    /// As [`poll`](Self::poll), plus [`Error::Timeout`] (the request is then forgotten).
+    /// As [`poll`](Self::poll), plus [`Error::Timeout`] after `max_spins` polls. After any
+    /// error but the request's own the token is spent, but the request stays in flight: its buffers and ring slots are held until
+    /// the device returns it, and that late completion is recognised by its descriptor and
+    /// discarded (see [`DriverStats`]); dropping the driver resets the device instead.
     pub fn wait(&mut self, token: Token) -> Result<Reply, Error> {
         self.wait_inner(token)?
     }
@@ -255,12 +322,20 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     fn wait_inner(&mut self, token: Token) -> Result<Result<Reply, Error>, Error> {
         let mut spins: u64 = 0;
         loop {
-            self.requests.reap()?;
-            if let Some(result) = self.requests.take(token)? {
-                return Ok(result);
+            let reaped = self.requests.reap();
+            match self.requests.take(token) {
+                Ok(Some(result)) => return Ok(result),
+                Ok(None) => {}
+                Err(e) => return Err(reaped.err().unwrap_or(e)),
+            }
+            if let Err(e) = reaped {
+                // The ring is broken past this request's reply, if it has one.
+                self.requests.abandon(token);
+                return Err(e);
             }
             if self.max_spins.is_some_and(|max| spins >= max) {
                 self.requests.abandon(token);
+                self.timeouts = self.timeouts.saturating_add(1);
                 return Err(Error::Timeout);
             }
             spins = spins.saturating_add(1);
@@ -277,6 +352,7 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
                 return Ok(());
             }
             if self.max_spins.is_some_and(|max| spins >= max) {
+                self.timeouts = self.timeouts.saturating_add(1);
                 return Err(Error::Timeout);
             }
             spins = spins.saturating_add(1);
@@ -362,16 +438,25 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
 
     /// Sets the boot-bypass config byte: whether unattached endpoints bypass the IOMMU.
     ///
+    /// The byte is read back: a device must keep what the driver wrote.
+    ///
     /// # Errors
-    /// [`Error::NotNegotiated`] without `F_BYPASS_CONFIG`, or a transport error.
+    /// [`Error::NotNegotiated`] without `F_BYPASS_CONFIG`, [`Error::BypassNotKept`] when the
+    /// read-back differs (the config then holds what the device shows), or a transport error.
     pub fn set_bypass(&mut self, bypass: bool) -> Result<(), Error> {
         if !self.features.contains(Features::BYPASS_CONFIG) {
             return Err(Error::NotNegotiated(Features::BYPASS_CONFIG));
         }
         self.transport
             .write_config_space::<u8>(BYPASS_OFFSET, u8::from(bypass))?;
-        self.config.bypass = Some(bypass);
-        Ok(())
+        // Only bit 0 has a meaning, as in `IommuConfig::from_raw`.
+        let kept = self.transport.read_config_space::<u8>(BYPASS_OFFSET)? & 1 == 1;
+        self.config.bypass = Some(kept);
+        if kept == bypass {
+            Ok(())
+        } else {
+            Err(Error::BypassNotKept { wanted: bypass })
+        }
     }
 
     /// ATTACH_TABLE (extension): binds a guest-owned table to `endpoint`, its output addresses
@@ -513,11 +598,13 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     // ---- Events -------------------------------------------------------------------------------
 
     /// The next fault or page request, if the device reported one. The buffer is re-posted
-    /// before returning; malformed records are dropped (see
-    /// [`dropped_events`](Self::dropped_events)).
+    /// before returning.
     ///
     /// # Errors
-    /// A used-ring or queue error.
+    /// [`Error::MalformedEvent`] for a record that does not parse: it is dropped and counted
+    /// ([`dropped_events`](Self::dropped_events)), and the next call returns the next record,
+    /// so an interrupt handler keeps polling past it. [`Error::BadUsedId`] (the event queue
+    /// is stuck) or another queue error.
     pub fn poll_event(&mut self) -> Result<Option<Event>, Error> {
         self.events.poll(&mut self.transport)
     }
@@ -525,7 +612,29 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     /// How many malformed event records were dropped.
     #[must_use]
     pub fn dropped_events(&self) -> u64 {
-        self.events.dropped()
+        self.events.malformed().seen()
+    }
+
+    /// What the driver counted of the device's misbehaviour, and the warnings it held back.
+    #[must_use]
+    pub fn stats(&self) -> DriverStats {
+        let (rq, eq) = (&self.requests, &self.events);
+        DriverStats {
+            timeouts: self.timeouts,
+            abandoned_in_flight: u64::try_from(rq.abandoned_in_flight()).unwrap_or(u64::MAX),
+            late_completions: rq.late_completions(),
+            bad_used_ids: rq
+                .bad_used_ids()
+                .seen()
+                .saturating_add(eq.bad_used_ids().seen()),
+            malformed_events: eq.malformed().seen(),
+            malformed_probes: rq.malformed_probes(),
+            suppressed_warnings: rq
+                .bad_used_ids()
+                .suppressed()
+                .saturating_add(eq.bad_used_ids().suppressed())
+                .saturating_add(eq.malformed().suppressed()),
+        }
     }
 }
 

@@ -37,8 +37,34 @@ pub enum Error {
         /// Used length the device reported.
         got: u32,
     },
-    /// The device did not complete the request within `DriverOptions::max_spins` polls.
+    /// The device did not complete the request within `DriverOptions::max_spins` polls. The
+    /// request stays in flight: its buffers and ring slots are held until the device returns
+    /// it (the late completion is then discarded) or the driver is dropped (which resets the
+    /// device).
     Timeout,
+    /// A used-ring entry names a descriptor that heads no buffer the driver has in flight on
+    /// that queue (out of range, inside a chain, or already returned). The driver cannot skip
+    /// the entry safely, so every later call on that queue reports it again until the device
+    /// rewrites it or the driver is dropped; the other queue is unaffected.
+    BadUsedId {
+        /// The queue (0: requests, 1: events).
+        queue: u16,
+        /// The descriptor id as `virtio-drivers` reads it (the low 16 bits of the entry).
+        id: u16,
+    },
+    /// An event record that is no fault or page request this driver knows, or whose used
+    /// length exceeds the buffer. The buffer was re-posted; poll again for the next event.
+    MalformedEvent {
+        /// The used length the device reported.
+        used_len: u32,
+    },
+    /// A PROBE reply whose properties break the format: a property running past the area, a
+    /// known property too short for its type, a reserved region or input range whose last
+    /// address is below its start, or a zero page-size mask. Nothing of the reply is used.
+    MalformedProbe {
+        /// Offset of the offending property in the properties area.
+        offset: u32,
+    },
 
     // ---- Pre-flight checks (nothing was sent) ----
     /// An address or size is not a multiple of the granule.
@@ -71,6 +97,25 @@ pub enum Error {
     FeaturesRejected,
     /// The config generation kept changing while the driver read the config space.
     ConfigUnstable,
+    /// The config's input range ends below its start.
+    BadInputRange {
+        /// `input_range.start`.
+        start: u64,
+        /// `input_range.end` (inclusive).
+        last: u64,
+    },
+    /// The config's domain range ends below its start.
+    BadDomainRange {
+        /// `domain_range.start`.
+        start: u32,
+        /// `domain_range.end` (inclusive).
+        last: u32,
+    },
+    /// The device did not keep the `bypass` byte the driver wrote (read back after writing).
+    BypassNotKept {
+        /// The value written.
+        wanted: bool,
+    },
 
     // ---- Queue handling ----
     /// The request queue has no room for another request.
@@ -148,6 +193,18 @@ impl fmt::Display for Error {
                 write!(f, "used length {got}, expected {expected}")
             }
             Error::Timeout => f.write_str("device did not answer in time"),
+            Error::BadUsedId { queue, id } => {
+                write!(
+                    f,
+                    "used entry on queue {queue} names descriptor {id}, not in flight"
+                )
+            }
+            Error::MalformedEvent { used_len } => {
+                write!(f, "malformed event record ({used_len} bytes)")
+            }
+            Error::MalformedProbe { offset } => {
+                write!(f, "malformed PROBE property at offset {offset}")
+            }
             Error::Unaligned => f.write_str("address or size not aligned to the granule"),
             Error::EmptyRange => f.write_str("empty or wrapping range"),
             Error::OutOfRange => f.write_str("range outside input_range"),
@@ -162,6 +219,15 @@ impl fmt::Display for Error {
             Error::ZeroPageSizeMask => f.write_str("device page_size_mask is zero"),
             Error::FeaturesRejected => f.write_str("device rejected the features"),
             Error::ConfigUnstable => f.write_str("config generation never settled"),
+            Error::BadInputRange { start, last } => {
+                write!(f, "input range {start:#x}..={last:#x} is inverted")
+            }
+            Error::BadDomainRange { start, last } => {
+                write!(f, "domain range {start}..={last} is inverted")
+            }
+            Error::BypassNotKept { wanted } => {
+                write!(f, "device did not keep bypass = {}", u8::from(*wanted))
+            }
             Error::QueueFull => f.write_str("request queue full"),
             Error::UnknownToken => f.write_str("unknown request token"),
             Error::Transport(e) => write!(f, "virtio transport: {e}"),

@@ -3,7 +3,6 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
-use log::warn;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 use virtio_drivers::Hal;
@@ -11,6 +10,7 @@ use virtio_iommu_spec::event::EXT_EVENT_SIZE;
 use virtio_iommu_spec::{Event, EVENT_QUEUE};
 
 use crate::error::Error;
+use crate::ratelimit::{limited_warn, RateLimit};
 
 /// Number of buffers posted on the event queue.
 pub const EVENT_QUEUE_SIZE: usize = 16;
@@ -22,7 +22,10 @@ pub(crate) struct EventQueue<H: Hal> {
     queue: VirtQueue<H, EVENT_QUEUE_SIZE>,
     /// Indexed by the descriptor the buffer was posted with.
     buffers: Vec<Option<Vec<u8>>>,
-    dropped: u64,
+    /// Malformed records, counted and their warnings limited.
+    malformed: RateLimit,
+    /// Used entries naming no posted buffer, counted at each sighting.
+    bad_used_ids: RateLimit,
 }
 
 impl<H: Hal> EventQueue<H> {
@@ -31,7 +34,8 @@ impl<H: Hal> EventQueue<H> {
         let mut q = EventQueue {
             queue: VirtQueue::new(transport, EVENT_QUEUE, false, false)?,
             buffers: (0..EVENT_QUEUE_SIZE).map(|_| None).collect(),
-            dropped: 0,
+            malformed: RateLimit::new(),
+            bad_used_ids: RateLimit::new(),
         };
         for _ in 0..EVENT_QUEUE_SIZE {
             q.post(vec![0u8; EVENT_BUFFER_SIZE])?;
@@ -62,51 +66,76 @@ impl<H: Hal> EventQueue<H> {
         }
     }
 
-    /// Returns the next well-formed event, re-posting every buffer it consumes. Malformed
-    /// records are dropped (and counted), as the specification requires; at most one ring's
-    /// worth of records is examined per call.
+    /// Returns the next event, re-posting the buffer it consumes.
+    ///
+    /// # Errors
+    /// [`Error::MalformedEvent`] for a record that does not parse (dropped, as the
+    /// specification requires, with its buffer re-posted: the next call continues with the
+    /// next record); [`Error::BadUsedId`] when the next used entry names no posted buffer
+    /// (it stays in the ring, see `RequestQueue::reap`).
     pub(crate) fn poll<T: Transport>(&mut self, transport: &mut T) -> Result<Option<Event>, Error> {
-        for _ in 0..EVENT_QUEUE_SIZE {
-            let Some(token) = self.queue.peek_used() else {
-                return Ok(None);
-            };
-            let Some(mut buf) = self
-                .buffers
-                .get_mut(usize::from(token))
-                .and_then(Option::take)
-            else {
-                warn!("device used event descriptor {token}, which holds no buffer");
-                return Err(Error::Transport(virtio_drivers::Error::WrongToken));
-            };
-            // SAFETY: `buf` is the buffer posted with this token.
-            let used = match unsafe { self.queue.pop_used(token, &[], &mut [buf.as_mut_slice()]) } {
-                Ok(used) => used,
-                Err(e) => {
-                    if let Some(slot) = self.buffers.get_mut(usize::from(token)) {
-                        *slot = Some(buf);
-                    }
-                    return Err(e.into());
-                }
-            };
-            let parsed = usize::try_from(used)
-                .ok()
-                .and_then(|n| buf.get(..n))
-                .map(Event::parse);
-            buf.fill(0);
-            self.post(buf)?;
-            self.kick(transport);
-            match parsed {
-                Some(Ok(event)) => return Ok(Some(event)),
-                Some(Err(e)) => warn!("dropping malformed event ({used} bytes): {e}"),
-                None => warn!("dropping event with used length {used} > {EVENT_BUFFER_SIZE}"),
+        let Some(token) = self.queue.peek_used() else {
+            return Ok(None);
+        };
+        let Some(slot) = self.buffers.get_mut(usize::from(token)) else {
+            return Err(self.bad_used_id(token));
+        };
+        let Some(mut buf) = slot.take() else {
+            return Err(self.bad_used_id(token));
+        };
+        // SAFETY: `buf` is the buffer posted with this token.
+        let used = match unsafe { self.queue.pop_used(token, &[], &mut [buf.as_mut_slice()]) } {
+            Ok(used) => used,
+            Err(e) => {
+                *slot = Some(buf);
+                return match e {
+                    // The device rewrote the entry between the peek and the pop ...
+                    virtio_drivers::Error::WrongToken => Err(self.bad_used_id(token)),
+                    // ... or moved its used index back.
+                    virtio_drivers::Error::NotReady => Ok(None),
+                    e => Err(e.into()),
+                };
             }
-            self.dropped = self.dropped.saturating_add(1);
+        };
+        let parsed = usize::try_from(used)
+            .ok()
+            .and_then(|n| buf.get(..n))
+            .map(Event::parse);
+        buf.fill(0);
+        self.post(buf)?;
+        self.kick(transport);
+        match parsed {
+            Some(Ok(event)) => return Ok(Some(event)),
+            Some(Err(e)) => limited_warn!(
+                self.malformed,
+                "virtio-iommu: dropping malformed event ({used} bytes): {e}"
+            ),
+            None => limited_warn!(
+                self.malformed,
+                "virtio-iommu: dropping event with used length {used} > {EVENT_BUFFER_SIZE}"
+            ),
         }
-        Ok(None)
+        Err(Error::MalformedEvent { used_len: used })
     }
 
-    /// How many malformed event records were dropped so far.
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped
+    fn bad_used_id(&mut self, id: u16) -> Error {
+        limited_warn!(
+            self.bad_used_ids,
+            "virtio-iommu: device used event descriptor {id}, which holds no buffer"
+        );
+        Error::BadUsedId {
+            queue: EVENT_QUEUE,
+            id,
+        }
+    }
+
+    /// The limiter of malformed-record warnings (its count is the number of records).
+    pub(crate) fn malformed(&self) -> &RateLimit {
+        &self.malformed
+    }
+
+    /// The limiter of bad-used-id warnings (its count is the number of sightings).
+    pub(crate) fn bad_used_ids(&self) -> &RateLimit {
+        &self.bad_used_ids
     }
 }

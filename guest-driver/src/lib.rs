@@ -12,7 +12,8 @@
 //!   [`map_batch`](VirtIOIommu::map_batch), and events with
 //!   [`poll_event`](VirtIOIommu::poll_event).
 //! - [`Error`]: one variant per device status, plus what the driver detects itself
-//!   (bad used length, pre-flight checks, initialisation failures).
+//!   (device anomalies, pre-flight checks, initialisation failures); [`DriverStats`] counts
+//!   the anomalies.
 //! - [`iova`]: an IOVA allocator and a mapping shadow for the kernel's DMA layer.
 //! - [`sva`]: shared virtual addressing with the extensions: SMMUv3 context-descriptor
 //!   tables with AArch64 stage-1 tables, or x86-64 first-stage tables, built in guest memory
@@ -34,11 +35,29 @@
 //! order. The event queue holds [`EVENT_QUEUE_SIZE`] buffers of [`EVENT_BUFFER_SIZE`] bytes.
 //! Neither indirect descriptors nor `VIRTIO_F_EVENT_IDX` are negotiated.
 //!
-//! Blocking calls spin on the used ring (bounded by [`DriverOptions::max_spins`] if set). An
+//! Blocking calls spin on the used ring, by default at most
+//! [`DriverOptions::DEFAULT_MAX_SPINS`] polls, then return [`Error::Timeout`]; waiting
+//! forever must be asked for with [`DriverOptions::unbounded`]. A timed-out request stays in
+//! flight: its buffers and ring slots are held until the device returns it (that late reply
+//! is recognised by its descriptor and discarded) or the driver is dropped. An
 //! interrupt-driven kernel instead submits with [`VirtIOIommu::submit`], and in its handler
 //! calls [`VirtIOIommu::ack_interrupt`], then [`VirtIOIommu::poll`] for its outstanding
-//! tokens and [`VirtIOIommu::poll_event`] until it returns `None`. Dropping the driver resets
-//! the device.
+//! tokens and [`VirtIOIommu::poll_event`] until it returns `None` (polling on past
+//! [`Error::MalformedEvent`]). Dropping the driver resets the device.
+//!
+//! # A device that is not trusted
+//!
+//! Nothing the device writes (used rings, lengths, replies, config, events) can make the
+//! driver panic, read or write out of bounds, or wait without bound unless the caller asked
+//! for it. Each anomaly has its error: [`Error::Timeout`]; [`Error::BadUsedId`] for a used
+//! entry naming no buffer in flight (it blocks that queue until the device rewrites it);
+//! [`Error::NoReply`] and [`Error::UsedLengthMismatch`] for used lengths (a used index run
+//! ahead shows as these, then as `BadUsedId`); [`Error::UnknownStatus`];
+//! [`Error::ZeroPageSizeMask`], [`Error::BadInputRange`], [`Error::BadDomainRange`] and
+//! [`Error::ConfigUnstable`] for the config; [`Error::ProbeTooLarge`];
+//! [`Error::BypassNotKept`]; [`Error::MalformedProbe`] and [`Error::MalformedEvent`]. Log
+//! lines the device can trigger are rate-limited (the first 8 of a kind, then one at each
+//! power of two, with the number suppressed), and [`VirtIOIommu::stats`] counts them all.
 //!
 //! # Example
 //!
@@ -79,8 +98,13 @@
 //!
 //!     // In the interrupt handler: acknowledge, then drain faults.
 //!     iommu.ack_interrupt();
-//!     while let Some(event) = iommu.poll_event()? {
-//!         log::warn!("IOMMU event: {event:?}");
+//!     loop {
+//!         match iommu.poll_event() {
+//!             Ok(Some(event)) => log::warn!("IOMMU event: {event:?}"),
+//!             Ok(None) => break,
+//!             Err(Error::MalformedEvent { .. }) => {} // dropped and counted
+//!             Err(e) => return Err(e),
+//!         }
 //!     }
 //!     Ok(iova) // program the endpoint's DMA engine with this address
 //! }
@@ -98,7 +122,9 @@ pub mod iova;
 mod mapping;
 mod preflight;
 mod probe;
+mod ratelimit;
 mod requestq;
+mod stats;
 pub mod sva;
 
 pub use config::IommuConfig;
@@ -109,6 +135,7 @@ pub use mapping::Mapping;
 pub use preflight::MAX_PROBE_SIZE;
 pub use probe::{EndpointInfo, PageRequestInfo, ReservedRegion};
 pub use requestq::{Reply, Token, MAX_REQUESTS_IN_FLIGHT, REQUEST_QUEUE_SIZE};
+pub use stats::DriverStats;
 
 // The protocol types that appear in this crate's API.
 pub use virtio_drivers::transport::InterruptStatus;

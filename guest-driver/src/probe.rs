@@ -2,9 +2,23 @@
 
 use alloc::vec::Vec;
 
-use virtio_iommu_spec::ext::PageRequestCaps;
-use virtio_iommu_spec::probe::ResvMemSubtype;
+use virtio_iommu_spec::ext::{self, PageRequestCaps};
+use virtio_iommu_spec::probe::{ResvMemSubtype, PROBE_T_MASK, PROBE_T_NONE, PROBE_T_RESV_MEM};
 use virtio_iommu_spec::{ProbeProperties, Property};
+
+use crate::error::Error;
+
+/// The property types [`EndpointInfo`] decodes; others are skipped, as the specification asks.
+const KNOWN_TYPES: [u16; 8] = [
+    PROBE_T_RESV_MEM,
+    ext::PROBE_T_PAGE_SIZE_MASK,
+    ext::PROBE_T_INPUT_RANGE,
+    ext::PROBE_T_OUTPUT_SIZE,
+    ext::PROBE_T_PASID_SIZE,
+    ext::PROBE_T_PAGE_TABLE_FMT,
+    ext::PROBE_T_PASID_TABLE_FMT,
+    ext::PROBE_T_PAGE_REQUEST,
+];
 
 /// A region of the endpoint's input space that must not be mapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,11 +104,52 @@ impl EndpointInfo {
         info
     }
 
+    /// Decodes a properties area the way [`parse`](Self::parse) does, but refuses one that
+    /// breaks the format instead of keeping what precedes the damage: a property running past
+    /// the area, a known property too short for its type, a reserved region or input range
+    /// whose last address is below its start, or a zero page-size mask. Unknown types and
+    /// properties with reserved type bits are skipped, as the specification asks.
+    ///
+    /// # Errors
+    /// [`Error::MalformedProbe`] with the offending property's offset.
+    pub fn parse_checked(area: &[u8]) -> Result<Self, Error> {
+        let mut offset = 0usize;
+        // Each step moves past a 4-byte header, so the loop ends within `area.len() / 4` steps.
+        while let Some(head) = area.get(offset..offset.saturating_add(4)) {
+            let bad = Error::MalformedProbe {
+                offset: u32::try_from(offset).unwrap_or(u32::MAX),
+            };
+            let raw = u16::from_le_bytes([head[0], head[1]]);
+            if raw & PROBE_T_MASK == PROBE_T_NONE {
+                break;
+            }
+            let len = usize::from(u16::from_le_bytes([head[2], head[3]]));
+            let end = offset.saturating_add(4).saturating_add(len);
+            let prop = area.get(offset..end).ok_or(bad)?;
+            if KNOWN_TYPES.contains(&raw) && !well_formed(ProbeProperties::new(prop).next()) {
+                return Err(bad);
+            }
+            offset = end;
+        }
+        Ok(Self::parse(area))
+    }
+
     /// The MSI doorbell window, if the device reported one.
     #[must_use]
     pub fn msi_region(&self) -> Option<&ReservedRegion> {
         self.reserved_regions
             .iter()
             .find(|r| r.kind == ResvMemSubtype::Msi)
+    }
+}
+
+/// Whether a decoded known property has values a device may report.
+fn well_formed(p: Option<Property>) -> bool {
+    match p {
+        None | Some(Property::PageSizeMask(0)) => false,
+        Some(Property::ResvMem { start, end, .. } | Property::InputRange { start, end }) => {
+            start <= end
+        }
+        Some(_) => true,
     }
 }

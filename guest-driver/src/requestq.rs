@@ -5,7 +5,6 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
 
-use log::warn;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::Transport;
 use virtio_drivers::Hal;
@@ -15,6 +14,7 @@ use zerocopy::FromBytes;
 
 use crate::error::Error;
 use crate::probe::EndpointInfo;
+use crate::ratelimit::{limited_warn, RateLimit};
 
 /// Number of descriptors in the request queue.
 pub const REQUEST_QUEUE_SIZE: usize = 64;
@@ -53,8 +53,15 @@ pub(crate) struct RequestQueue<H: Hal> {
     next_token: u64,
     /// Completions not yet collected by their submitter.
     done: BTreeMap<Token, Result<Reply, Error>>,
-    /// Requests whose submitter stopped waiting; their completions are discarded.
+    /// Requests whose submitter stopped waiting; their completions are discarded. At most
+    /// `MAX_REQUESTS_IN_FLIGHT` (each is in `inflight`).
     abandoned: BTreeSet<Token>,
+    /// Completions of abandoned requests.
+    late_completions: u64,
+    /// Used entries naming no request, counted at each sighting.
+    bad_used_ids: RateLimit,
+    /// PROBE replies refused for malformed properties.
+    malformed_probes: u64,
 }
 
 impl<H: Hal> RequestQueue<H> {
@@ -65,6 +72,9 @@ impl<H: Hal> RequestQueue<H> {
             next_token: 0,
             done: BTreeMap::new(),
             abandoned: BTreeSet::new(),
+            late_completions: 0,
+            bad_used_ids: RateLimit::new(),
+            malformed_probes: 0,
         })
     }
 
@@ -128,16 +138,22 @@ impl<H: Hal> RequestQueue<H> {
     }
 
     /// Moves every completed request from the used ring to the completion table.
+    ///
+    /// # Errors
+    /// [`Error::BadUsedId`] when the next used entry names no request in flight: it stays
+    /// in the ring (popping it would recycle descriptors of a live chain), so the queue is
+    /// stuck until the device rewrites it or is reset. An index that runs ahead of the
+    /// device's real completions shows up this way too, at the latest after
+    /// `MAX_REQUESTS_IN_FLIGHT` entries: each entry before that names a live request, which
+    /// the device could have completed just as well.
     pub(crate) fn reap(&mut self) -> Result<(), Error> {
         // Each iteration empties one `inflight` slot or returns, so this loop is bounded.
         while let Some(head) = self.queue.peek_used() {
             let Some(slot) = self.inflight.get_mut(usize::from(head)) else {
-                warn!("device used descriptor {head}, which heads no request");
-                return Err(Error::Transport(virtio_drivers::Error::WrongToken));
+                return Err(self.bad_used_id(head));
             };
             let Some(mut req) = slot.take() else {
-                warn!("device used descriptor {head}, which heads no request");
-                return Err(Error::Transport(virtio_drivers::Error::WrongToken));
+                return Err(self.bad_used_id(head));
             };
             // SAFETY: these are the buffers `enqueue` added with this head.
             let popped = unsafe {
@@ -148,18 +164,44 @@ impl<H: Hal> RequestQueue<H> {
                 )
             };
             let used = match popped {
-                Ok(used) => used,
+                // The device rewrote the entry between the peek and the pop.
+                Err(virtio_drivers::Error::WrongToken) => {
+                    *slot = Some(req);
+                    return Err(self.bad_used_id(head));
+                }
+                // ... or moved its used index back: nothing to collect now.
+                Err(virtio_drivers::Error::NotReady) => {
+                    *slot = Some(req);
+                    return Ok(());
+                }
                 Err(e) => {
                     *slot = Some(req);
                     return Err(e.into());
                 }
+                Ok(used) => used,
             };
-            if !self.abandoned.remove(&req.token) {
+            if self.abandoned.remove(&req.token) {
+                self.late_completions = self.late_completions.saturating_add(1);
+            } else {
                 let result = decode_reply(&req, used);
+                if matches!(result, Err(Error::MalformedProbe { .. })) {
+                    self.malformed_probes = self.malformed_probes.saturating_add(1);
+                }
                 self.done.insert(req.token, result);
             }
         }
         Ok(())
+    }
+
+    fn bad_used_id(&mut self, id: u16) -> Error {
+        limited_warn!(
+            self.bad_used_ids,
+            "virtio-iommu: device used request descriptor {id}, which heads no request"
+        );
+        Error::BadUsedId {
+            queue: REQUEST_QUEUE,
+            id,
+        }
     }
 
     /// The completion of `token`: `Some` once completed (and then forgotten), `None` while the
@@ -185,6 +227,26 @@ impl<H: Hal> RequestQueue<H> {
     fn is_in_flight(&self, token: Token) -> bool {
         self.inflight.iter().flatten().any(|r| r.token == token)
     }
+
+    /// Requests abandoned while the device holds them.
+    pub(crate) fn abandoned_in_flight(&self) -> usize {
+        self.abandoned.len()
+    }
+
+    /// Completions of abandoned requests so far.
+    pub(crate) fn late_completions(&self) -> u64 {
+        self.late_completions
+    }
+
+    /// The limiter of bad-used-id warnings (its count is the number of sightings).
+    pub(crate) fn bad_used_ids(&self) -> &RateLimit {
+        &self.bad_used_ids
+    }
+
+    /// PROBE replies refused for malformed properties.
+    pub(crate) fn malformed_probes(&self) -> u64 {
+        self.malformed_probes
+    }
 }
 
 /// Decodes the writable part: exact used length, then the status in its last 4 bytes.
@@ -205,7 +267,7 @@ fn decode_reply(req: &InFlight, used: u32) -> Result<Reply, Error> {
         return Err(e);
     }
     Ok(if req.is_probe {
-        Reply::Probe(EndpointInfo::parse(area))
+        Reply::Probe(EndpointInfo::parse_checked(area)?)
     } else {
         Reply::Done
     })

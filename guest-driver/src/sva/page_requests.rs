@@ -12,6 +12,7 @@ use virtio_iommu_spec::{Event, FaultEvent, PageRequest};
 
 use crate::device::VirtIOIommu;
 use crate::error::Error;
+use crate::ratelimit::{limited_warn, RateLimit};
 
 /// Groups [`PageRequestGroups`] tracks at most (PCIe allows 512 per function).
 pub const MAX_PENDING_GROUPS: usize = 1024;
@@ -45,6 +46,10 @@ fn worse(a: PageRespCode, b: PageRespCode) -> PageRespCode {
 pub struct PageRequestGroups {
     /// By (endpoint, group ID): group IDs are scoped to the endpoint.
     pending: BTreeMap<(u32, u16), PageRespCode>,
+    /// Groups not tracked because [`MAX_PENDING_GROUPS`] were pending.
+    untracked: RateLimit,
+    /// PAGE_RESPs the device refused.
+    refused: RateLimit,
 }
 
 impl PageRequestGroups {
@@ -58,6 +63,15 @@ impl PageRequestGroups {
     #[must_use]
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Warnings about these groups (untracked groups, refused PAGE_RESPs) that the rate
+    /// limiter held back: the device decides how often they happen.
+    #[must_use]
+    pub fn suppressed_warnings(&self) -> u64 {
+        self.untracked
+            .suppressed()
+            .saturating_add(self.refused.suppressed())
     }
 
     /// Records how `req` was resolved. Returns the group's response once `req` is its LAST
@@ -74,7 +88,8 @@ impl PageRequestGroups {
         } else if self.pending.len() < MAX_PENDING_GROUPS {
             self.pending.insert(key, code);
         } else {
-            log::warn!(
+            limited_warn!(
+                self.untracked,
                 "too many pending page-request groups; not tracking group {} of endpoint {}",
                 req.group_id,
                 req.endpoint
@@ -93,6 +108,8 @@ pub struct Drained {
     pub responses: Vec<PageResp>,
     /// PAGE_RESPs the device refused (e.g. `S_NOENT` for a group it had already failed).
     pub failed_responses: Vec<(PageResp, Error)>,
+    /// Malformed event records dropped ([`Error::MalformedEvent`]; the drain went on).
+    pub malformed_events: usize,
     /// The call stopped after [`MAX_EVENTS_PER_CALL`] events: call again.
     pub more: bool,
 }
@@ -115,7 +132,8 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     ///
     /// # Errors
     /// Event-queue errors (used-ring corruption). A refused PAGE_RESP is not an error; it
-    /// is reported in [`Drained::failed_responses`].
+    /// is reported in [`Drained::failed_responses`]. Nor is a malformed record: it is counted
+    /// in [`Drained::malformed_events`] and the drain continues.
     pub fn handle_page_requests<F>(
         &mut self,
         groups: &mut PageRequestGroups,
@@ -126,8 +144,14 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
     {
         let mut out = Drained::default();
         for _ in 0..MAX_EVENTS_PER_CALL {
-            let Some(event) = self.poll_event()? else {
-                return Ok(out);
+            let event = match self.poll_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => return Ok(out),
+                Err(Error::MalformedEvent { .. }) => {
+                    out.malformed_events += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             match event {
                 Event::Fault(f) => out.faults.push(f),
@@ -137,7 +161,7 @@ impl<H: Hal, T: Transport> VirtIOIommu<H, T> {
                         match self.page_response(&resp) {
                             Ok(()) => out.responses.push(resp),
                             Err(e) => {
-                                log::warn!("PAGE_RESP {resp:?} refused: {e}");
+                                limited_warn!(groups.refused, "PAGE_RESP {resp:?} refused: {e}");
                                 out.failed_responses.push((resp, e));
                             }
                         }

@@ -236,8 +236,13 @@ fn malformed_events_are_dropped_and_their_buffers_reposted() {
     assert!(fake.inject_event(&legacy_fault(), 30)); // neither 24 nor 48 bytes
     assert!(fake.inject_event(&legacy_fault(), 49)); // longer than the buffer
     assert!(fake.inject_event(&legacy_fault(), 24));
+    // Each malformed record is its own typed error; polling on reaches the good one.
+    for used_len in [24, 30, 49] {
+        assert_eq!(iommu.poll_event(), Err(Error::MalformedEvent { used_len }));
+    }
     assert!(matches!(iommu.poll_event(), Ok(Some(Event::Fault(_)))));
     assert_eq!(iommu.dropped_events(), 3);
+    assert_eq!(iommu.stats().malformed_events, 3);
     assert_eq!(iommu.poll_event(), Ok(None));
     assert_eq!(usize::from(fake.posted_events()), EVENT_QUEUE_SIZE);
 }

@@ -113,6 +113,8 @@ pub struct DevState {
     held: Vec<Held>,
     pub interrupt_pending: bool,
     pub config_writes: Vec<(usize, Vec<u8>)>,
+    /// Record config writes without applying them (a device that does not keep `bypass`).
+    pub ignore_config_writes: bool,
 }
 
 /// All features the device can offer, plus `VERSION_1`.
@@ -183,6 +185,7 @@ impl Fake {
                 held: Vec::new(),
                 interrupt_pending: false,
                 config_writes: Vec::new(),
+                ignore_config_writes: false,
             })),
         }
     }
@@ -254,6 +257,45 @@ impl Fake {
         s.queues[1].last_avail = s.queues[1].last_avail.wrapping_add(1);
         s.interrupt_pending = true;
         true
+    }
+
+    /// Appends a used entry `(id, len)` to `queue` without touching any buffer.
+    pub fn push_used(&self, queue: usize, id: u32, len: u32) {
+        let s = self.lock();
+        s.queues[queue]
+            .ring()
+            .push_used(&*GuestMemory::global(), id, len)
+            .expect("used ring");
+    }
+
+    /// Rewrites the used entry of index `idx` on `queue` (the used index stays).
+    pub fn set_used_elem(&self, queue: usize, idx: u16, id: u32, len: u32) {
+        let s = self.lock();
+        let q = s.queues[queue];
+        let slot = u64::from(idx) % u64::from(q.size);
+        let mut elem = [0u8; 8];
+        elem[..4].copy_from_slice(&id.to_le_bytes());
+        elem[4..].copy_from_slice(&len.to_le_bytes());
+        GuestMemory::global()
+            .write(q.used + 4 + 8 * slot, &elem)
+            .expect("used ring");
+    }
+
+    /// The used index of `queue`.
+    pub fn used_idx(&self, queue: usize) -> u16 {
+        let s = self.lock();
+        s.queues[queue]
+            .ring()
+            .used_idx(&*GuestMemory::global())
+            .expect("used ring")
+    }
+
+    /// Sets the used index of `queue` (entries in between are whatever the ring holds).
+    pub fn set_used_idx(&self, queue: usize, idx: u16) {
+        let s = self.lock();
+        GuestMemory::global()
+            .store_u16(s.queues[queue].used + 2, idx)
+            .expect("used ring");
     }
 
     /// Descriptors posted on the event queue and not yet used.
@@ -466,6 +508,10 @@ impl Transport for FakeTransport {
     ) -> virtio_drivers::Result<()> {
         let mut s = self.s();
         let bytes = value.as_bytes().to_vec();
+        if s.ignore_config_writes {
+            s.config_writes.push((offset, bytes));
+            return Ok(());
+        }
         s.config
             .get_mut(offset..offset + bytes.len())
             .ok_or(virtio_drivers::Error::ConfigSpaceTooSmall)?

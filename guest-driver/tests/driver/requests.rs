@@ -263,10 +263,11 @@ fn a_used_length_other_than_the_writable_size_is_an_error() {
 fn the_status_is_read_from_the_last_four_bytes() {
     let fake = Fake::standard();
     let mut iommu = Iommu::new(fake.transport()).unwrap();
-    // A status-looking byte at the start of the properties area is not the status.
+    // A status-looking byte at the start of the properties area (in the type of an unknown
+    // property, which the driver skips) is not the status.
     fake.respond(|_, w| {
         let mut a = Answer::ok(w);
-        a.data[0] = 6;
+        a.data[1] = 6;
         Some(a)
     });
     assert!(iommu.probe(3).is_ok());

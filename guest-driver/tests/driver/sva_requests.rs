@@ -410,6 +410,7 @@ fn page_requests_are_answered_once_per_group_after_last() {
                 },
             ],
             failed_responses: vec![],
+            malformed_events: 0,
             more: false,
         }
     );
