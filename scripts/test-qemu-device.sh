@@ -278,8 +278,9 @@ if [ -s "$P.blk-read.stats" ] && [ -s "$P.nic-flood.stats" ] && [ -s "$P.done.st
     frames=$(serial "$WORK/speed-ours.serial" | sed -n 's/^VM-SPEED: nic .* \([0-9]*\) received in .*/\1/p' | awk '{ n += $1 } END { print n + 0 }')
     for ph in "blk-read nic-flood $MIB MiB" "nic-flood done ${frames:-0} frames"; do
         read -r a b n unit <<<"$ph"
-        log "speed: ours, $a phase ($n $unit): $(for f in map.ok unmap.ok translation.translate_ok translation.invalidates; do
-            printf '%s %s ' "${f#*.}" "$(delta "$P.$a.stats" "$P.$b.stats" "$f")"; done)"
+        log "speed: ours, $a phase ($n $unit): $(for f in MAP:map.ok UNMAP:unmap.ok \
+            TRANSLATE:translation.translate_ok INVALIDATE:translation.invalidates; do
+            printf '%s %s ' "${f%%:*}" "$(delta "$P.$a.stats" "$P.$b.stats" "${f#*:}")"; done)"
     done
 fi
 
