@@ -1,7 +1,8 @@
 //! Runs inside the Linux guest of scripts/test-qemu-device.sh (Debian's kernel, busybox
 //! initramfs) for what busybox cannot do:
 //!
-//! - `vm-guest-tool blk-read DEV MIB`: sequential O_DIRECT read of MIB MiB, prints MB/s.
+//! - `vm-guest-tool blk-read DEV MIB`: sequential O_DIRECT read of MIB MiB (at most 20 s),
+//!   prints MB/s.
 //! - `vm-guest-tool nic-flood IF_A IF_B SECONDS`: raw Ethernet frames from each NIC to the
 //!   other for SECONDS each way, counted by the receiving kernel; prints packets/s.
 //! - `vm-guest-tool edu BDF`: QEMU's `edu` bound to vfio-pci (type1 container): DMA to a
