@@ -7,6 +7,11 @@
 #              (TX and RX DMA on both NICs, through translated IOVAs); the daemon's counters
 #              show the translations; the VIOT the guest got from QEMU is the one mkviot
 #              writes for the daemon's --viot (the endpoint sets agree)
+#   3 isolation (same boot) QEMU's edu bound to vfio-pci (type1 container) in the guest:
+#              DMA through mapped IOVAs lands in the buffer; DMA to an IOVA after its UNMAP
+#              and to a buffer's guest-physical address used as IOVA touch nothing, the
+#              daemon turns each refused TRANSLATE into a fault event, and the guest's
+#              virtio-iommu driver logs "page fault from EP 56 at <IOVA>" for both
 #   5 restart  (same boot) the daemon is killed while the guest idles and started again on
 #              the same sockets: QEMU reconnects both sockets, and the guest's next requests
 #              (it cycles its links on a carrier loss) are answered by the new daemon. The new
@@ -16,6 +21,13 @@
 #   2 blk      (same boot) QEMU's virtio-blk-pci behind the IOMMU: the guest writes 4 MiB of
 #              random data, drops its caches and reads it back; the sums match, and the disk
 #              image on the host holds the same bytes
+#   6 speed    the same guest and disk, lazy DMA domains, ours, then QEMU's own
+#              virtio-iommu-pci (devices with iommu_platform=on, same memory backend):
+#              O_DIRECT sequential read of SPEED_MIB MiB (default 32) from a virtio-blk disk
+#              (MB/s) and raw frames between the two NICs, SPEED_SECS s (default 5) each way
+#              (packets/s); prints both figures and ours/theirs (target >= 0.8, reported,
+#              not a failure), and the daemon's MAP/UNMAP/TRANSLATE/INVALIDATE counts per
+#              MiB and per packet (where our time goes)
 #
 # Logs stay in ~/.cache/virtio-iommu/test-qemu-device/. Exit status 0 only if every check
 # passes. Env: VM_TIMEOUT (s per QEMU run, default 180), VERBOSE=1.
@@ -38,7 +50,8 @@ T0=$SECONDS
 "$HERE/build-qemu.sh" >/dev/null
 VM_GUEST=$("$HERE/guest-kernel.sh")
 vm_build
-VM_INITRD=$(vm_initramfs "$WORK/initrd.cpio.gz")
+TOOL=$(vm_guest_tool)
+VM_INITRD=$(vm_initramfs "$WORK/initrd.cpio.gz" --add "$TOOL:/bin/vm-guest-tool")
 VIOT=$WORK/viot.bin
 vm_viot "$VIOT"
 export VM_RUST_LOG=vhost_device_iommu=debug
@@ -141,9 +154,28 @@ vm_on_hold() {
         sleep 0.2
     done
 }
-run lazy "device:$D/viommu.sock:$D/viommu.xlate" "vm.nic=1 vm.viot=1 vm.hold=1"
+# edu at 07.0 (endpoint 56); a 32-bit DMA mask so that any guest-physical address is a
+# valid target for its engine.
+EDU_EP=56
+run lazy "device:$D/viommu.sock:$D/viommu.xlate" "vm.nic=1 vm.viot=1 vm.edu=1 vm.hold=1" \
+    -device edu,addr=07.0,dma_mask=0xffffffff
 nic_checks lazy
 S=$WORK/lazy.serial
+# 3: isolation
+ensure "isolation: edu bound to vfio-pci in the guest" grep -q '^VM: edu .* bound to vfio-pci' "$S"
+serial "$S" | sed -n 's/^VM-EDU: //p' >"$WORK/edu.out"
+sed -n 's/^\(PASS\|FAIL\): /isolation: guest: \1: /p' "$WORK/edu.out" >&2
+expect "isolation: the guest's edu checks" "$(sed -n 's/^RESULT: //p' "$WORK/edu.out")" \
+    "edu-isolation: 7 passed, 0 failed"
+FAULTS=$(sed -n 's/^VM-EDU-FAULTS: //p' "$WORK/edu.out")
+ensure "isolation: two blocked DMAs reported (IOVAs ${FAULTS:-none})" [ "$(wc -w <<<"$FAULTS")" = 2 ]
+for iova in $FAULTS; do
+    line=$(serial "$S" | grep -m1 "^VM-FAULT: .* fault from EP $EDU_EP at $iova " || true)
+    ensure "isolation: the guest kernel logged the fault at $iova: '${line#VM-FAULT: }'" [ -n "$line" ]
+done
+ST=$WORK/lazy.stats
+ensure "isolation: the daemon refused TRANSLATEs and raised fault events ($(jq -c '[.translation.translate_fault, .events.delivered]' "$ST"))" \
+    [ "$(jq .translation.translate_fault "$ST")" -ge 2 -a "$(jq .events.delivered "$ST")" -ge 2 ]
 expect "lazy: the VIOT QEMU built is the one mkviot writes for the daemon" \
     "$(serial "$S" | sed -n 's/^VM-VIOT: //p' | cut -c73-)" "$(od -An -v -tx1 "$VIOT" | tr -d ' \n')"
 ensure "restart: QEMU reconnected to the new daemon's translation socket" \
@@ -178,6 +210,83 @@ expect "blk: the disk image holds the guest's data" \
 expect "blk: the disk in a DMA domain" \
     "$(serial "$S" | grep -cE '^VM-PCI: 0000:00:06\.0 .* type=DMA$')" 1
 vm_daemon_stop "$DPID"
+
+# --- 6: speed, ours vs QEMU's virtio-iommu-pci ----------------------------------------------
+MIB=${SPEED_MIB:-32}
+SECS=${SPEED_SECS:-5}
+SDISK=$WORK/speed.img
+head -c "$((MIB << 20))" /dev/urandom >"$SDISK"
+SPEED_APPEND="vm.nic=1 vm.blkread=$MIB vm.flood=$SECS vm.hold=1"
+SPEED_DISK=(-drive "file=$SDISK,if=none,id=disk0,format=raw,cache=none,readonly=on"
+    -device virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on,addr=06.0)
+# mark_stats SERIAL CTL PREFIX: the daemon's counters at each VM-MARK of the guest.
+mark_stats() {
+    local m _
+    for m in blk-read nic-flood done; do
+        for _ in $(seq $((TMO * 10))); do
+            grep -q "^VM-MARK: $m" "$1" 2>/dev/null && break
+            sleep 0.1
+        done
+        vm_stats "$2" >"$3.$m.stats" || return 0
+    done
+}
+# delta FROM TO FIELD: a counter's growth between two stats files.
+delta() { jq -n --slurpfile a "$1" --slurpfile b "$2" "\$b[0].$3 - \$a[0].$3"; }
+# speed_of SERIAL blk|nic: the guest's MB/s or packets/s.
+speed_of() {
+    case $2 in
+        blk) serial "$1" | sed -n 's/^VM-SPEED: blk-read .*: \([0-9.]*\) MB\/s$/\1/p' ;;
+        nic) serial "$1" | sed -n 's/^VM-SPEED: nic \([0-9]*\) packets\/s$/\1/p' ;;
+    esac | head -n1
+}
+# The daemon as it would be deployed: release build, info logging (debug logs every request).
+# Built like vm-guest-tool (static, target/guest), so the two share their dependencies.
+log "building the release vhost-device-iommu for the speed runs (target dir target/guest)"
+(cd "$VM_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+    --target x86_64-unknown-linux-gnu -p vhost-device-iommu --bin vhost-device-iommu \
+    --target-dir "$VM_ROOT/target/guest") >&2
+D=$WORK/d3
+mkdir -p "$D"
+VM_DAEMON=$VM_ROOT/target/guest/x86_64-unknown-linux-gnu/release/vhost-device-iommu \
+    VM_RUST_LOG=vhost_device_iommu=info daemon_start "$D"
+DPID=$VM_DPID
+CTL=$D/viommu.ctl
+vm_on_hold() { :; }
+mark_stats "$WORK/speed-ours.serial" "$CTL" "$WORK/speed" &
+MPID=$!
+run speed-ours "device:$D/viommu.sock:$D/viommu.xlate" "$SPEED_APPEND" "${SPEED_DISK[@]}"
+kill "$MPID" 2>/dev/null || true
+wait "$MPID" 2>/dev/null || true
+vm_daemon_stop "$DPID"
+run speed-qemu builtin-platform "$SPEED_APPEND" "${SPEED_DISK[@]}"
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+for side in ours qemu; do
+    S=$WORK/speed-$side.serial
+    ensure "speed ($side): guest checks passed" grep -q '^VM-RESULT: PASS' "$S"
+    serial "$S" | sed -n "s/^VM-SPEED: /speed ($side): /p" >&2
+done
+BLK_ours=$(speed_of "$WORK/speed-ours.serial" blk)
+BLK_qemu=$(speed_of "$WORK/speed-qemu.serial" blk)
+PPS_ours=$(speed_of "$WORK/speed-ours.serial" nic)
+PPS_qemu=$(speed_of "$WORK/speed-qemu.serial" nic)
+ensure "speed: both sides measured (blk ${BLK_ours:-?}/${BLK_qemu:-?} MB/s, nic ${PPS_ours:-?}/${PPS_qemu:-?} packets/s)" \
+    [ -n "$BLK_ours" -a -n "$BLK_qemu" -a -n "$PPS_ours" -a -n "$PPS_qemu" ]
+target() { awk -v r="$1" 'BEGIN { print (r != "n/a" && r >= 0.8) ? "meets the 0.8 target" : "BELOW the 0.8 target" }'; }
+R=$(ratio "${BLK_ours:-0}" "${BLK_qemu:-0}")
+log "speed: virtio-blk sequential read: ours ${BLK_ours:-?} MB/s, QEMU's virtio-iommu-pci ${BLK_qemu:-?} MB/s: ratio $R ($(target "$R"))"
+R=$(ratio "${PPS_ours:-0}" "${PPS_qemu:-0}")
+log "speed: NIC frames: ours ${PPS_ours:-?} packets/s, QEMU's virtio-iommu-pci ${PPS_qemu:-?} packets/s: ratio $R ($(target "$R"))"
+# Where our time goes: requests and socket round trips per MiB read and per frame received.
+P=$WORK/speed
+if [ -s "$P.blk-read.stats" ] && [ -s "$P.nic-flood.stats" ] && [ -s "$P.done.stats" ]; then
+    frames=$(serial "$WORK/speed-ours.serial" | sed -n 's/^VM-SPEED: nic .* \([0-9]*\) received in .*/\1/p' | awk '{ n += $1 } END { print n + 0 }')
+    for ph in "blk-read nic-flood $MIB MiB" "nic-flood done ${frames:-0} frames"; do
+        read -r a b n unit <<<"$ph"
+        log "speed: ours, $a phase ($n $unit): $(for f in MAP:map.ok UNMAP:unmap.ok \
+            TRANSLATE:translation.translate_ok INVALIDATE:translation.invalidates; do
+            printf '%s %s ' "${f%%:*}" "$(delta "$P.$a.stats" "$P.$b.stats" "${f#*:}")"; done)"
+    done
+fi
 
 log "$passed checks passed, $failed failed, in $((SECONDS - T0)) s (logs: $WORK)"
 [ "$failed" = 0 ]

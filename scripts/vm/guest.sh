@@ -22,6 +22,14 @@
 #   vm.blk=1        write 4 MiB of random data to the first virtio disk (/dev/vda), drop the
 #                   caches, read it back and compare SHA-256 sums (VM: blk dma: ... sha256 X)
 #   vm.viot=1       print the ACPI VIOT the firmware gave the guest, in hex (VM-VIOT:)
+#   vm.blkread=MIB  (needs /bin/vm-guest-tool) O_DIRECT sequential read of MIB MiB from
+#                   /dev/vda: "VM-SPEED: blk-read ... MB/s"
+#   vm.flood=S      (needs vm-guest-tool and vm.nic=1) raw frames between the two NICs, S
+#                   seconds each way: "VM-SPEED: nic N packets/s". Before each speed step the
+#                   guest prints "VM-MARK: <step>" and waits 1 s (for the host's counters)
+#   vm.edu=1        (needs vm-guest-tool) QEMU's edu bound to vfio-pci: DMA to a mapped IOVA,
+#                   to an unmapped one, to a guest-physical address (VM-EDU: lines); the
+#                   faults the guest kernel logs are printed as VM-FAULT: and expected
 #   vm.shell=1      end with an interactive shell
 fail=0
 arg() { for w in $(cat /proc/cmdline); do case $w in "$1"=*) echo "${w#*=}" ;; esac; done; }
@@ -125,6 +133,40 @@ blk_test() {
 }
 [ "$(arg vm.blk)" = 1 ] && blk_test
 
+mark() { echo "VM-MARK: $1"; sleep 1; }
+tool=/bin/vm-guest-tool
+n=$(arg vm.blkread)
+if [ -n "$n" ]; then
+    mark blk-read
+    $tool blk-read /dev/vda "$n" || bad "blk-read"
+fi
+n=$(arg vm.flood)
+if [ -n "$n" ]; then
+    mark nic-flood
+    # shellcheck disable=SC2086 # the list's first two NICs
+    set -- $nics
+    $tool nic-flood "$1" "$2" "$n" || bad "nic-flood"
+fi
+[ -n "$(arg vm.blkread)$(arg vm.flood)" ] && mark done
+
+edu_test() {
+    bdf=
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && bdf=${d##*/}
+    done
+    [ -n "$bdf" ] || { bad "edu: no edu device (1234:11e8)"; return; }
+    # x86 has no interrupt remapping behind virtio-iommu; edu's DMA does not need interrupts.
+    echo 1 >/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
+    echo vfio-pci >"/sys/bus/pci/devices/$bdf/driver_override"
+    echo "$bdf" >/sys/bus/pci/drivers_probe
+    echo "VM: edu $bdf bound to $(basename "$(readlink "/sys/bus/pci/devices/$bdf/driver")")"
+    $tool edu "$bdf" >/tmp/edu.out 2>&1 || bad "edu isolation"
+    sed 's/^/VM-EDU: /' /tmp/edu.out
+    sleep 0.5
+    dmesg | grep -E 'fault from EP' | sed 's/^/VM-FAULT: /'
+}
+[ "$(arg vm.edu)" = 1 ] && edu_test
+
 links() {
     for f in /proc/sys/net/ipv6/conf/*/disable_ipv6; do echo 1 >"$f"; done 2>/dev/null
     for n in $nics; do
@@ -181,7 +223,9 @@ if [ "$(arg vm.up)" = 1 ]; then
 fi
 
 dmesg | grep -iE 'iommu|viot|virtio' | sed 's/^/VM-DMESG: /'
-errs=$(dmesg | grep -iE 'iommu' | grep -iE '\b(fault|error|fail|failed|timeout|warn|warning)\b')
+# The faults vm.edu provokes are expected (and checked by the host).
+errs=$(dmesg | grep -iE 'iommu' | grep -iE '\b(fault|error|fail|failed|timeout|warn|warning)\b' \
+    | { if [ "$(arg vm.edu)" = 1 ]; then grep -v 'fault from EP'; else cat; fi; })
 if [ -n "$errs" ]; then
     bad "iommu errors in dmesg"; echo "$errs" | sed 's/^/VM-ERR: /'
 fi

@@ -27,9 +27,21 @@ vm_viot() {
     "$VM_MKVIOT" --iommu "00:$VM_IOMMU_ADDR" --pci-range 00:00.0-00:1f.7 --body --out "$1"
 }
 
-# vm_initramfs OUT: the guest initramfs with scripts/vm/guest.sh as its test script.
+# vm_initramfs OUT [mkinitramfs options...]: the guest initramfs with scripts/vm/guest.sh as
+# its test script.
 vm_initramfs() {
-    "$HERE/mkinitramfs.sh" "$1" --init-script "$HERE/vm/guest.sh"
+    local out=$1; shift
+    "$HERE/mkinitramfs.sh" "$out" --init-script "$HERE/vm/guest.sh" "$@"
+}
+
+# vm_guest_tool: builds guest-programs' vm-guest-tool (static, release, target/guest) and
+# prints its path.
+vm_guest_tool() {
+    log "building the static vm-guest-tool (target dir target/guest)"
+    (cd "$VM_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
+        --target x86_64-unknown-linux-gnu -p virtio-iommu-guest-programs --bin vm-guest-tool \
+        --target-dir "$VM_ROOT/target/guest") >&2
+    echo "$VM_ROOT/target/guest/x86_64-unknown-linux-gnu/release/vm-guest-tool"
 }
 
 # vm_daemon_start DIR [daemon options...]: starts a daemon with DIR/viommu.sock and
@@ -106,8 +118,9 @@ vm_stats() {
 # vhost-user-test-device-pci, VIOT by -acpitable), `device:SOCKET:TRANSLATION_SOCKET` (our
 # daemon behind the vhost-user-iommu-pci of qemu/patches/: QEMU translates DMA through the
 # daemon and builds the VIOT; the vhost-user chardev reconnects every $VM_RECONNECT_MS ms,
-# default 200) or `builtin` (QEMU's virtio-iommu-pci). SERIAL_LOG `-` means interactive on
-# this terminal, without timeout.
+# default 200), `builtin` (QEMU's virtio-iommu-pci) or `builtin-platform` (the same, with the
+# memory backend and the virtio-net options of `device:`, so that only the IOMMU differs).
+# SERIAL_LOG `-` means interactive on this terminal, without timeout.
 vm_qemu_cmd() {
     local tmo=$1 serial=$2 kind=$3 append=$4; shift 4
     local iommu=() vnet_opts=
@@ -133,6 +146,12 @@ vm_qemu_cmd() {
             ;;
         builtin)
             iommu=(-device "virtio-iommu-pci,addr=$VM_IOMMU_ADDR")
+            ;;
+        builtin-platform)
+            iommu=(-object "memory-backend-memfd,id=mem,size=${VM_MEM}M,share=on"
+                -machine memory-backend=mem
+                -device "virtio-iommu-pci,addr=$VM_IOMMU_ADDR")
+            vnet_opts=,iommu_platform=on,disable-legacy=on
             ;;
         *) die "vm_qemu: unknown kind $kind" ;;
     esac
