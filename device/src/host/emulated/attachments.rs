@@ -1,7 +1,7 @@
 //! Where each endpoint's DMA goes: explicit attachments per (endpoint, PASID), the default for
 //! endpoints without one, and the reserved regions of each endpoint range.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::ops::RangeInclusive;
 
 use crate::host::{AttachTarget, ReservedRegion, TableId};
@@ -9,7 +9,9 @@ use crate::host::{AttachTarget, ReservedRegion, TableId};
 /// The attachments and the per-endpoint facts translation needs before any address space.
 #[derive(Debug, Default)]
 pub struct Attachments {
-    explicit: HashMap<(u32, Option<u32>), AttachTarget>,
+    /// Fx, not SipHash: looked up on every translation; the keys are configured endpoint IDs
+    /// and PASIDs below 2^pasid_bits, their number bounded by the engine's limits.
+    explicit: FxHashMap<(u32, Option<u32>), AttachTarget>,
     unattached_bypass: bool,
     /// Sorted, disjoint endpoint ranges with their regions.
     reserved: Vec<(RangeInclusive<u32>, Vec<ReservedRegion>)>,

@@ -16,6 +16,10 @@ struct Entry {
     pasid: Option<u32>,
     page: u64,
     space: SpaceId,
+    /// Cached from a translation whose target was the explicit attachment of exactly this
+    /// `(endpoint, pasid)` to `space`: a hit needs no attachment lookup (an attachment change
+    /// drops the entry).
+    attached: bool,
     mapping: HostMapping,
 }
 
@@ -89,12 +93,37 @@ impl Iotlb {
         }
     }
 
-    /// Caches `mapping` as the translation of the page of `iova`.
+    /// The cached mapping that translates `iova` for `(endpoint, pasid)` through its own
+    /// attachment, before anything about the attachment is known. Counts hits only: a miss
+    /// goes on to [`Iotlb::lookup`], which counts it.
+    pub fn lookup_attached(
+        &mut self,
+        endpoint: u32,
+        pasid: Option<u32>,
+        iova: u64,
+    ) -> Option<HostMapping> {
+        let page = iova >> PAGE_SHIFT;
+        let e = self.entries[slot(endpoint, pasid, page)].as_ref()?;
+        let hit = e.attached
+            && e.endpoint == endpoint
+            && e.pasid == pasid
+            && e.page == page
+            && e.mapping.contains(iova);
+        if !hit {
+            return None;
+        }
+        self.stats.hits += 1;
+        Some(e.mapping)
+    }
+
+    /// Caches `mapping` as the translation of the page of `iova`; `attached`: `space` is the
+    /// explicit attachment of `(endpoint, pasid)` (see [`Iotlb::lookup_attached`]).
     pub fn insert(
         &mut self,
         endpoint: u32,
         pasid: Option<u32>,
         space: SpaceId,
+        attached: bool,
         iova: u64,
         mapping: HostMapping,
     ) {
@@ -104,6 +133,7 @@ impl Iotlb {
             pasid,
             page,
             space,
+            attached,
             mapping,
         });
         if old.is_none() {
@@ -139,6 +169,11 @@ impl Iotlb {
         self.drop_where(|e| e.endpoint == endpoint && e.pasid == pasid);
     }
 
+    /// Drops every entry (the reserved regions changed).
+    pub fn invalidate_all(&mut self) {
+        self.drop_where(|_| true);
+    }
+
     /// Counters.
     #[must_use]
     pub fn stats(&self) -> IotlbStats {
@@ -165,7 +200,7 @@ mod tests {
         let mut t = Iotlb::default();
         let s = SpaceId(1);
         assert_eq!(t.lookup(1, None, s, 0x1000), None);
-        t.insert(1, None, s, 0x1000, m(0x1000, 0x2fff));
+        t.insert(1, None, s, false, 0x1000, m(0x1000, 0x2fff));
         assert_eq!(t.lookup(1, None, s, 0x1234), Some(m(0x1000, 0x2fff)));
         // Other endpoint, PASID or space: miss.
         assert_eq!(t.lookup(2, None, s, 0x1234), None);
@@ -183,12 +218,36 @@ mod tests {
         assert!(t.lookup(1, None, s, 0x1234).is_some());
         t.invalidate_range(s, 0x2fff, 0x2fff);
         assert_eq!(t.lookup(1, None, s, 0x1234), None);
-        t.insert(1, None, s, 0x1000, m(0x1000, 0x2fff));
+        t.insert(1, None, s, false, 0x1000, m(0x1000, 0x2fff));
         t.invalidate_endpoint(1, None);
         assert_eq!(t.lookup(1, None, s, 0x1234), None);
-        t.insert(1, None, s, 0x1000, m(0x1000, 0x2fff));
+        t.insert(1, None, s, false, 0x1000, m(0x1000, 0x2fff));
         t.invalidate_space(s);
         assert_eq!(t.lookup(1, None, s, 0x1234), None);
         assert_eq!(t.stats().invalidated, 3);
+    }
+
+    #[test]
+    fn attached_entries_answer_without_the_space() {
+        let mut t = Iotlb::default();
+        let s = SpaceId(1);
+        t.insert(1, None, s, false, 0x1000, m(0x1000, 0x2fff));
+        // Not cached through the endpoint's own attachment: the fast path does not use it.
+        assert_eq!(t.lookup_attached(1, None, 0x1234), None);
+        t.insert(1, Some(3), s, true, 0x1000, m(0x1000, 0x2fff));
+        assert_eq!(
+            t.lookup_attached(1, Some(3), 0x1234),
+            Some(m(0x1000, 0x2fff))
+        );
+        assert_eq!(t.lookup_attached(1, Some(3), 0x3000), None);
+        assert_eq!(t.lookup_attached(1, None, 0x1234), None);
+        assert_eq!(t.lookup_attached(2, Some(3), 0x1234), None);
+        assert_eq!(t.stats().hits, 1);
+        t.invalidate_endpoint(1, Some(3));
+        assert_eq!(t.lookup_attached(1, Some(3), 0x1234), None);
+        t.insert(1, None, s, true, 0x1000, m(0x1000, 0x2fff));
+        t.invalidate_all();
+        assert_eq!(t.lookup_attached(1, None, 0x1234), None);
+        assert_eq!(t.stats().invalidated, 2);
     }
 }

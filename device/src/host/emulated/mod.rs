@@ -147,11 +147,14 @@ impl EmulatedHost {
     }
 
     /// Translation through an address space: reserved regions, then the IOTLB and the space.
+    /// `attached`: `space` is the explicit attachment of `(endpoint, pasid)`.
+    #[allow(clippy::too_many_arguments)] // the DMA's full description
     fn translate_space(
         &mut self,
         endpoint: u32,
         pasid: Option<u32>,
         space: SpaceId,
+        attached: bool,
         iova: u64,
         len: u64,
         access: Access,
@@ -182,18 +185,20 @@ impl EmulatedHost {
                     return Err(fault(FaultReason::Unknown));
                 };
                 let m = s.lookup(iova).ok_or(fault(FaultReason::Mapping))?;
-                self.iotlb.insert(endpoint, pasid, space, iova, m);
+                // The attachment-free hit skips the reserved regions: only for a page clear
+                // of them.
+                let page = iova & !0xfff;
+                let clear = !self
+                    .attachments
+                    .regions_of(endpoint)
+                    .iter()
+                    .any(|r| r.start <= page | 0xfff && page <= r.last);
+                self.iotlb
+                    .insert(endpoint, pasid, space, attached && clear, iova, m);
                 m
             }
         };
-        if !m.perm.contains(access.perm()) {
-            return Err(fault(FaultReason::Mapping));
-        }
-        Ok(GuestRange {
-            // Cannot overflow: `map` refused mappings whose output end passes 2^64.
-            gpa: m.phys + (iova - m.iova),
-            len: cut(iova, m.last, len),
-        })
+        through(m, iova, len, access).ok_or(fault(FaultReason::Mapping))
     }
 
     /// Nested translation through a guest table: stage 1 by walking it, stage 2 the identity
@@ -220,7 +225,7 @@ impl EmulatedHost {
             Route::Stage1(ssid) => ssid,
             Route::Parent(Some(space)) => {
                 return self
-                    .translate_space(endpoint, pasid, space, iova, len, access)
+                    .translate_space(endpoint, pasid, space, false, iova, len, access)
                     .map_err(|fault| TranslateFault {
                         fault,
                         recoverable: false,
@@ -373,6 +378,7 @@ impl HostIommu for EmulatedHost {
 
     fn set_reserved_regions(&mut self, endpoints: RangeInclusive<u32>, regions: &[ReservedRegion]) {
         self.attachments.set_reserved_regions(endpoints, regions);
+        self.iotlb.invalidate_all();
     }
 
     fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
@@ -411,6 +417,11 @@ impl HostIommu for EmulatedHost {
             },
             recoverable: false,
         };
+        // An IOTLB hit cached through this endpoint's own attachment: that attachment has not
+        // changed since (attach and detach drop the entry), nor the reserved regions.
+        if let Some(m) = self.iotlb.lookup_attached(endpoint, pasid, iova) {
+            return through(m, iova, len, access).ok_or(fault(FaultReason::Mapping));
+        }
         match self.target_of(endpoint, pasid) {
             AttachTarget::Bypass => Ok(GuestRange {
                 gpa: iova,
@@ -421,7 +432,7 @@ impl HostIommu for EmulatedHost {
                 self.translate_table(id, endpoint, pasid, iova, len, access, attrs)
             }
             AttachTarget::Space(space) => self
-                .translate_space(endpoint, pasid, space, iova, len, access)
+                .translate_space(endpoint, pasid, space, true, iova, len, access)
                 .map_err(|f| fault(f.reason)),
         }
     }
@@ -486,6 +497,15 @@ impl HostIommu for EmulatedHost {
             |m, off, n, gpa| m.write(&data[off..off + n], gpa).unwrap_or(0),
         )
     }
+}
+
+/// The guest range `m` gives `iova` (at most `len` bytes), if it permits `access`.
+fn through(m: HostMapping, iova: u64, len: u64, access: Access) -> Option<GuestRange> {
+    m.perm.contains(access.perm()).then(|| GuestRange {
+        // Cannot overflow: `map` refused mappings whose output end passes 2^64.
+        gpa: m.phys + (iova - m.iova),
+        len: cut(iova, m.last, len),
+    })
 }
 
 /// Bytes from `iova` to the end of `[.., last]`, capped at `len`.

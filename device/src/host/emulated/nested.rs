@@ -4,7 +4,7 @@
 //! Stage 2 of the emulated host is the identity over guest RAM: a stage-1 output address is a
 //! guest-physical address, and the caller checks it lies in RAM.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use virtio_iommu_spec::ext::{range_last, InvalCaches, InvalScope, S1DSS_BYPASS, S1DSS_SSID0};
 use virtio_iommu_spec::request::{Invalidate, TableDesc};
@@ -54,7 +54,7 @@ pub enum Route {
 /// The tables and their caches.
 #[derive(Debug)]
 pub struct Nested {
-    tables: HashMap<TableId, NestedTable>,
+    tables: FxHashMap<TableId, NestedTable>,
     next: u32,
     max: usize,
     caches: S1Caches,
@@ -63,7 +63,7 @@ pub struct Nested {
 impl Default for Nested {
     fn default() -> Self {
         Nested {
-            tables: HashMap::new(),
+            tables: FxHashMap::default(),
             next: 1,
             max: DEFAULT_MAX_TABLES,
             caches: S1Caches::default(),

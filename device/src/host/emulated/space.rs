@@ -1,7 +1,7 @@
 //! One emulated address space: IOVA intervals → guest-physical, like an iommufd IOAS, held in
 //! the shared [`MappingStore`] (the engine keeps no copy of them).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use virtio_iommu_spec::request::MapFlags;
 
@@ -110,7 +110,9 @@ impl AddressSpace {
 /// Every address space of the host, with their handles and the cap on their number.
 #[derive(Debug)]
 pub struct AddressSpaces {
-    spaces: HashMap<SpaceId, AddressSpace>,
+    /// Fx, not SipHash: the keys are handles this host hands out, and every MAP, UNMAP and
+    /// IOTLB miss looks one up.
+    spaces: FxHashMap<SpaceId, AddressSpace>,
     next: u32,
     max: usize,
 }
@@ -120,7 +122,7 @@ impl AddressSpaces {
     #[must_use]
     pub fn new(max: usize) -> Self {
         AddressSpaces {
-            spaces: HashMap::new(),
+            spaces: FxHashMap::default(),
             next: 1,
             max,
         }
