@@ -6,8 +6,9 @@
 //! permissions, then the iterator's first mapping); in a map of hundreds of ranges those
 //! searches are most of an access's cost. So every cached range is kept twice, under the one
 //! lock: merged in `all` (as vm-memory merges them: it answers accesses that span ranges and
-//! reports what is missing), and alone in `singles`, sorted by first IOVA and found with one
-//! binary search, each with an `Iotlb` of its one entry whose searches are short. An access
+//! reports what is missing), and alone in `singles`, sorted by first IOVA and found by a
+//! per-page hint or one binary search, each with an `Iotlb` of its one entry whose searches
+//! are short. An access
 //! inside one range is answered by that range (`hold` for [`crate::ConfinedMemory`], which
 //! needs no `Iotlb` at all; `lookup` for `Iommu`). Both tables change under the write lock
 //! only, together, so a translation dropped from one is dropped from the other before an
@@ -61,11 +62,28 @@ struct Tables {
 }
 
 impl Tables {
-    /// The single range holding all of `iova..end`, if one does.
-    fn single(&self, iova: u64, end: u64) -> Option<&Single> {
-        let after = self.singles.partition_point(|s| s.first <= iova);
-        let s = self.singles.get(after.checked_sub(1)?)?;
-        (end <= s.end).then_some(s)
+    /// The single range holding all of `iova..end`, if one does: first where `hints` last
+    /// found one for the same page slot, else by binary search (and the slot remembers it).
+    /// A hint is only ever a guess, checked against the list under the lock: any index is safe.
+    fn single(&self, iova: u64, end: u64, hints: &[AtomicUsize; HINTS]) -> Option<&Single> {
+        // Truncation intended: the low bits of the page number pick the slot.
+        #[allow(clippy::cast_possible_truncation)]
+        let slot = &hints[(iova >> 12) as usize % HINTS];
+        let inside = |s: &&Single| s.first <= iova && end <= s.end;
+        if let Some(s) = self
+            .singles
+            .get(slot.load(Ordering::Relaxed))
+            .filter(inside)
+        {
+            return Some(s);
+        }
+        let at = self
+            .singles
+            .partition_point(|s| s.first <= iova)
+            .checked_sub(1)?;
+        let s = self.singles.get(at).filter(inside)?;
+        slot.store(at, Ordering::Relaxed);
+        Some(s)
     }
 
     /// Drops the singles overlapping `first..end` (whole: what else they held stays in `all`);
@@ -85,10 +103,17 @@ impl Tables {
     }
 }
 
+/// Slots of the per-page hints in front of the binary search.
+const HINTS: usize = 16;
+
 /// A cached set of translations.
 #[derive(Debug, Default)]
 pub struct EndpointTlb {
     tables: RwLock<Tables>,
+    /// Per page slot (the IOVA's page number modulo [`HINTS`]): the index in `singles` where
+    /// the last access of that slot was found. Accesses repeat on a few pages (rings, the
+    /// buffers of the request in progress), so most are answered without the search.
+    hints: [AtomicUsize; HINTS],
     /// Ranges inserted since the last clear (changed under the write lock only).
     inserted: AtomicUsize,
 }
@@ -106,7 +131,7 @@ impl EndpointTlb {
     pub fn hold(&self, iova: u64, len: usize, access: Permissions) -> Option<(TlbHold<'_>, u64)> {
         let end = iova.checked_add(len as u64)?;
         let tables = self.read();
-        let s = tables.single(iova, end)?;
+        let s = tables.single(iova, end, &self.hints)?;
         if !s.perm.allow(access) {
             return None;
         }
@@ -123,7 +148,7 @@ impl EndpointTlb {
     ) -> Result<IotlbIterator<TlbGuard<'_>>, IotlbFails> {
         let end = iova.saturating_add(len as u64);
         let single = RwLockReadGuard::try_map(self.read(), |t| {
-            t.single(iova, end)
+            t.single(iova, end, &self.hints)
                 .filter(|s| s.perm.allow(access))
                 .map(|s| &s.tlb)
         });
@@ -355,5 +380,27 @@ mod tests {
         t.invalidate(0x2800, 0x2800);
         assert_eq!(gpa(0x2000, 1, Permissions::Read), None);
         assert_eq!(gpa(0x1000, 1, Permissions::Read), Some(0x8000));
+    }
+
+    #[test]
+    fn stale_hints_only_cost_a_search() {
+        let t = EndpointTlb::default();
+        let gpa = |iova| t.hold(iova, 8, Permissions::Read).map(|(_, g)| g);
+        t.insert(&range(0x1000, 0x1fff, 0x8000, MapFlags::READ), 64);
+        t.insert(&range(0x3000, 0x3fff, 0x9000, MapFlags::READ), 64);
+        assert_eq!(gpa(0x3000), Some(0x9000));
+        // Indices shift under the hint of page 3's slot; page 0x13 shares that slot.
+        t.insert(&range(0x2000, 0x2fff, 0xa000, MapFlags::READ), 64);
+        t.insert(&range(0x13000, 0x13fff, 0xb000, MapFlags::READ), 64);
+        assert_eq!(gpa(0x3000), Some(0x9000));
+        assert_eq!(gpa(0x13000), Some(0xb000));
+        assert_eq!(gpa(0x3008), Some(0x9008));
+        t.invalidate(0x1000, 0x1fff);
+        assert_eq!(gpa(0x3000), Some(0x9000));
+        assert_eq!(gpa(0x13000), Some(0xb000));
+        t.invalidate(0x3000, 0x3fff);
+        assert_eq!(gpa(0x3000), None);
+        t.clear();
+        assert_eq!(gpa(0x13000), None);
     }
 }
