@@ -11,7 +11,7 @@
 //! only the memory the backend was given at SET_MEM_TABLE.
 //!
 //! - `blk/read_4k_unconfined`: guest-physical addresses (`DeviceMemory::Direct`);
-//! - `blk/read_4k_confined`: `IommuMemory` over the client crate's `Translator` of endpoint 8;
+//! - `blk/read_4k_confined`: the client crate's `ConfinedMemory` over its `Translator` of endpoint 8;
 //!   the daemon's engine and translation service run in process; rings are mapped at identity
 //!   IOVAs, each header/status page and each data page by its own MAP at IOVAs far from guest
 //!   RAM. A warm-up kick fills the IOTLB; the number of `TRANSLATE`s is checked not to move
@@ -38,10 +38,10 @@ use vhost_device_iommu::translation::{self, Hub, TranslationConfig};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use vhost_user_blk_confined::backend::REQUEST_QUEUE;
 use vhost_user_blk_confined::request::{RequestHeader, F_ACCESS_PLATFORM, F_VERSION_1, S_OK, T_IN};
-use vhost_user_blk_confined::{BlkBackend, Disk, SharedDisk};
+use vhost_user_blk_confined::{BlkBackend, Confinement, Disk, SharedDisk};
 use virtio_iommu_client::{Client, ClientConfig, EndpointRange, Translator};
 use virtio_iommu_testkit::requests as req;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap, Iommu};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use zerocopy::IntoBytes;
@@ -156,14 +156,14 @@ impl Daemon {
 
 /// A started device: guest RAM with the rings and chains written once, the backend, its
 /// vring.
-struct Rig<I: Iommu + Clone + 'static> {
+struct Rig<I: Confinement> {
     ram: GuestMemoryMmap,
     backend: BlkBackend<I>,
     vrings: [VringRwLock; 1],
     avail_idx: u16,
 }
 
-impl<I: Iommu + Clone + 'static> Rig<I> {
+impl<I: Confinement> Rig<I> {
     /// The device as a frontend starts it (features, memory table, ring addresses) with
     /// buffers at `addr(gpa)`.
     fn new(iommu: Option<I>, addr: fn(u64) -> u64) -> Self {

@@ -10,7 +10,7 @@ use log::{info, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap, Iommu};
+use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -19,6 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use zerocopy::IntoBytes;
 
 use crate::chain::Segments;
+use crate::confinement::Confinement;
 use crate::disk::{Disk, SharedDisk};
 use crate::memory::{DeviceMemory, WithMemory};
 use crate::request::{
@@ -38,7 +39,7 @@ pub const CHAINS_PER_WAKE: u16 = 256;
 /// One connection's virtio-blk device. `I` is the IOMMU that translates its accesses when it
 /// is confined ([`crate::memory::Unconfined`] for a device that never is).
 #[derive(Debug)]
-pub struct BlkBackend<I: Iommu> {
+pub struct BlkBackend<I: Confinement> {
     disk: SharedDisk,
     queue_size: u16,
     iommu: Option<I>,
@@ -57,7 +58,7 @@ pub struct BlkBackend<I: Iommu> {
     handed_out: Mutex<Vec<RawFd>>,
 }
 
-impl<I: Iommu + Clone> BlkBackend<I> {
+impl<I: Confinement> BlkBackend<I> {
     /// A device serving `disk` (shared with the next connection's device), translated by
     /// `iommu` if given.
     ///
@@ -209,7 +210,7 @@ fn available<M: GuestMemory>(q: &Queue, mem: &M) -> Result<u16, &'static str> {
     Ok(ready)
 }
 
-impl<I: Iommu + Clone + 'static> VhostUserBackendMut for BlkBackend<I> {
+impl<I: Confinement> VhostUserBackendMut for BlkBackend<I> {
     type Bitmap = ();
     type Vring = VringRwLock;
 

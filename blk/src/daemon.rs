@@ -6,10 +6,11 @@ use std::sync::{Arc, RwLock};
 
 use log::{error, info, warn};
 use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap, Iommu};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::backend::{BlkBackend, WAKE_EVENT};
+use crate::confinement::Confinement;
 use crate::disk::SharedDisk;
 use crate::error::Error;
 
@@ -18,7 +19,7 @@ use crate::error::Error;
 /// # Errors
 /// The socket cannot be bound or the daemon cannot be created; a frontend that misbehaves or
 /// disconnects is logged and ends the session normally.
-pub fn serve_once<I: Iommu + Clone + 'static>(
+pub fn serve_once<I: Confinement>(
     socket: &Path,
     disk: SharedDisk,
     queue_size: u16,

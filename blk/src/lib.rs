@@ -1,12 +1,13 @@
 //! A small vhost-user virtio-blk device (RAM- or file-backed) written so that every ring,
 //! descriptor and buffer access goes through one memory-access choice ([`DeviceMemory`]): the
-//! guest-physical mapping vhost-user hands it, or an `IommuMemory` whose `Iommu` (the
-//! `virtio-iommu-client` crate) confines the device to what the guest mapped for it.
+//! guest-physical mapping vhost-user hands it, or the `virtio-iommu-client` crate's
+//! `ConfinedMemory`, which confines the device to what the guest mapped for it.
 //!
 //! - [`disk`]: the disk, in sectors;
 //! - [`request`]: virtio-blk's header, types, statuses, features and config space;
 //! - [`chain`]: one descriptor chain served as one request, through the given memory;
 //! - [`memory`]: [`DeviceMemory`], the plain-or-translated choice, and [`Unconfined`];
+//! - [`confinement`]: [`Confinement`], the memory type a confined device's accesses go through;
 //! - [`backend`]: the vhost-user backend;
 //! - [`daemon`]: one connection's serve loop; [`args`]: the command line.
 #![warn(missing_docs)]
@@ -14,6 +15,7 @@
 pub mod args;
 pub mod backend;
 pub mod chain;
+pub mod confinement;
 pub mod daemon;
 pub mod disk;
 pub mod error;
@@ -22,6 +24,7 @@ pub mod request;
 
 pub use args::Args;
 pub use backend::BlkBackend;
+pub use confinement::Confinement;
 pub use disk::{Disk, SharedDisk};
 pub use error::Error;
 pub use memory::{DeviceMemory, Unconfined};

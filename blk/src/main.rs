@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use vhost_user_blk_confined::{daemon, Args, SharedDisk, Unconfined};
+use vhost_user_blk_confined::{daemon, Args, Confinement, SharedDisk, Unconfined};
 use virtio_iommu_client::{Client, ClientConfig, EndpointRange, Translator};
-use vm_memory::Iommu;
 
 fn main() {
     env_logger::init();
@@ -35,7 +34,7 @@ fn main() {
     }
 }
 
-fn serve<I: Iommu + Clone + 'static>(args: &Args, disk: &SharedDisk, iommu: Option<I>) -> ! {
+fn serve<I: Confinement>(args: &Args, disk: &SharedDisk, iommu: Option<I>) -> ! {
     loop {
         if let Err(e) = daemon::serve_once(
             &args.socket_path,

@@ -4,41 +4,27 @@
 //! memory) and keeps its rings' `VringState` on that type. The backend therefore wraps at the
 //! point where it touches queues and buffers: every ring, descriptor and buffer access of this
 //! crate takes a `&M: GuestMemory` from [`DeviceMemory::with`], which is either the plain mapping
-//! (unconfined) or an `IommuMemory` over it whose `Iommu` translates each access's IOVA
-//! (confined). virtio-queue's `Queue` methods all take the memory per call, so the library's
+//! (unconfined) or the [`Confinement`]'s memory over it, which translates each access's IOVA
+//! (confined: the client crate's `ConfinedMemory`). virtio-queue's `Queue` methods all take the memory per call, so the library's
 //! `VringState` is used only for its queue state and eventfds.
 
-use std::ops::Deref;
+use vm_memory::GuestMemoryMmap;
 
-use vm_memory::iommu::{Error as IommuError, Iotlb, IotlbIterator};
-use vm_memory::{GuestAddress, GuestMemoryMmap, Iommu, IommuMemory, Permissions};
+use crate::confinement::Confinement;
 
-/// An `Iommu` that cannot exist: the type parameter of a device that is never confined.
+/// A [`Confinement`] that cannot exist: the type parameter of a device that is never confined.
 #[derive(Debug, Clone, Copy)]
 pub enum Unconfined {}
 
-impl Iommu for Unconfined {
-    type IotlbGuard<'a> = &'a Iotlb;
-
-    fn translate(
-        &self,
-        _iova: GuestAddress,
-        _length: usize,
-        _access: Permissions,
-    ) -> Result<IotlbIterator<Self::IotlbGuard<'_>>, IommuError> {
-        match *self {}
-    }
-}
-
 /// Guest memory as the device sees it.
 #[derive(Debug)]
-pub enum DeviceMemory<I: Iommu> {
+pub enum DeviceMemory<I: Confinement> {
     /// No SET_MEM_TABLE yet: nothing is reachable.
     None,
     /// Guest-physical addresses (no IOMMU).
     Direct(GuestMemoryMmap),
     /// I/O virtual addresses, each access translated by the IOMMU.
-    Translated(IommuMemory<GuestMemoryMmap, I>),
+    Translated(I::Memory),
 }
 
 /// Something to run with the device's memory, whatever its type.
@@ -49,22 +35,15 @@ pub trait WithMemory {
     fn run<M: vm_memory::GuestMemory>(self, mem: &M) -> Self::Output;
 }
 
-impl<I: Iommu + Clone> DeviceMemory<I> {
-    /// The memory after a SET_MEM_TABLE of `mmap`: translated by `iommu` if there is one.
+impl<I: Confinement> DeviceMemory<I> {
+    /// The memory after a SET_MEM_TABLE of `mmap`: confined by `iommu` if there is one.
     pub fn update(&mut self, mmap: GuestMemoryMmap, iommu: Option<&I>) {
-        *self = match (std::mem::replace(self, DeviceMemory::None), iommu) {
-            (DeviceMemory::Translated(old), _) => {
-                DeviceMemory::Translated(old.with_replaced_backend(mmap))
-            }
-            (_, Some(iommu)) => {
-                DeviceMemory::Translated(IommuMemory::new(mmap, iommu.clone(), true, ()))
-            }
-            (_, None) => DeviceMemory::Direct(mmap),
+        *self = match iommu {
+            Some(iommu) => DeviceMemory::Translated(iommu.confine(mmap)),
+            None => DeviceMemory::Direct(mmap),
         };
     }
-}
 
-impl<I: Iommu> DeviceMemory<I> {
     /// Whether accesses are translated.
     #[must_use]
     pub fn translated(&self) -> bool {
@@ -77,14 +56,6 @@ impl<I: Iommu> DeviceMemory<I> {
             DeviceMemory::None => None,
             DeviceMemory::Direct(m) => Some(f.run(m)),
             DeviceMemory::Translated(m) => Some(f.run(m)),
-        }
-    }
-
-    /// The IOMMU, when accesses are translated.
-    pub fn iommu(&self) -> Option<&I> {
-        match self {
-            DeviceMemory::Translated(m) => Some(m.iommu().deref()),
-            _ => None,
         }
     }
 }

@@ -10,7 +10,9 @@
 //! - `client/iotlb_hit`: `Iommu::translate` of 8 bytes through the [`Translator`], the
 //!   returned iterator consumed (one mapping);
 //! - `client/iommu_read_u64`: an 8-byte `read_obj` through `IommuMemory` (the hit plus the
-//!   guest-memory access a backend makes).
+//!   guest-memory access a backend makes);
+//! - `client/confined_read_u64`: the same read through [`ConfinedMemory`] (the hit without
+//!   vm-memory's `Iotlb` lookups).
 //!
 //! `cargo bench -p virtio-iommu-client --bench iotlb_hit` runs criterion (ns per access).
 //! `iotlb_hit --instructions` (what `scripts/bench.sh` runs under callgrind) runs each case
@@ -28,7 +30,7 @@ use vhost_device_iommu::backend::SharedEngine;
 use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::translation::{self, Hub, TranslationConfig};
-use virtio_iommu_client::{Client, ClientConfig, EndpointRange, Translator};
+use virtio_iommu_client::{Client, ClientConfig, ConfinedMemory, EndpointRange, Translator};
 use virtio_iommu_testkit::requests as req;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Iommu, IommuMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
@@ -51,6 +53,7 @@ struct Rig {
     client: Client,
     translator: Translator,
     dma: IommuMemory<GuestMemoryMmap, Translator>,
+    confined: ConfinedMemory<GuestMemoryMmap>,
     next: u64,
     _engine: SharedEngine,
     _hub: Arc<Hub>,
@@ -106,6 +109,7 @@ impl Rig {
         for i in 0..PAGES {
             ram.write_obj(i, GuestAddress(i * PAGE + 0x18)).unwrap();
         }
+        let confined = ConfinedMemory::new(ram.clone(), client.translator(EP, None));
         let dma = IommuMemory::new(ram, client.translator(EP, None), true, ());
         for i in 0..PAGES {
             assert_eq!(dma.read_obj::<u64>(GuestAddress(iova(i))).unwrap(), i);
@@ -114,6 +118,7 @@ impl Rig {
             translator: client.translator(EP, None),
             client,
             dma,
+            confined,
             next: 0,
             _engine: engine,
             _hub: hub,
@@ -153,6 +158,17 @@ impl Rig {
         v
     }
 
+    /// One 8-byte read through `ConfinedMemory`.
+    fn confined_read(&mut self) -> u64 {
+        let i = self.page();
+        let v: u64 = self
+            .confined
+            .read_obj(GuestAddress(iova(i)))
+            .expect("cached");
+        debug_assert_eq!(v, i);
+        v
+    }
+
     /// Nothing was asked of the daemon since the fill.
     fn check_no_traffic(&self) {
         assert_eq!(self.translates(), PAGES, "a hit sent a TRANSLATE");
@@ -164,6 +180,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("client");
     g.bench_function("iotlb_hit", |b| b.iter(|| black_box(rig.hit())));
     g.bench_function("iommu_read_u64", |b| b.iter(|| black_box(rig.read())));
+    g.bench_function("confined_read_u64", |b| {
+        b.iter(|| black_box(rig.confined_read()));
+    });
     g.finish();
     rig.check_no_traffic();
 }
@@ -186,9 +205,10 @@ type Case = fn(&mut Rig) -> u64;
 /// `--instructions`: each case once, in parts for callgrind (see the module doc).
 fn instructions() {
     let mut rig = Rig::new();
-    let cases: [(&str, Case); 2] = [
+    let cases: [(&str, Case); 3] = [
         ("client/iotlb_hit", Rig::hit),
         ("client/iommu_read_u64", Rig::read),
+        ("client/confined_read_u64", Rig::confined_read),
     ];
     for (name, f) in cases {
         measured(|| (0..PAGES).map(|_| f(&mut rig)).sum::<u64>());

@@ -20,7 +20,8 @@ pub struct ClientConfig {
     /// After a failed connection attempt, translations fail at once for this long instead of
     /// trying again (a daemon that is down is not hammered by every access).
     pub retry_interval: Duration,
-    /// Ranges one IOTLB (one endpoint and PASID) may collect before it is emptied.
+    /// Ranges one IOTLB (one endpoint and PASID) may collect before it is emptied. Each costs
+    /// about 0.5 KiB (it is kept merged and alone, the latter with an `Iotlb` of its own).
     pub max_cached_ranges: usize,
     /// `TRANSLATE` round trips one access may take (each answers up to 8 ranges).
     pub max_round_trips: usize,

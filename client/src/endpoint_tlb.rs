@@ -1,12 +1,25 @@
 //! One endpoint's (and PASID's) device-side IOTLB: vm-memory's `Iotlb` behind a lock that
 //! accesses hold while they use a translation, so an invalidation waits for them.
+//!
+//! A hit through `vm_memory::Iommu` must hand back an `IotlbIterator`, which only
+//! `Iotlb::lookup` makes, and that lookup searches the `Iotlb`'s range map three times (gaps,
+//! permissions, then the iterator's first mapping); in a map of hundreds of ranges those
+//! searches are most of an access's cost. So every cached range is kept twice, under the one
+//! lock: merged in `all` (as vm-memory merges them: it answers accesses that span ranges and
+//! reports what is missing), and alone in `singles`, sorted by first IOVA and found by a
+//! per-page hint or one binary search, each with an `Iotlb` of its one entry whose searches
+//! are short. An access
+//! inside one range is answered by that range (`hold` for [`crate::ConfinedMemory`], which
+//! needs no `Iotlb` at all; `lookup` for `Iommu`). Both tables change under the write lock
+//! only, together, so a translation dropped from one is dropped from the other before an
+//! invalidation returns.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::{RwLock, RwLockReadGuard};
+use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::translation::TranslatedRange;
-use vm_memory::iommu::Iotlb;
+use vm_memory::iommu::{Iotlb, IotlbFails, IotlbIterator};
 use vm_memory::{GuestAddress, Permissions};
 
 /// What an IOTLB is keyed by, as `INVALIDATE` addresses it (§3.2).
@@ -18,20 +31,138 @@ pub struct TlbKey {
     pub pasid: Option<u32>,
 }
 
+/// The `Iotlb` that answered a lookup, borrowed under the IOTLB's read lock.
+pub type TlbGuard<'a> = MappedRwLockReadGuard<'a, Iotlb>;
+
+/// The IOTLB's read lock, held by an access while it uses the translation `hold` gave it.
+#[derive(Debug)]
+pub struct TlbHold<'a> {
+    _lock: RwLockReadGuard<'a, Tables>,
+}
+
+/// One cached range on its own.
+#[derive(Debug)]
+struct Single {
+    first: u64,
+    /// One past its last IOVA (it never holds the byte at `u64::MAX`).
+    end: u64,
+    /// Its guest-physical address minus its IOVA (wrapping).
+    offset: u64,
+    perm: Permissions,
+    /// Only this range.
+    tlb: Iotlb,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    /// Every cached range.
+    all: Iotlb,
+    /// Every cached range alone, sorted by `first`; they never overlap.
+    singles: Vec<Single>,
+}
+
+impl Tables {
+    /// The single range holding all of `iova..end`, if one does: first where `hints` last
+    /// found one for the same page slot, else by binary search (and the slot remembers it).
+    /// A hint is only ever a guess, checked against the list under the lock: any index is safe.
+    fn single(&self, iova: u64, end: u64, hints: &[AtomicUsize; HINTS]) -> Option<&Single> {
+        // A multiplicative hash of the page number picks the slot (pages a stride apart, as
+        // buffers often are, spread over the slots). Truncation intended: the top bits.
+        #[allow(clippy::cast_possible_truncation)]
+        let slot = &hints[((iova >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize];
+        let inside = |s: &&Single| s.first <= iova && end <= s.end;
+        if let Some(s) = self
+            .singles
+            .get(slot.load(Ordering::Relaxed))
+            .filter(inside)
+        {
+            return Some(s);
+        }
+        let at = self
+            .singles
+            .partition_point(|s| s.first <= iova)
+            .checked_sub(1)?;
+        let s = self.singles.get(at).filter(inside)?;
+        slot.store(at, Ordering::Relaxed);
+        Some(s)
+    }
+
+    /// Drops the singles overlapping `first..end` (whole: what else they held stays in `all`);
+    /// returns where a single starting at `first` goes.
+    fn drop_singles(&mut self, first: u64, end: u64) -> usize {
+        let from = self.singles.partition_point(|s| s.end <= first);
+        let to = self.singles.partition_point(|s| s.first < end);
+        if from < to {
+            self.singles.drain(from..to);
+        }
+        from
+    }
+
+    fn clear(&mut self) {
+        self.all.invalidate_all();
+        self.singles.clear();
+    }
+}
+
+/// Slots of the per-page hints in front of the binary search (the hash picks 4 bits).
+const HINTS: usize = 16;
+
 /// A cached set of translations.
 #[derive(Debug, Default)]
 pub struct EndpointTlb {
-    tlb: RwLock<Iotlb>,
+    tables: RwLock<Tables>,
+    /// Per page slot (a hash of the IOVA's page number): the index in `singles` where
+    /// the last access of that slot was found. Accesses repeat on a few pages (rings, the
+    /// buffers of the request in progress), so most are answered without the search.
+    hints: [AtomicUsize; HINTS],
     /// Ranges inserted since the last clear (changed under the write lock only).
     inserted: AtomicUsize,
 }
 
 impl EndpointTlb {
-    /// The IOTLB for a lookup. Recursive read: an access never waits behind a queued
-    /// invalidation for a lock it could already take (no deadlock when one thread holds two
-    /// translations at once); invalidations wait for every reader to finish.
-    pub fn read(&self) -> RwLockReadGuard<'_, Iotlb> {
-        self.tlb.read_recursive()
+    /// The read lock. Recursive read: an access never waits behind a queued invalidation for a
+    /// lock it could already take (no deadlock when one thread holds two translations at
+    /// once); invalidations wait for every reader to finish.
+    fn read(&self) -> RwLockReadGuard<'_, Tables> {
+        self.tables.read_recursive()
+    }
+
+    /// The guest-physical address of `len` bytes at `iova` when one cached range holds them
+    /// all and permits `access`; the access keeps the hold while it uses the address.
+    pub fn hold(&self, iova: u64, len: usize, access: Permissions) -> Option<(TlbHold<'_>, u64)> {
+        let end = iova.checked_add(len as u64)?;
+        let tables = self.read();
+        let s = tables.single(iova, end, &self.hints)?;
+        if !s.perm.allow(access) {
+            return None;
+        }
+        let gpa = iova.wrapping_add(s.offset);
+        Some((TlbHold { _lock: tables }, gpa))
+    }
+
+    /// Looks `len` bytes at `iova` up for `access`; the iterator holds the read lock.
+    pub fn lookup(
+        &self,
+        iova: u64,
+        len: usize,
+        access: Permissions,
+    ) -> Result<IotlbIterator<TlbGuard<'_>>, IotlbFails> {
+        let end = iova.saturating_add(len as u64);
+        let single = RwLockReadGuard::try_map(self.read(), |t| {
+            t.single(iova, end, &self.hints)
+                .filter(|s| s.perm.allow(access))
+                .map(|s| &s.tlb)
+        });
+        let tables = match single {
+            Ok(one) => return Iotlb::lookup(one, GuestAddress(iova), len, access),
+            Err(tables) => tables,
+        };
+        Iotlb::lookup(
+            RwLockReadGuard::map(tables, |t| &t.all),
+            GuestAddress(iova),
+            len,
+            access,
+        )
     }
 
     /// Caches `range`. Ranges without READ or WRITE are not cached. The byte at `u64::MAX` is
@@ -54,21 +185,27 @@ impl EndpointTlb {
         let Ok(length) = usize::try_from(last - range.iova + 1) else {
             return;
         };
-        let mut tlb = self.tlb.write();
+        let mut tables = self.tables.write();
         if self.inserted.load(Ordering::Relaxed) >= max_ranges {
-            tlb.invalidate_all();
+            tables.clear();
             self.inserted.store(0, Ordering::Relaxed);
         }
+        let (iova, paddr) = (GuestAddress(range.iova), GuestAddress(range.paddr));
+        let mut one = Iotlb::new();
         // set_mapping cannot fail (it returns Ok unconditionally in vm-memory 0.18).
-        if tlb
-            .set_mapping(
-                GuestAddress(range.iova),
-                GuestAddress(range.paddr),
-                length,
+        let cached = tables.all.set_mapping(iova, paddr, length, perm).is_ok()
+            && one.set_mapping(iova, paddr, length, perm).is_ok();
+        // What the new range overlaps is superseded (the remainders stay in `all`).
+        let at = tables.drop_singles(range.iova, last + 1);
+        if cached {
+            let single = Single {
+                first: range.iova,
+                end: last + 1,
+                offset: range.paddr.wrapping_sub(range.iova),
                 perm,
-            )
-            .is_ok()
-        {
+                tlb: one,
+            };
+            tables.singles.insert(at, single);
             self.inserted.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -76,9 +213,9 @@ impl EndpointTlb {
     /// Drops every cached translation overlapping `first..=last`, after the accesses using
     /// them have finished (they hold the read lock).
     pub fn invalidate(&self, first: u64, last: u64) {
-        let mut tlb = self.tlb.write();
+        let mut tables = self.tables.write();
         if first == 0 && last >= u64::MAX - 1 {
-            tlb.invalidate_all();
+            tables.clear();
             self.inserted.store(0, Ordering::Relaxed);
             return;
         }
@@ -87,8 +224,9 @@ impl EndpointTlb {
             return;
         }
         if let Ok(length) = usize::try_from(last - first + 1) {
-            tlb.invalidate_mapping(GuestAddress(first), length);
+            tables.all.invalidate_mapping(GuestAddress(first), length);
         }
+        tables.drop_singles(first, last + 1);
     }
 
     /// Drops everything.
@@ -111,7 +249,7 @@ mod tests {
     }
 
     fn hit(t: &EndpointTlb, iova: u64, len: usize, access: Permissions) -> Option<Vec<u64>> {
-        Iotlb::lookup(t.read(), GuestAddress(iova), len, access)
+        t.lookup(iova, len, access)
             .ok()
             .map(|it| it.map(|m| m.base.0).collect())
     }
@@ -168,5 +306,102 @@ mod tests {
         );
         assert_eq!(hit(&t, 0, 1, Permissions::Read), None, "emptied");
         assert!(hit(&t, 9 << 12, 1, Permissions::Read).is_some());
+    }
+
+    #[test]
+    fn an_access_across_two_cached_ranges_is_answered_by_the_merged_table() {
+        let t = EndpointTlb::default();
+        t.insert(&range(0x1000, 0x1fff, 0x8000, MapFlags::READ), 16);
+        t.insert(&range(0x2000, 0x2fff, 0x20000, MapFlags::READ), 16);
+        assert_eq!(
+            hit(&t, 0x1ff0, 0x20, Permissions::Read),
+            Some(vec![0x8ff0, 0x20000])
+        );
+        // Adjacent in both spaces: one mapping, as vm-memory merges them.
+        t.insert(&range(0x3000, 0x3fff, 0x21000, MapFlags::READ), 16);
+        assert_eq!(
+            hit(&t, 0x2ff0, 0x20, Permissions::Read),
+            Some(vec![0x20ff0])
+        );
+    }
+
+    #[test]
+    fn a_partly_invalidated_range_keeps_only_what_is_left() {
+        let t = EndpointTlb::default();
+        t.insert(&range(0x1000, 0x3fff, 0x8000, MapFlags::READ), 16);
+        t.invalidate(0x2000, 0x2fff);
+        assert_eq!(hit(&t, 0x1ff8, 8, Permissions::Read), Some(vec![0x8ff8]));
+        assert_eq!(hit(&t, 0x3000, 8, Permissions::Read), Some(vec![0xa000]));
+        assert_eq!(hit(&t, 0x2000, 1, Permissions::Read), None);
+        assert_eq!(hit(&t, 0x1fff, 2, Permissions::Read), None);
+        t.invalidate(0x1000, 0x1000);
+        assert_eq!(hit(&t, 0x1000, 1, Permissions::Read), None);
+        assert_eq!(hit(&t, 0x1001, 1, Permissions::Read), Some(vec![0x8001]));
+    }
+
+    #[test]
+    fn a_new_range_supersedes_what_it_overlaps() {
+        let t = EndpointTlb::default();
+        t.insert(&range(0x1000, 0x2fff, 0x8000, MapFlags::READ), 16);
+        t.insert(
+            &range(0x2000, 0x2fff, 0x20000, MapFlags::READ | MapFlags::WRITE),
+            16,
+        );
+        assert_eq!(hit(&t, 0x2010, 8, Permissions::Write), Some(vec![0x20010]));
+        assert_eq!(hit(&t, 0x2010, 8, Permissions::Read), Some(vec![0x20010]));
+        assert_eq!(hit(&t, 0x1010, 8, Permissions::Read), Some(vec![0x8010]));
+        assert_eq!(hit(&t, 0x1010, 8, Permissions::Write), None);
+    }
+
+    #[test]
+    fn a_refused_access_reports_what_refused_it() {
+        let t = EndpointTlb::default();
+        t.insert(&range(0x1000, 0x1fff, 0x8000, MapFlags::READ), 16);
+        let fails = t.lookup(0x1ff0, 0x20, Permissions::Write).unwrap_err();
+        let at = |v: &[vm_memory::iommu::IovaRange]| {
+            v.iter().map(|r| (r.base.0, r.length)).collect::<Vec<_>>()
+        };
+        assert_eq!(at(&fails.access_fails), [(0x1ff0, 0x10)]);
+        assert_eq!(at(&fails.misses), [(0x2000, 0x10)]);
+    }
+
+    #[test]
+    fn a_hold_is_given_inside_one_permitted_range_only() {
+        let t = EndpointTlb::default();
+        t.insert(&range(0x1000, 0x1fff, 0x8000, MapFlags::READ), 16);
+        t.insert(&range(0x2000, 0x2fff, 0x9000, MapFlags::READ), 16);
+        let gpa = |iova, len, access| t.hold(iova, len, access).map(|(_, g)| g);
+        assert_eq!(gpa(0x1ff8, 8, Permissions::Read), Some(0x8ff8));
+        assert_eq!(gpa(0x2000, 0x1000, Permissions::Read), Some(0x9000));
+        assert_eq!(gpa(0x1ff8, 9, Permissions::Read), None, "two ranges");
+        assert_eq!(gpa(0x1000, 8, Permissions::Write), None, "read-only");
+        assert_eq!(gpa(0xfff, 1, Permissions::Read), None, "before the first");
+        assert_eq!(gpa(0x3000, 1, Permissions::Read), None, "after the last");
+        assert_eq!(gpa(u64::MAX, 2, Permissions::Read), None, "wraps");
+        t.invalidate(0x2800, 0x2800);
+        assert_eq!(gpa(0x2000, 1, Permissions::Read), None);
+        assert_eq!(gpa(0x1000, 1, Permissions::Read), Some(0x8000));
+    }
+
+    #[test]
+    fn stale_hints_only_cost_a_search() {
+        let t = EndpointTlb::default();
+        let gpa = |iova| t.hold(iova, 8, Permissions::Read).map(|(_, g)| g);
+        t.insert(&range(0x1000, 0x1fff, 0x8000, MapFlags::READ), 64);
+        t.insert(&range(0x3000, 0x3fff, 0x9000, MapFlags::READ), 64);
+        assert_eq!(gpa(0x3000), Some(0x9000));
+        // Indices shift under the hint of page 3's slot; page 0x18 hashes to that slot too.
+        t.insert(&range(0x2000, 0x2fff, 0xa000, MapFlags::READ), 64);
+        t.insert(&range(0x18000, 0x18fff, 0xb000, MapFlags::READ), 64);
+        assert_eq!(gpa(0x3000), Some(0x9000));
+        assert_eq!(gpa(0x18000), Some(0xb000));
+        assert_eq!(gpa(0x3008), Some(0x9008));
+        t.invalidate(0x1000, 0x1fff);
+        assert_eq!(gpa(0x3000), Some(0x9000));
+        assert_eq!(gpa(0x18000), Some(0xb000));
+        t.invalidate(0x3000, 0x3fff);
+        assert_eq!(gpa(0x3000), None);
+        t.clear();
+        assert_eq!(gpa(0x18000), None);
     }
 }

@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use parking_lot::RwLockReadGuard;
 use virtio_iommu_spec::request::MapFlags;
-use vm_memory::iommu::{Error as IommuError, Iotlb, IotlbIterator, IovaRange};
+use vm_memory::iommu::{Error as IommuError, IotlbIterator, IovaRange};
 use vm_memory::{GuestAddress, Iommu, Permissions};
 
 use crate::client::Inner;
-use crate::endpoint_tlb::{EndpointTlb, TlbKey};
+use crate::endpoint_tlb::{EndpointTlb, TlbGuard, TlbKey};
 use crate::error::Error;
 
 /// The IOMMU as one endpoint's DMA sees it. Wrap guest memory in
@@ -25,6 +24,11 @@ pub struct Translator {
 impl Translator {
     pub(crate) fn new(inner: Arc<Inner>, key: TlbKey, tlb: Arc<EndpointTlb>) -> Self {
         Self { inner, key, tlb }
+    }
+
+    /// The IOTLB.
+    pub(crate) fn tlb(&self) -> &EndpointTlb {
+        &self.tlb
     }
 
     /// The endpoint whose accesses this translates.
@@ -49,7 +53,7 @@ impl Translator {
         iova: u64,
         len: usize,
         access: Permissions,
-    ) -> Result<IotlbIterator<RwLockReadGuard<'_, Iotlb>>, Error> {
+    ) -> Result<IotlbIterator<TlbGuard<'_>>, Error> {
         let bad = Error::BadRange {
             iova,
             len: len as u64,
@@ -66,7 +70,7 @@ impl Translator {
         };
         let rounds = self.inner.config().max_round_trips;
         for _ in 0..=rounds {
-            let fails = match Iotlb::lookup(self.tlb.read(), GuestAddress(iova), len, access) {
+            let fails = match self.tlb.lookup(iova, len, access) {
                 Ok(hit) => return Ok(hit),
                 Err(fails) => fails,
             };
@@ -85,7 +89,7 @@ impl Translator {
 }
 
 impl Iommu for Translator {
-    type IotlbGuard<'a> = RwLockReadGuard<'a, Iotlb>;
+    type IotlbGuard<'a> = TlbGuard<'a>;
 
     fn translate(
         &self,

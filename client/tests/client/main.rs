@@ -1,18 +1,19 @@
 //! The client against a fake daemon on a real socket: HELLO, TRANSLATE and the IOTLB hit,
 //! INVALIDATE (dropped before the ack, and only after the accesses using it), faults not
-//! cached, reconnection after a daemon restart, bounded waits, hostile replies.
+//! cached, reconnection after a daemon restart, bounded waits, hostile replies; `ConfinedMemory`
+//! (the fast hit and the `IommuMemory` path, the ack after its accesses).
 
 mod fake;
 
 use std::time::{Duration, Instant};
 
 use fake::Fake;
-use virtio_iommu_client::{Client, ClientConfig, EndpointRange, Error};
+use virtio_iommu_client::{Client, ClientConfig, ConfinedMemory, EndpointRange, Error};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::translation::{HelloStatus, TranslateFlags};
 use vm_memory::iommu::MappedRange;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, IommuMemory, Permissions};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory, Permissions};
 
 const EP: u32 = 8;
 const RW: MapFlags = MapFlags::READ.union(MapFlags::WRITE);
@@ -321,4 +322,77 @@ fn invalid_ranges_are_refused_without_asking() {
     ));
     assert_eq!(gpas(&client, 0x1000, 0, Permissions::Read).unwrap(), []);
     assert_eq!(fake.translates(), 0);
+}
+
+#[test]
+fn confined_memory_reads_and_writes_at_iovas_inside_and_across_ranges() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10_0000, 0x10_1fff, 0x2000, RW);
+    // Adjacent IOVAs, apart in guest-physical memory: an access across both is two slices.
+    fake.map(EP, 0x10_2000, 0x10_2fff, 0x8000, RW);
+    fake.map(EP, 0x20_0000, 0x20_0fff, 0x9000, MapFlags::READ);
+    let client = Client::connect(config(&fake)).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let dma = ConfinedMemory::new(ram.clone(), client.translator(EP, None));
+    // A miss, then the same range's hits (inside one range: no second TRANSLATE).
+    dma.write_slice(b"confined!", GuestAddress(0x10_0ffc))
+        .unwrap();
+    dma.write_obj(0x1122_3344_u32, GuestAddress(0x10_1100))
+        .unwrap();
+    assert_eq!(fake.translates(), 1);
+    let mut b = [0u8; 9];
+    ram.read_slice(&mut b, GuestAddress(0x2ffc)).unwrap();
+    assert_eq!(&b, b"confined!");
+    assert_eq!(
+        ram.read_obj::<u32>(GuestAddress(0x3100)).unwrap(),
+        0x1122_3344
+    );
+    // Across the two ranges.
+    dma.write_slice(b"split", GuestAddress(0x10_1ffe)).unwrap();
+    ram.read_slice(&mut b[..2], GuestAddress(0x3ffe)).unwrap();
+    assert_eq!(&b[..2], b"sp");
+    ram.read_slice(&mut b[..3], GuestAddress(0x8000)).unwrap();
+    assert_eq!(&b[..3], b"lit");
+    let mut back = [0u8; 5];
+    dma.read_slice(&mut back, GuestAddress(0x10_1ffe)).unwrap();
+    assert_eq!(&back, b"split");
+    // Read-only: reads pass, writes are refused and write nothing.
+    ram.write_obj(0x55_u8, GuestAddress(0x9010)).unwrap();
+    assert_eq!(dma.read_obj::<u8>(GuestAddress(0x20_0010)).unwrap(), 0x55);
+    assert!(dma.write_obj(0xaa_u8, GuestAddress(0x20_0010)).is_err());
+    assert_eq!(ram.read_obj::<u8>(GuestAddress(0x9010)).unwrap(), 0x55);
+    assert!(dma.check_range(GuestAddress(0x20_0000), 0x1000, Permissions::Read));
+    assert!(!dma.check_range(GuestAddress(0x20_0000), 0x1000, Permissions::Write));
+    // Unmapped: refused, nothing written.
+    assert!(dma.write_slice(b"x", GuestAddress(0x10_3000)).is_err());
+    assert!(!dma.check_range(GuestAddress(0x10_3000), 1, Permissions::Read));
+}
+
+#[test]
+fn confined_memory_holds_its_translation_until_the_access_ends_and_asks_again_after() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x1ffff, 0x4000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let dma = ConfinedMemory::new(ram.clone(), client.translator(EP, None));
+    dma.write_obj(7_u64, GuestAddress(0x10000)).unwrap();
+    // An access in progress (its slices not yet used up) holds the cached range.
+    let in_use = dma
+        .get_slices(GuestAddress(0x10008), 8, Permissions::Write)
+        .unwrap();
+    fake.with(|s| s.maps.clear());
+    let seq = fake.invalidate(Some(EP), 0x10000, 0x1ffff);
+    assert!(
+        !fake.wait_ack(seq, Duration::from_millis(200)),
+        "acked while an access used the translation"
+    );
+    drop(in_use);
+    assert!(fake.wait_ack(seq, Duration::from_secs(5)));
+    // After the ack nothing of the old translation is used: unmapped now, so refused...
+    assert!(dma.read_obj::<u64>(GuestAddress(0x10000)).is_err());
+    // ...and mapped elsewhere, the new place.
+    fake.map(EP, 0x10000, 0x1ffff, 0x8000, RW);
+    ram.write_obj(9_u64, GuestAddress(0x8000)).unwrap();
+    assert_eq!(dma.read_obj::<u64>(GuestAddress(0x10000)).unwrap(), 9);
+    assert_eq!(fake.translates(), 3);
 }
