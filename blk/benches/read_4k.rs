@@ -25,7 +25,6 @@
 //! [`part_end`] separates the parts, and one `part NAME UNITS` line per part (`part - 0` for a
 //! warm-up) is printed in dump order.
 
-use std::hint::black_box;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +39,7 @@ use vhost_user_blk_confined::backend::REQUEST_QUEUE;
 use vhost_user_blk_confined::request::{RequestHeader, F_ACCESS_PLATFORM, F_VERSION_1, S_OK, T_IN};
 use vhost_user_blk_confined::{BlkBackend, Confinement, Disk, SharedDisk};
 use virtio_iommu_client::{Client, ClientConfig, EndpointRange, Translator};
+use virtio_iommu_testkit::bench::{criterion_config, measured, median, part_end};
 use virtio_iommu_testkit::requests as req;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -356,11 +356,6 @@ fn bench(c: &mut Criterion) {
     both.check_warm();
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 /// Interleaved single-kick timings of both devices: medians, requests/s, MB/s, the ratio.
 fn medians() {
     let mut both = Both::new();
@@ -389,18 +384,6 @@ fn medians() {
     );
 }
 
-/// Everything a counted part runs: callgrind collects only this function.
-#[inline(never)]
-fn measured<R>(f: impl FnOnce() -> R) -> R {
-    black_box(f())
-}
-
-/// Marks the end of a part: callgrind dumps its counters after this function.
-#[inline(never)]
-fn part_end(name: &str, units: u64) {
-    println!("part {name} {units}");
-}
-
 fn count(name: &str, rig: &mut Rig<Translator>) {
     rig.publish();
     measured(|| rig.kick());
@@ -422,16 +405,9 @@ fn instructions() {
     both.check_warm();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = criterion_config();
     targets = bench
 }
 

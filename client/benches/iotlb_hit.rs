@@ -31,6 +31,7 @@ use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::translation::{self, Hub, TranslationConfig};
 use virtio_iommu_client::{Client, ClientConfig, ConfinedMemory, EndpointRange, Translator};
+use virtio_iommu_testkit::bench::{criterion_config, measured, part_end};
 use virtio_iommu_testkit::requests as req;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, Iommu, IommuMemory, Permissions};
 use vmm_sys_util::eventfd::EventFd;
@@ -187,18 +188,6 @@ fn bench(c: &mut Criterion) {
     rig.check_no_traffic();
 }
 
-/// Everything a counted part runs: callgrind collects only this function.
-#[inline(never)]
-fn measured<R>(f: impl FnOnce() -> R) -> R {
-    black_box(f())
-}
-
-/// Marks the end of a part: callgrind dumps its counters after this function.
-#[inline(never)]
-fn part_end(name: &str, units: u64) {
-    println!("part {name} {units}");
-}
-
 /// One access of a case.
 type Case = fn(&mut Rig) -> u64;
 
@@ -219,16 +208,9 @@ fn instructions() {
     rig.check_no_traffic();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = criterion_config();
     targets = bench
 }
 

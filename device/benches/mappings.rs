@@ -16,12 +16,11 @@
 
 mod common;
 
-use std::hint::black_box;
-
 use common::{map_req, send, unmap_req, PAGE};
 use criterion::{criterion_group, BenchmarkId, Criterion};
 use vhost_device_iommu::engine::{EndpointConfig, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::{Access, EmulatedHost};
+use virtio_iommu_testkit::bench::{measured, part_end};
 use virtio_iommu_testkit::requests as req;
 
 /// Random mappings live below this IOVA; benchmark pairs use IOVAs above it.
@@ -189,19 +188,6 @@ fn bench(c: &mut Criterion) {
 
 /// Units per counted part in `--instructions` mode.
 const COUNTED: u64 = 1024;
-
-/// Everything a case times: callgrind collects only inside this function. The request is
-/// built outside it (criterion's timing includes building it; the instruction count does not).
-#[inline(never)]
-fn measured<R>(f: impl FnOnce() -> R) -> R {
-    black_box(f())
-}
-
-/// Marks the end of a part: callgrind dumps its counters after this function.
-#[inline(never)]
-fn part_end(name: &str, units: u64) {
-    println!("part {name} {units}");
-}
 
 /// `--instructions`: every case, in parts for callgrind (see the module doc).
 fn instructions() {

@@ -22,7 +22,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use common::{map_req, send, unmap_req, PAGE};
@@ -32,6 +31,7 @@ use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::queue::{process_request, Scratch};
 use vhost_device_iommu::ring::RingView;
 use virtio_iommu_spec::Request;
+use virtio_iommu_testkit::bench::{criterion_config, measured, part_end};
 use virtio_iommu_testkit::requests as req;
 use virtio_iommu_testkit::ring::{Desc, RingConfig, DESC_F_NEXT, DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
@@ -493,18 +493,6 @@ fn fixed(c: &mut Criterion) {
     g.finish();
 }
 
-/// Everything that runs inside a case's timed part: callgrind collects only this function.
-#[inline(never)]
-fn measured<R>(f: impl FnOnce() -> R) -> R {
-    black_box(f())
-}
-
-/// Marks the end of a part: callgrind dumps its counters after this function.
-#[inline(never)]
-fn part_end(name: &str, units: u64) {
-    println!("part {name} {units}");
-}
-
 /// One case in `--instructions` mode: a warm-up batch, then [`COUNTED`] units.
 fn count(
     name: &str,
@@ -550,16 +538,9 @@ fn sizes_for_instructions() -> Vec<u64> {
     v
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = criterion_config();
     targets = fixed, with_n
 }
 

@@ -28,6 +28,7 @@ use vhost_device_iommu::translation::{self, Hub, TranslationConfig};
 use virtio_iommu_spec::translation::{
     ClientMessage, Hello, InvalAck, Translate, TranslateFlags, WireEndpointRange, VERSION,
 };
+use virtio_iommu_testkit::bench::{criterion_config, median};
 use virtio_iommu_testkit::requests as req;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -166,11 +167,6 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn medians() {
     let mut rig = Rig::new();
     let n = 5000;
@@ -189,16 +185,9 @@ fn medians() {
     );
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = criterion_config();
     targets = bench
 }
 

@@ -6,8 +6,10 @@
 //!   over any [`ring::RingMemory`].
 //! - [`rawq`]: a hand-driven split virtqueue (the driver side) for exact descriptor-level tests.
 //! - [`requests`]: builders for every request the tests send.
+//! - [`bench`]: the callgrind markers, criterion settings and median every bench uses.
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod error;
 pub mod hal;
 pub mod memory;
