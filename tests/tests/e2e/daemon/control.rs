@@ -383,7 +383,17 @@ fn control_clients_are_capped() {
         line.clear();
         assert_eq!(r.read_line(&mut line).unwrap(), 0, "closed after the error");
     }
-    assert_eq!(thread_count(d.pid()), threads);
+    // A refusal's handler may still be on its way out when the client sees the close: the
+    // count comes back to the baseline within a bound, and never grows with the refusals.
+    let deadline = std::time::Instant::now() + WAIT;
+    while thread_count(d.pid()) > threads {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} threads after 30 refusals, {threads} before",
+            thread_count(d.pid())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     for c in &mut clients {
         assert_eq!(c.cmd("stats", Value::Null).unwrap()["ok"], json!(true));
     }
