@@ -45,6 +45,11 @@ pub const TIMER_EVENT: u16 = 4;
 pub const HOST_EVENT: u16 = 5;
 /// Period of the page-request timer.
 const TIMER_PERIOD: Duration = Duration::from_millis(100);
+/// How long a ring stop waits for held replies past the ack bound (the service thread cuts
+/// a silent client at its deadline; this covers its wake-up).
+const STOP_MARGIN: Duration = Duration::from_millis(500);
+/// The poll period of that wait (acks arrive on the service thread).
+const STOP_POLL: Duration = Duration::from_millis(1);
 
 /// Request chains served per hold of the engine lock.
 pub const CHAINS_PER_LOCK: u16 = 32;
@@ -94,6 +99,18 @@ pub struct IommuBackend {
     /// Requests whose used-ring entry waits for the service's clients (spec/TRANSLATION.md
     /// §4.2); released on the wake-up the service sends when their acks are in.
     held: HeldReplies,
+    /// The request ring the held replies go to, for a ring stop that must finish them.
+    held_ring: Option<HeldRing>,
+}
+
+/// The request ring held replies go to (`VringRwLock` has no `Debug`).
+#[derive(Clone)]
+struct HeldRing(VringRwLock);
+
+impl std::fmt::Debug for HeldRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldRing")
+    }
 }
 
 impl IommuBackend {
@@ -126,6 +143,7 @@ impl IommuBackend {
             transfer: StateTransfer::default(),
             hub,
             held: HeldReplies::default(),
+            held_ring: None,
         })
     }
 
@@ -182,6 +200,7 @@ impl IommuBackend {
             self.flush_invalidations(&mut engine);
             drop(engine);
             let dropped = self.held.clear();
+            self.held_ring = None;
             if dropped > 0 {
                 info!("{dropped} held request(s) dropped with the rings");
             }
@@ -262,6 +281,9 @@ impl IommuBackend {
                     .and_then(|h| h.invalidate(engine.take_invalidations()));
                 if let Some(hold) = hold {
                     self.held.push(HeldReply { hold, head, used });
+                    if self.held_ring.is_none() {
+                        self.held_ring = Some(HeldRing(vring.clone()));
+                    }
                     continue;
                 }
                 if let Err(e) = view.put_used(next_used, head, used) {
@@ -308,6 +330,39 @@ impl IommuBackend {
 
     /// Returns the held requests whose acknowledgements are all in.
     fn release_held(&mut self, vring: &VringRwLock) {
+        self.release_held_to(vring, false);
+    }
+
+    /// GET_VRING_BASE of the request ring: the held requests were taken from the ring, so
+    /// their replies must be in it before the base is reported, or a paused or migrated guest
+    /// would wait for them forever. Waits for their acks within the service's bound (a silent
+    /// client is cut off at its deadline, which completes its holds), then publishes them on
+    /// the ring that is already marked stopped.
+    fn finish_held(&mut self) {
+        let (Some(HeldRing(vring)), Some(hub)) = (self.held_ring.clone(), self.hub.clone()) else {
+            return;
+        };
+        let deadline = Instant::now() + hub.ack_timeout() + STOP_MARGIN;
+        loop {
+            self.release_held_to(&vring, true);
+            if self.held.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(STOP_POLL);
+        }
+        let dropped = self.held.clear();
+        limited!(
+            Warn,
+            "requestq stopped with {dropped} held request(s) past the ack bound: dropped"
+        );
+    }
+
+    /// Publishes the held requests whose acknowledgements are all in; `stopping`: also on a
+    /// ring the frontend is stopping (GET_VRING_BASE), whose memory is still mapped.
+    fn release_held_to(&mut self, vring: &VringRwLock, stopping: bool) {
         let Some(hub) = &self.hub else {
             return;
         };
@@ -317,7 +372,7 @@ impl IommuBackend {
         }
         let q = usize::from(REQUEST_QUEUE);
         let mut state = vring.get_mut();
-        if self.broken[q] || !state.get_queue().ready() {
+        if self.broken[q] || !(stopping || state.get_queue().ready()) {
             debug!("{} held request(s) released on a stopped ring", ready.len());
             return;
         }
@@ -526,6 +581,13 @@ impl VhostUserBackendMut for IommuBackend {
 
     fn set_event_idx(&mut self, enabled: bool) {
         self.event_idx = enabled;
+    }
+
+    fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        if queue_index == u32::from(REQUEST_QUEUE) {
+            self.finish_held();
+        }
+        Ok(())
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {

@@ -74,6 +74,12 @@ impl Hub {
         self.registry.lock().take_completed()
     }
 
+    /// How long a client may take to acknowledge before it is cut off.
+    #[must_use]
+    pub fn ack_timeout(&self) -> std::time::Duration {
+        self.config.ack_timeout
+    }
+
     /// The counters.
     #[must_use]
     pub fn stats(&self) -> TranslationStats {

@@ -208,3 +208,65 @@ fn frontend_disconnect_drops_everything() {
     );
     drop((ctl, daemon));
 }
+
+/// A VM pause (GET_VRING_BASE) while an UNMAP is held: the stop waits for the acks and the
+/// reply is in the used ring before the base is reported, so the resumed guest gets it.
+#[test]
+fn a_ring_stop_finishes_held_replies() {
+    let mut t = Tvm::start(&[]);
+    setup(&mut t);
+    let mut c = t.client(0, 0xffff);
+    let unmap_head = t.post(&chain_of(&unmap(1, 0x10000, 0x1ffff)));
+    for seq in 1..=2 {
+        assert_eq!(c.next_invalidate().unwrap().seq, seq);
+    }
+    t.vm.rq.expect_no_used(QUIET).unwrap();
+    let acker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        c.ack(2).unwrap();
+        c
+    });
+    let start = Instant::now();
+    let bases = t.vm.fe.stop().unwrap();
+    let took = start.elapsed();
+    let _c = acker.join().unwrap();
+    assert!(took >= Duration::from_millis(250), "stopped after {took:?}");
+    assert_eq!(
+        bases[0],
+        Some(4),
+        "three setup requests and the UNMAP taken"
+    );
+    let done = t.vm.rq.wait_used(QUIET).unwrap();
+    assert_eq!(done.head, unmap_head);
+    assert_eq!(reply_status(&done, 4), Status::Ok);
+    assert_eq!(t.tstats()["holding"], json!(0));
+
+    // Resumed at the reported base, the queue goes on.
+    t.vm.fe.start().unwrap();
+    assert_eq!(t.vm.send(&map(1, 0x50000, 0x50fff, 0x50000)), Status::Ok);
+}
+
+/// The same with a client that never answers: the stop returns within the ack bound (the
+/// client is cut off) and the UNMAP's reply is published.
+#[test]
+fn a_ring_stop_with_a_silent_client_returns_within_the_ack_bound() {
+    let mut t = Tvm::start(&["--translation-ack-timeout-ms", "300"]);
+    setup(&mut t);
+    let mut silent = t.client(8, 8);
+    let unmap_head = t.post(&chain_of(&unmap(1, 0x10000, 0x1ffff)));
+    assert_eq!(silent.next_invalidate().unwrap().seq, 1);
+    let start = Instant::now();
+    let bases = t.vm.fe.stop().unwrap();
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < WAIT,
+        "stopped after {took:?}"
+    );
+    assert_eq!(bases[0], Some(4));
+    let done = t.vm.rq.wait_used(QUIET).unwrap();
+    assert_eq!(done.head, unmap_head);
+    assert_eq!(reply_status(&done, 4), Status::Ok);
+    assert_eq!(t.tstats()["cut_off_timeout"], json!(1));
+    t.vm.fe.start().unwrap();
+    assert_eq!(t.vm.send(&map(1, 0x50000, 0x50fff, 0x50000)), Status::Ok);
+}
