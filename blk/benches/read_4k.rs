@@ -11,7 +11,8 @@
 //! only the memory the backend was given at SET_MEM_TABLE.
 //!
 //! - `blk/read_4k_unconfined`: guest-physical addresses (`DeviceMemory::Direct`);
-//! - `blk/read_4k_confined`: the client crate's `ConfinedMemory` over its `Translator` of endpoint 8;
+//! - `blk/read_4k_confined`: the client crate's `ConfinedMemory` over its `Translator` of endpoint 8
+//!   (its `PinnedMemory` for the rings, pinned once per kick);
 //!   the daemon's engine and translation service run in process; rings are mapped at identity
 //!   IOVAs, each header/status page and each data page by its own MAP at IOVAs far from guest
 //!   RAM. A warm-up kick fills the IOTLB; the number of `TRANSLATE`s is checked not to move

@@ -21,7 +21,7 @@ use zerocopy::IntoBytes;
 use crate::chain::Segments;
 use crate::confinement::Confinement;
 use crate::disk::{Disk, SharedDisk};
-use crate::memory::{DeviceMemory, WithMemory};
+use crate::memory::{DeviceMemory, RingAreas, WithMemory};
 use crate::request::{
     BlkConfig, F_ACCESS_PLATFORM, F_FLUSH, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_RO,
     F_VERSION_1,
@@ -102,6 +102,7 @@ impl<I: Confinement> BlkBackend<I> {
         if self.broken[q] {
             return;
         }
+        let rings = RingAreas::of(vring.get_ref().get_queue());
         let mut disk = self.disk.lock();
         let job = Drain {
             vring,
@@ -110,7 +111,7 @@ impl<I: Confinement> BlkBackend<I> {
             event_idx: self.event_idx,
             resync: std::mem::replace(&mut self.resync[q], false),
         };
-        match self.memory.with(job) {
+        match self.memory.with(&rings, job) {
             None | Some(Ok(false)) => {}
             Some(Ok(true)) => {
                 self.more = true;

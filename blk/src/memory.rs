@@ -8,7 +8,8 @@
 //! (confined: the client crate's `ConfinedMemory`). virtio-queue's `Queue` methods all take the memory per call, so the library's
 //! `VringState` is used only for its queue state and eventfds.
 
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 
 use crate::confinement::Confinement;
 
@@ -32,7 +33,25 @@ pub trait WithMemory {
     /// What the run gives back.
     type Output;
     /// Runs with `mem`.
-    fn run<M: vm_memory::GuestMemory>(self, mem: &M) -> Self::Output;
+    fn run<M: GuestMemory>(self, mem: &M) -> Self::Output;
+}
+
+/// A split queue's three areas (descriptor table, avail ring, used ring, each with its event
+/// field) and the access the device makes to each.
+#[derive(Debug, Clone, Copy)]
+pub struct RingAreas(pub [(GuestAddress, usize, Permissions); 3]);
+
+impl RingAreas {
+    /// The areas of `q` at its size.
+    #[must_use]
+    pub fn of(q: &Queue) -> Self {
+        let n = usize::from(q.size());
+        RingAreas([
+            (GuestAddress(q.desc_table()), 16 * n, Permissions::Read),
+            (GuestAddress(q.avail_ring()), 6 + 2 * n, Permissions::Read),
+            (GuestAddress(q.used_ring()), 6 + 8 * n, Permissions::Write),
+        ])
+    }
 }
 
 impl<I: Confinement> DeviceMemory<I> {
@@ -50,12 +69,13 @@ impl<I: Confinement> DeviceMemory<I> {
         matches!(self, DeviceMemory::Translated(_))
     }
 
-    /// Runs `f` with the memory; `None` before the first SET_MEM_TABLE.
-    pub fn with<F: WithMemory>(&self, f: F) -> Option<F::Output> {
+    /// Runs `f` with the memory, the queue's `rings` translated once when confined; `None`
+    /// before the first SET_MEM_TABLE.
+    pub fn with<F: WithMemory>(&self, rings: &RingAreas, f: F) -> Option<F::Output> {
         match self {
             DeviceMemory::None => None,
             DeviceMemory::Direct(m) => Some(f.run(m)),
-            DeviceMemory::Translated(m) => Some(f.run(m)),
+            DeviceMemory::Translated(m) => Some(I::with_rings(m, rings, f)),
         }
     }
 }

@@ -11,10 +11,11 @@ use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex};
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::translation::{
-    ClientMessage, DaemonMessage, Endpoints, InvalAck, Invalidate, Translate, TranslateFlags,
-    TranslateReply, TranslateStatus,
+    ClientMessage, DaemonMessage, Endpoints, Invalidate, Translate, TranslateFlags, TranslateReply,
+    TranslateStatus,
 };
 
+use crate::acker::Acker;
 use crate::config::ClientConfig;
 use crate::endpoint_tlb::{EndpointTlb, TlbKey};
 use crate::error::Error;
@@ -288,8 +289,13 @@ impl Inner {
     }
 
     /// An `INVALIDATE`: the covered IOTLB entries are dropped (each drop waits for the accesses
-    /// using the IOTLB to finish), then acknowledged.
-    fn on_invalidate(&self, session: &Session, inv: &Invalidate) -> Result<(), Error> {
+    /// using the IOTLB to finish), then acknowledged once the pins on those IOTLBs are gone.
+    fn on_invalidate(
+        &self,
+        session: &Session,
+        acker: &Acker,
+        inv: &Invalidate,
+    ) -> Result<(), Error> {
         let tlbs: Vec<Arc<EndpointTlb>> = self
             .tlbs
             .lock()
@@ -310,7 +316,7 @@ impl Inner {
             inv.last,
             tlbs.len()
         );
-        session.send(&ClientMessage::InvalAck(InvalAck { seq: inv.seq }))
+        acker.ack(session, inv.seq, tlbs)
     }
 
     /// The connection ended: every cached translation is dropped before anything else, then the
@@ -350,6 +356,16 @@ fn check_ranges(req: &Request, reply: &TranslateReply) -> Result<(), &'static st
 /// The reader thread of one connection: handles the daemon's messages in order until the
 /// connection ends or the client is gone.
 fn read_loop(inner: &Weak<Inner>, session: &Arc<Session>, mut reader: SessionReader) {
+    let acker = match Acker::spawn(session.clone()) {
+        Ok(a) => a,
+        Err(e) => {
+            session.close();
+            if let Some(inner) = inner.upgrade() {
+                inner.on_closed(session, &e);
+            }
+            return;
+        }
+    };
     let why = loop {
         let msg = match reader.next() {
             Ok(m) => m,
@@ -366,10 +382,10 @@ fn read_loop(inner: &Weak<Inner>, session: &Arc<Session>, mut reader: SessionRea
             }
             DaemonMessage::Invalidate(inv) => {
                 if ours(inner.config(), &inv) {
-                    inner.on_invalidate(session, &inv)
+                    inner.on_invalidate(session, &acker, &inv)
                 } else {
-                    // Not one of our endpoints: nothing cached, still acknowledged.
-                    session.send(&ClientMessage::InvalAck(InvalAck { seq: inv.seq }))
+                    // Not one of our endpoints: nothing cached, still acknowledged (in order).
+                    acker.ack(session, inv.seq, Vec::new())
                 }
             }
             DaemonMessage::HelloReply(_) => Err(Error::BadReply("a second HELLO_REPLY")),

@@ -20,6 +20,7 @@ use vm_memory::{
 };
 
 use crate::endpoint_tlb::TlbHold;
+use crate::pinned_memory::PinnedMemory;
 use crate::translator::Translator;
 
 /// Guest memory `M` as the endpoint of `translator` reaches it: every access at an IOVA,
@@ -50,6 +51,13 @@ where
         Self {
             slow: self.slow.with_replaced_backend(backend),
         }
+    }
+
+    /// A view with `areas` (IOVA, length, access) translated once for as long as it lives:
+    /// for a queue's rings during one drain ([`PinnedMemory`]).
+    #[must_use]
+    pub fn pinned(&self, areas: &[(GuestAddress, usize, Permissions)]) -> PinnedMemory<'_, M> {
+        PinnedMemory::new(self, areas)
     }
 
     /// The translator.
@@ -87,7 +95,33 @@ where
         count: usize,
         access: Permissions,
     ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, bitmap::BS<'a, ()>>> {
+        self.slices(None, addr, count, access)
+    }
+}
+
+impl<M: GuestMemoryBackend> ConfinedMemory<M>
+where
+    M::R: GuestMemoryRegion<B = ()>,
+{
+    /// The slices of `count` bytes at `addr`: at `pinned` (their guest-physical address under a
+    /// pin, [`PinnedMemory`]) if given, else from the range that holds them all, else through
+    /// `IommuMemory`.
+    #[inline]
+    pub(crate) fn slices<'a>(
+        &'a self,
+        pinned: Option<u64>,
+        addr: GuestAddress,
+        count: usize,
+        access: Permissions,
+    ) -> GuestMemoryResult<impl GuestMemorySliceIterator<'a, bitmap::BS<'a, ()>>> {
         if count > 0 {
+            if let Some(gpa) = pinned {
+                return Ok(Slices::Pinned(GuestMemoryBackend::get_slices(
+                    self.backend(),
+                    GuestAddress(gpa),
+                    count,
+                )));
+            }
             if let Some((hold, gpa)) = self.translator().tlb().hold(addr.0, count, access) {
                 return Ok(Slices::Held {
                     _hold: hold,
@@ -99,20 +133,23 @@ where
                 });
             }
         }
-        Ok(Slices::Translated(
+        Ok(Slices::Translated(Box::new(
             self.slow.get_slices(addr, count, access)?,
-        ))
+        )))
     }
 }
 
-/// The slices of one access: from a held range, or from `IommuMemory`.
+/// The slices of one access: from a held range, from an area a pin holds
+/// ([`PinnedMemory`]), or from `IommuMemory` (boxed: its iterator is large and only
+/// taken after a miss, while the others stay a few words, which every access moves).
 enum Slices<'a, H, T> {
     Held {
         /// Keeps the translation valid while the slices are used.
         _hold: TlbHold<'a>,
         slices: H,
     },
-    Translated(T),
+    Pinned(H),
+    Translated(Box<T>),
 }
 
 impl<'a, H, T> Iterator for Slices<'a, H, T>
@@ -124,13 +161,13 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
-            Slices::Held { slices, .. } => slices.next(),
+            Slices::Held { slices, .. } | Slices::Pinned(slices) => slices.next(),
             Slices::Translated(t) => t.next(),
         }
     }
 }
 
-/// Both kinds are fused (vm-memory's slice iterators are).
+/// Every kind is fused (vm-memory's slice iterators are).
 impl<'a, H, T> FusedIterator for Slices<'a, H, T>
 where
     H: FusedIterator<Item = GuestMemoryResult<VolatileSlice<'a, ()>>>,

@@ -14,7 +14,7 @@
 //! only, together, so a translation dropped from one is dropped from the other before an
 //! invalidation returns.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use parking_lot::{MappedRwLockReadGuard, RwLock, RwLockReadGuard};
 use virtio_iommu_spec::request::MapFlags;
@@ -40,6 +40,17 @@ pub struct TlbHold<'a> {
     _lock: RwLockReadGuard<'a, Tables>,
 }
 
+/// Keeps every translation [`EndpointTlb::pinned_gpa`] gave under it valid until dropped:
+/// an `INVALIDATE` of one is acknowledged only after the pins taken before it are gone
+/// (without blocking the reader thread, so accesses under a pin may still miss and ask the
+/// daemon). For a device's rings, translated once per drain of a queue. Pins do not nest on
+/// one thread (a second one could wait behind an acknowledgement waiting for the first).
+#[derive(Debug)]
+pub struct TlbPin<'a> {
+    tlb: &'a EndpointTlb,
+    _lock: RwLockReadGuard<'a, ()>,
+}
+
 /// One cached range on its own.
 #[derive(Debug)]
 struct Single {
@@ -48,9 +59,39 @@ struct Single {
     end: u64,
     /// Its guest-physical address minus its IOVA (wrapping).
     offset: u64,
-    perm: Permissions,
+    /// Its `Permissions` as their bits (vm-memory's `Permissions::allow` is not inlined across
+    /// crates, and an access checks them every time).
+    perm: u8,
     /// Only this range.
     tlb: Iotlb,
+}
+
+impl TlbPin<'_> {
+    /// For each `(iova, len, access)` of `areas`, in order, calls `put` with the area's index
+    /// and its guest-physical address when one cached range holds it all and permits `access`
+    /// (`None` otherwise); all under one read lock. The addresses stay valid while the pin is
+    /// held.
+    pub fn resolve(
+        &self,
+        areas: impl IntoIterator<Item = (u64, usize, Permissions)>,
+        mut put: impl FnMut(usize, Option<u64>),
+    ) {
+        let tables = self.tlb.read();
+        for (i, (iova, len, access)) in areas.into_iter().enumerate() {
+            let gpa = iova.checked_add(len as u64).and_then(|end| {
+                let s = tables.single(iova, end, &self.tlb.hints)?;
+                s.allows(access).then(|| iova.wrapping_add(s.offset))
+            });
+            put(i, gpa);
+        }
+    }
+}
+
+impl Single {
+    fn allows(&self, access: Permissions) -> bool {
+        let access = access as u8;
+        self.perm & access == access
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,15 +106,12 @@ impl Tables {
     /// The single range holding all of `iova..end`, if one does: first where `hints` last
     /// found one for the same page slot, else by binary search (and the slot remembers it).
     /// A hint is only ever a guess, checked against the list under the lock: any index is safe.
-    fn single(&self, iova: u64, end: u64, hints: &[AtomicUsize; HINTS]) -> Option<&Single> {
-        // A multiplicative hash of the page number picks the slot (pages a stride apart, as
-        // buffers often are, spread over the slots). Truncation intended: the top bits.
-        #[allow(clippy::cast_possible_truncation)]
-        let slot = &hints[((iova >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60) as usize];
+    fn single(&self, iova: u64, end: u64, hints: &Hints) -> Option<&Single> {
+        let slot = hints.slot(iova);
         let inside = |s: &&Single| s.first <= iova && end <= s.end;
         if let Some(s) = self
             .singles
-            .get(slot.load(Ordering::Relaxed))
+            .get(slot.load(Ordering::Relaxed) as usize)
             .filter(inside)
         {
             return Some(s);
@@ -83,7 +121,10 @@ impl Tables {
             .partition_point(|s| s.first <= iova)
             .checked_sub(1)?;
         let s = self.singles.get(at).filter(inside)?;
-        slot.store(at, Ordering::Relaxed);
+        // An index past u32::MAX is never remembered (the bound on cached ranges is far lower).
+        if let Ok(at) = u32::try_from(at) {
+            slot.store(at, Ordering::Relaxed);
+        }
         Some(s)
     }
 
@@ -104,17 +145,41 @@ impl Tables {
     }
 }
 
-/// Slots of the per-page hints in front of the binary search (the hash picks 4 bits).
-const HINTS: usize = 16;
+/// Slots of the per-page hints in front of the binary search (the hash picks 10 bits): enough
+/// that the pages of a queue's rings and of the requests in flight rarely share one.
+const HINTS: usize = 1024;
+
+/// Per page slot (a hash of the IOVA's page number): the index in `singles` where the last
+/// access of that slot was found. Accesses repeat on a few pages (rings, the buffers of the
+/// requests in progress), so most are answered without the search. A hint is only ever a
+/// guess, checked against the list under the lock: any index is safe.
+#[derive(Debug)]
+struct Hints([AtomicU32; HINTS]);
+
+impl Default for Hints {
+    fn default() -> Self {
+        Hints(std::array::from_fn(|_| AtomicU32::new(0)))
+    }
+}
+
+impl Hints {
+    /// The slot of `iova`'s page: a multiplicative hash, so pages a stride apart (as buffers
+    /// often are) spread over the slots.
+    fn slot(&self, iova: u64) -> &AtomicU32 {
+        // Truncation intended: the top 10 bits.
+        #[allow(clippy::cast_possible_truncation)]
+        let i = ((iova >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as usize;
+        &self.0[i]
+    }
+}
 
 /// A cached set of translations.
 #[derive(Debug, Default)]
 pub struct EndpointTlb {
     tables: RwLock<Tables>,
-    /// Per page slot (a hash of the IOVA's page number): the index in `singles` where
-    /// the last access of that slot was found. Accesses repeat on a few pages (rings, the
-    /// buffers of the request in progress), so most are answered without the search.
-    hints: [AtomicUsize; HINTS],
+    /// Read-held by each [`TlbPin`]: an invalidation's acknowledgement waits for the write side.
+    pins: RwLock<()>,
+    hints: Hints,
     /// Ranges inserted since the last clear (changed under the write lock only).
     inserted: AtomicUsize,
 }
@@ -133,11 +198,29 @@ impl EndpointTlb {
         let end = iova.checked_add(len as u64)?;
         let tables = self.read();
         let s = tables.single(iova, end, &self.hints)?;
-        if !s.perm.allow(access) {
+        if !s.allows(access) {
             return None;
         }
         let gpa = iova.wrapping_add(s.offset);
         Some((TlbHold { _lock: tables }, gpa))
+    }
+
+    /// A pin (see [`TlbPin`]); waits while an acknowledgement waits for earlier pins.
+    pub fn pin(&self) -> TlbPin<'_> {
+        TlbPin {
+            tlb: self,
+            _lock: self.pins.read(),
+        }
+    }
+
+    /// Whether no pin is held now.
+    pub(crate) fn unpinned(&self) -> bool {
+        self.pins.try_write().is_some()
+    }
+
+    /// Returns once every pin held now has been dropped.
+    pub(crate) fn wait_unpinned(&self) {
+        drop(self.pins.write());
     }
 
     /// Looks `len` bytes at `iova` up for `access`; the iterator holds the read lock.
@@ -150,7 +233,7 @@ impl EndpointTlb {
         let end = iova.saturating_add(len as u64);
         let single = RwLockReadGuard::try_map(self.read(), |t| {
             t.single(iova, end, &self.hints)
-                .filter(|s| s.perm.allow(access))
+                .filter(|s| s.allows(access))
                 .map(|s| &s.tlb)
         });
         let tables = match single {
@@ -202,7 +285,7 @@ impl EndpointTlb {
                 first: range.iova,
                 end: last + 1,
                 offset: range.paddr.wrapping_sub(range.iova),
-                perm,
+                perm: perm as u8,
                 tlb: one,
             };
             tables.singles.insert(at, single);
@@ -390,18 +473,19 @@ mod tests {
         t.insert(&range(0x1000, 0x1fff, 0x8000, MapFlags::READ), 64);
         t.insert(&range(0x3000, 0x3fff, 0x9000, MapFlags::READ), 64);
         assert_eq!(gpa(0x3000), Some(0x9000));
-        // Indices shift under the hint of page 3's slot; page 0x18 hashes to that slot too.
+        // Indices shift under the hint of page 3's slot; page 0x3de hashes to that slot too.
+        assert!(std::ptr::eq(t.hints.slot(0x3000), t.hints.slot(0x3de000)));
         t.insert(&range(0x2000, 0x2fff, 0xa000, MapFlags::READ), 64);
-        t.insert(&range(0x18000, 0x18fff, 0xb000, MapFlags::READ), 64);
+        t.insert(&range(0x3de000, 0x3defff, 0xb000, MapFlags::READ), 64);
         assert_eq!(gpa(0x3000), Some(0x9000));
-        assert_eq!(gpa(0x18000), Some(0xb000));
+        assert_eq!(gpa(0x3de000), Some(0xb000));
         assert_eq!(gpa(0x3008), Some(0x9008));
         t.invalidate(0x1000, 0x1fff);
         assert_eq!(gpa(0x3000), Some(0x9000));
-        assert_eq!(gpa(0x18000), Some(0xb000));
+        assert_eq!(gpa(0x3de000), Some(0xb000));
         t.invalidate(0x3000, 0x3fff);
         assert_eq!(gpa(0x3000), None);
         t.clear();
-        assert_eq!(gpa(0x18000), None);
+        assert_eq!(gpa(0x3de000), None);
     }
 }

@@ -23,17 +23,22 @@
 //! - [`Translator`]: the `Iommu` of one endpoint and PASID;
 //! - [`ConfinedMemory`]: guest memory at a translator's IOVAs, `IommuMemory` with a cheaper hit
 //!   (an access inside one cached range skips vm-memory's `Iotlb` lookups);
-//! - [`EndpointTlb`]: one IOTLB, whose read lock an access holds while it uses a translation;
+//! - [`PinnedMemory`]: a `ConfinedMemory` with a queue's rings translated once per drain;
+//! - [`EndpointTlb`]: one IOTLB, whose read lock an access holds while it uses a translation,
+//!   and whose [`TlbPin`]s keep translations valid across many accesses (a queue's rings for
+//!   one drain; [`ConfinedMemory::pinned`]);
 //! - [`ClientConfig`]: the socket, endpoints and every bound; [`Error`];
 //! - [`ratelimit`]: [`limited!`], rate-limited log lines for events a guest can trigger.
 #![warn(missing_docs)]
 
+mod acker;
 mod client;
 mod config;
 mod confined_memory;
 mod endpoint_tlb;
 mod error;
 mod pending;
+mod pinned_memory;
 pub mod ratelimit;
 mod session;
 mod translator;
@@ -41,8 +46,9 @@ mod translator;
 pub use client::{Client, ClientStats};
 pub use config::ClientConfig;
 pub use confined_memory::ConfinedMemory;
-pub use endpoint_tlb::{EndpointTlb, TlbGuard, TlbKey};
+pub use endpoint_tlb::{EndpointTlb, TlbGuard, TlbKey, TlbPin};
 pub use error::Error;
+pub use pinned_memory::{PinnedMemory, RING_AREAS};
 pub use translator::Translator;
 pub use virtio_iommu_spec::translation::EndpointRange;
 

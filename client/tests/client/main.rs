@@ -1,7 +1,8 @@
 //! The client against a fake daemon on a real socket: HELLO, TRANSLATE and the IOTLB hit,
 //! INVALIDATE (dropped before the ack, and only after the accesses using it), faults not
 //! cached, reconnection after a daemon restart, bounded waits, hostile replies; `ConfinedMemory`
-//! (the fast hit and the `IommuMemory` path, the ack after its accesses).
+//! (the fast hit and the `IommuMemory` path, the ack after its accesses); `PinnedMemory` (the
+//! ack after the view, misses under it, acks in order).
 
 mod fake;
 
@@ -395,4 +396,73 @@ fn confined_memory_holds_its_translation_until_the_access_ends_and_asks_again_af
     ram.write_obj(9_u64, GuestAddress(0x8000)).unwrap();
     assert_eq!(dma.read_obj::<u64>(GuestAddress(0x10000)).unwrap(), 9);
     assert_eq!(fake.translates(), 3);
+}
+
+#[test]
+fn a_pinned_view_delays_the_ack_of_its_rings_without_blocking_misses() {
+    let fake = Fake::start();
+    // The "rings": two pages; a buffer elsewhere, not cached yet.
+    fake.map(EP, 0x10000, 0x11fff, 0x4000, RW);
+    fake.map(EP, 0x30000, 0x30fff, 0x9000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let dma = ConfinedMemory::new(ram.clone(), client.translator(EP, None));
+    dma.write_obj(1_u16, GuestAddress(0x10000)).unwrap();
+    let rings = [
+        (GuestAddress(0x10000), 0x1000, Permissions::Read),
+        (GuestAddress(0x11000), 0x100, Permissions::Write),
+        // Not mapped: reached access by access, and refused.
+        (GuestAddress(0x50000), 0x100, Permissions::Read),
+    ];
+    let view = dma.pinned(&rings);
+    assert_eq!(view.pinned_rings(), 2);
+    assert_eq!(
+        fake.translates(),
+        1,
+        "both ring pages came with the first miss"
+    );
+    // The guest unmaps the rings while the view lives: the ack waits for the view...
+    fake.with(|s| s.maps.retain(|m| m.iova != 0x10000));
+    let seq = fake.invalidate(Some(EP), 0x10000, 0x11fff);
+    assert!(
+        !fake.wait_ack(seq, Duration::from_millis(200)),
+        "acked while a view pinned the rings"
+    );
+    // ...the pinned rings are still reached at their old place...
+    view.write_obj(0xbeef_u16, GuestAddress(0x11004)).unwrap();
+    assert_eq!(ram.read_obj::<u16>(GuestAddress(0x5004)).unwrap(), 0xbeef);
+    // ...and a buffer access under the view may still miss: its reply is read meanwhile.
+    view.write_obj(0x77_u8, GuestAddress(0x30010)).unwrap();
+    assert_eq!(ram.read_obj::<u8>(GuestAddress(0x9010)).unwrap(), 0x77);
+    assert!(view.read_obj::<u8>(GuestAddress(0x50000)).is_err());
+    drop(view);
+    assert!(fake.wait_ack(seq, Duration::from_secs(5)));
+    // After the ack the rings are gone: a new view does not pin them, the access is refused.
+    let view = dma.pinned(&rings);
+    assert_eq!(view.pinned_rings(), 0);
+    assert!(view.read_obj::<u16>(GuestAddress(0x10000)).is_err());
+    assert_eq!(
+        ram.read_obj::<u8>(GuestAddress(0x9010)).unwrap(),
+        0x77,
+        "the buffer stays cached: the invalidation covered the rings only"
+    );
+}
+
+#[test]
+fn acks_stay_in_order_behind_one_that_waits_for_a_pin() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x10fff, 0x4000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let dma = ConfinedMemory::new(ram, client.translator(EP, None));
+    dma.read_obj::<u8>(GuestAddress(0x10000)).unwrap();
+    let view = dma.pinned(&[(GuestAddress(0x10000), 0x1000, Permissions::Read)]);
+    let first = fake.invalidate(Some(EP), 0x10000, 0x10fff);
+    // Of another endpoint: nothing pinned, yet acknowledged only after the first (an ack
+    // acknowledges every lower sequence number).
+    let second = fake.invalidate(Some(EP + 1), 0, u64::MAX);
+    assert!(!fake.wait_ack(second, Duration::from_millis(200)));
+    drop(view);
+    assert!(fake.wait_ack(first, Duration::from_secs(5)));
+    assert!(fake.wait_ack(second, Duration::from_secs(5)));
 }
