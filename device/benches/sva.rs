@@ -83,11 +83,9 @@ struct Guest {
 
 impl Guest {
     fn new() -> Self {
-        let m = GuestMemoryMmap::<()>::from_ranges(&[(
-            GuestAddress(0),
-            usize::try_from(RAM).unwrap(),
-        )])
-        .unwrap();
+        let m =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), usize::try_from(RAM).unwrap())])
+                .unwrap();
         Guest {
             mem: GuestMemoryAtomic::new(m),
             next: TABLES,
@@ -159,7 +157,11 @@ fn first(o: &TranslateOutcome) -> Option<(u64, u64, u64)> {
 
 /// Checks a translation of the page at `va` to `gpa`.
 fn check(got: Option<(u64, u64, u64)>, va: u64, gpa: u64) {
-    assert_eq!(got, Some((va, va + PAGE - 1, gpa)), "translation of {va:#x}");
+    assert_eq!(
+        got,
+        Some((va, va + PAGE - 1, gpa)),
+        "translation of {va:#x}"
+    );
 }
 
 /// The device, its guest, and where each case is.
