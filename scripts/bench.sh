@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the benchmarks (device/benches: queue, mappings, translation; client/benches: iotlb_hit;
-# blk/benches: read_4k) and writes ONE markdown table: per case its criterion median (ns per
-# unit) and its instructions per unit counted by `valgrind --tool=callgrind` (repeatable on a
-# loaded machine, unlike time), plus the resident bytes per mapping at 1M, with the machine and
-# the commit.
+# Runs the benchmarks (device/benches: queue, mappings, sva, translation; client/benches:
+# iotlb_hit; blk/benches: read_4k) and writes ONE markdown table: per case its criterion median
+# (ns per unit) and its instructions per unit counted by `valgrind --tool=callgrind` (repeatable
+# on a loaded machine, unlike time), plus the resident bytes per mapping at 1M, with the machine
+# and the commit.
 #
 # usage: scripts/bench.sh [--quick] [--no-time] [--out FILE]
 #   --quick    skip the 1M-mapping cases (minutes instead of tens of minutes)
@@ -11,10 +11,12 @@
 #   --out      where the table goes (default target/bench/bench-COMMIT.md); also printed
 #
 # A unit is one request, or one pair for the *_pair cases (and unmap_remap); one access for
-# client/*; one 4 KiB read request for blk/* (the confined/unconfined ratio follows the
-# table); one round trip for translation/* (instructions of every thread: a run of N minus a
-# run of 0, divided by N, since the daemon's service thread does half the work). Criterion writes
-# its estimates under target/criterion/; callgrind's parts go to target/bench/callgrind/.
+# client/*; one translation for sva/nested_*, one fault → page request → PAGE_RESP → retried
+# translation for sva/page_request_round_trip; one 4 KiB read request for blk/* (the
+# confined/unconfined ratio follows the table); one round trip for translation/* (instructions
+# of every thread: a run of N minus a run of 0, divided by N, since the daemon's service thread
+# does half the work). Criterion writes its estimates under target/criterion/; callgrind's
+# parts go to target/bench/callgrind/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -53,7 +55,7 @@ mapfile -t bins < <(cargo bench -p vhost-device-iommu -p virtio-iommu-client \
     jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bench"]) | "\(.target.name)=\(.executable)"')
 declare -A bin
 for b in "${bins[@]}"; do bin[${b%%=*}]=${b#*=}; done
-parted=(queue mappings iotlb_hit read_4k)
+parted=(queue mappings sva iotlb_hit read_4k)
 for b in "${parted[@]}" translation; do
     [ -n "${bin[$b]:-}" ] || die "bench binary $b not found (${bins[*]})"
 done
