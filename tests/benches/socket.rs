@@ -97,7 +97,8 @@ struct Rig {
 #[derive(Debug, Clone, Copy, Default)]
 struct DaemonUsage {
     cpu_ns: u64,
-    switches: u64,
+    voluntary: u64,
+    involuntary: u64,
 }
 
 impl DaemonUsage {
@@ -108,16 +109,19 @@ impl DaemonUsage {
             let dir = task.expect("a thread").path();
             // A thread that exits between the listing and the read is not counted.
             if let Ok(s) = std::fs::read_to_string(dir.join("schedstat")) {
-                let ns = s.split_whitespace().next().and_then(|f| f.parse().ok());
+                let ns = s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|f| f.parse::<u64>().ok());
                 u.cpu_ns += ns.expect("schedstat's run time");
             }
             if let Ok(s) = std::fs::read_to_string(dir.join("status")) {
+                let count = |v: &str| v.trim().parse::<u64>().expect("a switch count");
                 for line in s.lines() {
-                    if let Some(v) = line
-                        .strip_prefix("voluntary_ctxt_switches:")
-                        .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-                    {
-                        u.switches += v.trim().parse::<u64>().expect("a switch count");
+                    if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                        u.voluntary += count(v);
+                    } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                        u.involuntary += count(v);
                     }
                 }
             }
@@ -128,7 +132,8 @@ impl DaemonUsage {
     fn since(self, before: DaemonUsage) -> DaemonUsage {
         DaemonUsage {
             cpu_ns: self.cpu_ns - before.cpu_ns,
-            switches: self.switches - before.switches,
+            voluntary: self.voluntary - before.voluntary,
+            involuntary: self.involuntary - before.involuntary,
         }
     }
 }
@@ -152,7 +157,12 @@ fn ring(mem: &GuestMemory, size: u16) -> RingConfig {
 fn bench_request(k: u16) -> Request {
     let start = IOVA + u64::from(k / 2) * PAGE;
     if k % 2 == 0 {
-        req::map(DOMAIN, start, start + PAGE - 1, PHYS + u64::from(k / 2) * PAGE)
+        req::map(
+            DOMAIN,
+            start,
+            start + PAGE - 1,
+            PHYS + u64::from(k / 2) * PAGE,
+        )
     } else {
         req::unmap(DOMAIN, start, start + PAGE - 1)
     }
@@ -237,7 +247,9 @@ impl Rig {
         let t0 = Instant::now();
         let old = self.avail_idx;
         for &k in chains {
-            self.ring.put_avail(&*self.mem, self.avail_idx, 2 * k).unwrap();
+            self.ring
+                .put_avail(&*self.mem, self.avail_idx, 2 * k)
+                .unwrap();
             self.avail_idx = self.avail_idx.wrapping_add(1);
         }
         let ring_end = 4 + 2 * u64::from(QSIZE);
@@ -337,9 +349,7 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| (0..iters).map(|_| rig.round_trip()).sum());
     });
     g.bench_function("batch64", |b| {
-        b.iter_custom(|iters| {
-            (0..iters).map(|_| rig.batch()).sum::<Duration>() / u32::from(BATCH)
-        });
+        b.iter_custom(|iters| (0..iters).map(|_| rig.batch()).sum::<Duration>() / u32::from(BATCH));
     });
     g.finish();
 }
@@ -349,7 +359,12 @@ fn env_count(name: &str, default: u64) -> u64 {
 }
 
 fn figure(name: &str, value: f64, unit: &str) {
-    println!("figure {name} {value:.2} {unit}");
+    // Three decimals for the small per-request counts, none for rates and times.
+    if value < 100.0 {
+        println!("figure {name} {value:.3} {unit}");
+    } else {
+        println!("figure {name} {value:.0} {unit}");
+    }
 }
 
 fn ns(d: Duration) -> f64 {
@@ -400,8 +415,13 @@ fn case(rig: &mut Rig, name: &str, rounds: u64, per_round: u64, one: fn(&mut Rig
     );
     figure(
         &format!("{name}/wakeups"),
-        used.switches as f64 / requests,
+        (used.voluntary + used.involuntary) as f64 / requests,
         "context-switches/request",
+    );
+    figure(
+        &format!("{name}/voluntary"),
+        used.voluntary as f64 / requests,
+        "voluntary-switches/request",
     );
     figure(
         &format!("{name}/kicks"),
@@ -410,42 +430,95 @@ fn case(rig: &mut Rig, name: &str, rounds: u64, per_round: u64, one: fn(&mut Rig
     );
 }
 
-/// Runs `rounds` calls of `one` with `strace -f -c` attached to every daemon thread; prints the
-/// daemon's syscalls per request.
-fn strace_case(rig: &mut Rig, name: &str, rounds: u64, per_round: u64, one: fn(&mut Rig) -> Duration) {
+/// How the daemon's syscalls are counted (`SOCKET_BENCH_SYSCALLS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counter {
+    /// `perf stat -e raw_syscalls:sys_enter -p PID`: tracepoint counts, the daemon's timing
+    /// (and so its batching and wake-ups) barely changed.
+    Perf,
+    /// `strace -f -c -p PID`: a per-syscall table, but every syscall stops the daemon, which
+    /// then seldom sleeps (the frontend refills the ring before it re-arms its notifications).
+    Strace,
+}
+
+/// The syscalls the daemon makes, besides their total.
+const PERF_EVENTS: &str = "raw_syscalls:sys_enter,syscalls:sys_enter_write,\
+    syscalls:sys_enter_read,syscalls:sys_enter_epoll_wait";
+
+/// Runs `rounds` calls of `one` with `counter` attached to every daemon thread; prints the
+/// daemon's syscalls per request (the whole table goes to stderr).
+fn syscalls_case(
+    rig: &mut Rig,
+    counter: Counter,
+    name: &str,
+    rounds: u64,
+    per_round: u64,
+    one: fn(&mut Rig) -> Duration,
+) {
     rig.settle();
-    let pid = rig.pid();
+    let pid = rig.pid().to_string();
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("strace.out");
-    let mut strace = Command::new("strace")
-        .args(["-f", "-c", "-o"])
+    let out = dir.path().join("syscalls.out");
+    let mut cmd = match counter {
+        Counter::Perf => {
+            let mut c = Command::new("perf");
+            c.args(["stat", "-x", ",", "-e", PERF_EVENTS, "-o"]);
+            c
+        }
+        Counter::Strace => {
+            let mut c = Command::new("strace");
+            c.args(["-f", "-c", "-o"]);
+            c
+        }
+    };
+    let mut tool = cmd
         .arg(&out)
-        .args(["-p", &pid.to_string()])
+        .args(["-p", &pid])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("strace runs (SOCKET_BENCH_STRACE is set)");
-    let deadline = Instant::now() + WAIT;
-    while !all_traced(pid) {
-        assert!(Instant::now() < deadline, "strace did not attach");
-        std::thread::sleep(Duration::from_millis(10));
+        .expect("the syscall counter runs");
+    match counter {
+        // perf says nothing when it has attached: give it time (the idle daemon makes no
+        // syscalls meanwhile).
+        Counter::Perf => std::thread::sleep(Duration::from_millis(500)),
+        Counter::Strace => {
+            let deadline = Instant::now() + WAIT;
+            while !all_traced(rig.pid()) {
+                assert!(Instant::now() < deadline, "strace did not attach");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
+    assert!(
+        tool.try_wait().unwrap().is_none(),
+        "the syscall counter exited early"
+    );
     for _ in 0..rounds {
         one(rig);
     }
-    let spid = libc::pid_t::try_from(strace.id()).unwrap();
+    let tool_pid = libc::pid_t::try_from(tool.id()).unwrap();
     // SAFETY: a signal to our own child by its pid (still ours: not yet waited for).
-    assert_eq!(unsafe { libc::kill(spid, libc::SIGINT) }, 0);
-    assert!(strace.wait().unwrap().success(), "strace failed");
+    assert_eq!(unsafe { libc::kill(tool_pid, libc::SIGINT) }, 0);
+    // Both exit with 128 + SIGINT after detaching; their output file is what counts.
+    tool.wait().unwrap();
     let summary = std::fs::read_to_string(&out).unwrap();
-    eprintln!("strace -f -c of the daemon, {name}, {rounds} rounds:\n{summary}");
-    let calls: u64 = summary
-        .lines()
-        .find(|l| l.trim_end().ends_with(" total"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|f| f.parse().ok())
-        .expect("strace's total line");
+    eprintln!("{counter:?}: the daemon's syscalls, {name}, {rounds} rounds:\n{summary}");
+    let calls: u64 = match counter {
+        Counter::Perf => summary
+            .lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"raw_syscalls:sys_enter"))
+            // `<not counted>`: no syscall at all.
+            .map(|f| f[0].parse().unwrap_or(0)),
+        Counter::Strace => summary
+            .lines()
+            .find(|l| l.trim_end().ends_with(" total"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|f| f.parse().ok()),
+    }
+    .expect("a syscall total");
     figure(
         &format!("{name}/syscalls"),
         calls as f64 / (rounds * per_round) as f64,
@@ -472,11 +545,30 @@ fn figures() {
     let rounds = env_count("SOCKET_BENCH_ROUNDS", 5000);
     let quick = std::env::var_os("BENCH_QUICK").is_some();
     let kicks = env_count("SOCKET_BENCH_KICKS", if quick { 500 } else { 2000 });
-    case(&mut rig, "socket/sync_round_trip", rounds, 1, Rig::round_trip);
+    case(
+        &mut rig,
+        "socket/sync_round_trip",
+        rounds,
+        1,
+        Rig::round_trip,
+    );
     case(&mut rig, "socket/batch64", kicks, 64, Rig::batch);
-    if std::env::var_os("SOCKET_BENCH_STRACE").is_some() {
-        strace_case(&mut rig, "socket/sync_round_trip", 1000, 1, Rig::round_trip);
-        strace_case(&mut rig, "socket/batch64", 100, 64, Rig::batch);
+    let counter = match std::env::var("SOCKET_BENCH_SYSCALLS").as_deref() {
+        Ok("perf") => Some(Counter::Perf),
+        Ok("strace") => Some(Counter::Strace),
+        Ok(other) => panic!("SOCKET_BENCH_SYSCALLS={other}: perf or strace"),
+        Err(_) => None,
+    };
+    if let Some(c) = counter {
+        syscalls_case(
+            &mut rig,
+            c,
+            "socket/sync_round_trip",
+            rounds,
+            1,
+            Rig::round_trip,
+        );
+        syscalls_case(&mut rig, c, "socket/batch64", kicks, 64, Rig::batch);
     }
 }
 
