@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (device/benches: queue, mappings, translation; client/benches: iotlb_hit;
-# blk/benches: read_4k) and writes ONE markdown table: per case its criterion median (ns per
+# blk/benches: read_4k; tests/benches: socket) and writes ONE markdown table: per case its criterion median (ns per
 # unit) and its instructions per unit counted by `valgrind --tool=callgrind` (repeatable on a
 # loaded machine, unlike time), plus the resident bytes per mapping at 1M, with the machine and
 # the commit.
@@ -15,6 +15,12 @@
 # table); one round trip for translation/* (instructions of every thread: a run of N minus a
 # run of 0, divided by N, since the daemon's service thread does half the work). Criterion writes
 # its estimates under target/criterion/; callgrind's parts go to target/bench/callgrind/.
+#
+# socket/* are requests through the real vhost-user socket to the release daemon binary (a
+# child process; no callgrind): `socket --figures` prints its own rows (median and p99 ns per
+# request, wall requests/s, requests per daemon CPU-second, the daemon's context switches,
+# kicks and syscalls per request), the syscalls counted by `perf stat` if it can count
+# tracepoints here, else by strace (which slows the daemon and so changes its batching).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -48,13 +54,16 @@ else
 fi
 
 log "building the bench binaries"
+cargo build -p vhost-device-iommu --release --bin vhost-device-iommu 2>/dev/null ||
+    die "cargo build -p vhost-device-iommu --release failed"
+export VHOST_DEVICE_IOMMU_BIN=$PWD/target/release/vhost-device-iommu
 mapfile -t bins < <(cargo bench -p vhost-device-iommu -p virtio-iommu-client \
-    -p vhost-user-blk-confined --no-run --message-format=json 2>/dev/null |
+    -p vhost-user-blk-confined -p virtio-iommu-e2e --no-run --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bench"]) | "\(.target.name)=\(.executable)"')
 declare -A bin
 for b in "${bins[@]}"; do bin[${b%%=*}]=${b#*=}; done
 parted=(queue mappings iotlb_hit read_4k)
-for b in "${parted[@]}" translation; do
+for b in "${parted[@]}" translation socket; do
     [ -n "${bin[$b]:-}" ] || die "bench binary $b not found (${bins[*]})"
 done
 
@@ -62,7 +71,7 @@ done
 # rebuilt between the runs of one table.
 export CRITERION_HOME=$PWD/target/criterion
 if [ "$time" = 1 ]; then
-    for b in "${parted[@]}" translation; do
+    for b in "${parted[@]}" translation socket; do
         log "criterion: $b"
         "${bin[$b]}" --bench >"$work/criterion-$b.log" 2>&1 ||
             die "criterion run of $b failed (see $work/criterion-$b.log)"
@@ -114,6 +123,16 @@ instr=$( {
     translation_instr invalidate translation/invalidate_push_ack
 } )
 
+log "socket: figures"
+if perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    counter=perf
+else
+    command -v strace >/dev/null || apt_ensure strace
+    counter=strace
+fi
+fig=$(SOCKET_BENCH_SYSCALLS=$counter "${bin[socket]}" --figures 2>"$work/socket-figures.log") ||
+    die "socket --figures failed (see $work/socket-figures.log)"
+
 log "memory per mapping"
 mem=""
 if [ "$quick" = 0 ]; then
@@ -146,6 +165,18 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     while read -r _ name bytes; do
         [ -n "$name" ] && echo "| $name (bytes, ΔRSS / N) | — | $bytes |"
     done <<<"$mem"
+    # Through the socket: criterion's medians, then the figures (ns in the time column, the
+    # other units in the last one).
+    for name in socket/sync_round_trip socket/batch64; do
+        echo "| $name | $(median "$name") | — |"
+    done
+    while read -r _ name value unit; do
+        case $unit in
+            ns/*) echo "| $name ($unit) | $value | — |" ;;
+            syscalls/*) echo "| $name ($unit, $counter) | — | $value |" ;;
+            *) echo "| $name ($unit) | — | $value |" ;;
+        esac
+    done <<<"$fig"
     # Confined over unconfined 4 KiB read throughput (time, and instructions, per request).
     plain=$(median blk/read_4k_unconfined) confined=$(median blk/read_4k_confined)
     iplain=$(awk '$2 == "blk/read_4k_unconfined" { print $3 }' <<<"$instr")

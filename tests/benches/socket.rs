@@ -371,10 +371,10 @@ fn ns(d: Duration) -> f64 {
     d.as_secs_f64() * 1e9
 }
 
-/// The `q`-quantile (upper) of sorted timings.
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let n = sorted.len() as f64;
-    let i = ((n * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+/// The `pct` percentile of sorted timings: the smallest one at least `pct` % of them do not
+/// exceed.
+fn percentile(sorted: &[Duration], pct: usize) -> Duration {
+    let i = (sorted.len() * pct).div_ceil(100).clamp(1, sorted.len()) - 1;
     sorted[i]
 }
 
@@ -400,7 +400,7 @@ fn case(rig: &mut Rig, name: &str, rounds: u64, per_round: u64, one: fn(&mut Rig
     );
     figure(
         &format!("{name}/p99"),
-        ns(quantile(&sorted, 0.99)) / per,
+        ns(percentile(&sorted, 99)) / per,
         "ns/request",
     );
     figure(
