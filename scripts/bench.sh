@@ -17,10 +17,12 @@
 # its estimates under target/criterion/; callgrind's parts go to target/bench/callgrind/.
 #
 # socket/* are requests through the real vhost-user socket to the release daemon binary (a
-# child process; no callgrind): `socket --figures` prints its own rows (median and p99 ns per
-# request, wall requests/s, requests per daemon CPU-second, the daemon's context switches,
-# kicks and syscalls per request), the syscalls counted by `perf stat` if it can count
-# tracepoints here, else by strace (which slows the daemon and so changes its batching).
+# child process): their instructions are the daemon's alone (callgrind of the daemon process,
+# a run of N minus a run of 0, per request), and `socket --figures` prints rows of its own
+# (median and p99 ns per request, wall requests/s, requests per daemon CPU-second, the
+# daemon's context switches, kicks and syscalls per request; the syscalls counted by
+# `perf stat` if it can count tracepoints here, else by strace, which slows the daemon and so
+# changes its batching).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -116,11 +118,31 @@ translation_instr() {
     tn=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-$n.out")
     awk -v n="$name" -v a="$t0" -v b="$tn" -v u="$n" 'BEGIN { printf "instr %s %.0f\n", n, (b - a) / u }'
 }
-log "callgrind: translation"
+# The socket bench's daemon is a child process: the daemon alone under callgrind (through a
+# wrapper as VHOST_DEVICE_IOMMU_BIN), N round trips (or kicks of 64) minus 0, per request.
+socket_instr() {
+    local case=$1 name=$2 n=$3 per=$4 t0 tn wrap=$cg/daemon-callgrind.sh
+    printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file="$SOCKET_CALLGRIND_OUT" %q "$@"\n' \
+        "$VHOST_DEVICE_IOMMU_BIN" >"$wrap"
+    chmod +x "$wrap"
+    for iters in 0 "$n"; do
+        VHOST_DEVICE_IOMMU_BIN=$wrap SOCKET_CALLGRIND_OUT=$cg/socket-$case-$iters.out \
+            "${bin[socket]}" --daemon-run "$case" "$iters" >/dev/null \
+            2>"$cg/socket-$case-$iters.log" ||
+            die "callgrind run of the socket daemon ($case, $iters) failed"
+    done
+    t0=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/socket-$case-0.out")
+    tn=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/socket-$case-$n.out")
+    awk -v n="$name" -v a="$t0" -v b="$tn" -v u="$((n * per))" \
+        'BEGIN { printf "instr %s %.0f\n", n, (b - a) / u }'
+}
+log "callgrind: translation, socket"
 instr=$( {
     for b in "${parted[@]}"; do instr_lines "$b"; done
     translation_instr translate translation/translate_round_trip
     translation_instr invalidate translation/invalidate_push_ack
+    socket_instr sync socket/sync_round_trip 2000 1
+    socket_instr batch64 socket/batch64 100 64
 } )
 
 log "socket: figures"
@@ -165,11 +187,8 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     while read -r _ name bytes; do
         [ -n "$name" ] && echo "| $name (bytes, ΔRSS / N) | — | $bytes |"
     done <<<"$mem"
-    # Through the socket: criterion's medians, then the figures (ns in the time column, the
-    # other units in the last one).
-    for name in socket/sync_round_trip socket/batch64; do
-        echo "| $name | $(median "$name") | — |"
-    done
+    # Through the socket (criterion's medians and the daemon's instructions are rows above):
+    # the figures, ns in the time column, the other units in the last one.
     while read -r _ name value unit; do
         case $unit in
             ns/*) echo "| $name ($unit) | $value | — |" ;;

@@ -340,6 +340,16 @@ impl Rig {
     fn pid(&self) -> u32 {
         self.daemon.pid()
     }
+
+    /// Stops the daemon with SIGTERM (it exits cleanly, so a daemon under callgrind writes its
+    /// counts) and waits for it.
+    fn terminate(mut self) {
+        let pid = libc::pid_t::try_from(self.pid()).unwrap();
+        // SAFETY: a signal to our own child by its pid (not yet waited for).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = self.daemon.wait_exit(Duration::from_secs(60)).unwrap();
+        assert!(status.success(), "daemon exit: {status}");
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -578,7 +588,31 @@ criterion_group! {
     targets = bench
 }
 
+/// `--daemon-run CASE N`: N round trips (`sync`) or N kicks of 64 (`batch64`), untimed, then
+/// the daemon stopped cleanly: for a daemon run under callgrind (`VHOST_DEVICE_IOMMU_BIN` a
+/// wrapper), whose counts of N minus those of 0, divided by the requests, are its instructions
+/// per request.
+fn daemon_run(case: &str, n: u64) {
+    let mut rig = Rig::new();
+    let one = match case {
+        "sync" => Rig::round_trip,
+        "batch64" => Rig::batch,
+        other => panic!("--daemon-run {other}: sync or batch64"),
+    };
+    for _ in 0..n {
+        one(&mut rig);
+    }
+    rig.terminate();
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--daemon-run") {
+        let case = args.get(i + 1).expect("--daemon-run CASE N");
+        let n = args.get(i + 2).and_then(|n| n.parse().ok());
+        daemon_run(case, n.expect("--daemon-run CASE N"));
+        return;
+    }
     if std::env::args().any(|a| a == "--figures") {
         figures();
         return;
