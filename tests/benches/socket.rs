@@ -23,11 +23,17 @@
 //! daemon's threads wherever the scheduler puts them), requests per daemon CPU-second (the sum
 //! over the daemon's threads of `/proc/PID/task/*/schedstat`'s first field, ns on a CPU), and
 //! the daemon threads' context switches per request (voluntary + involuntary, from
-//! `/proc/PID/task/*/status`: its wake-ups). With `SOCKET_BENCH_STRACE=1` it also runs each
-//! case once more under `strace -f -c -p PID` (attached to the running daemon, every thread)
-//! and prints the daemon's syscalls per request. `SOCKET_BENCH_ROUNDS=N` changes the number of
-//! single round trips (default 5000) and `SOCKET_BENCH_KICKS=N` the kicks of 64 (default 2000,
-//! 500 with `BENCH_QUICK`).
+//! `/proc/PID/task/*/status`: its wake-ups) and the frontend's kicks per request. With
+//! `SOCKET_BENCH_SYSCALLS=perf` (or `strace`) it also runs each case once more with
+//! `perf stat -e raw_syscalls:sys_enter -p PID` (or `strace -f -c -p PID`) attached to the
+//! running daemon, every thread, and prints the daemon's syscalls per request.
+//! `SOCKET_BENCH_ROUNDS=N` changes the number of single round trips (default 5000) and
+//! `SOCKET_BENCH_KICKS=N` the kicks of 64 (default 2000, 500 with `BENCH_QUICK`).
+//!
+//! `--daemon-run CASE N` (`sync` or `batch64`) only sends N round trips or kicks, untimed, and
+//! stops the daemon with SIGTERM: `scripts/bench.sh` runs it with the daemon under callgrind
+//! (a wrapper script as `VHOST_DEVICE_IOMMU_BIN`) for N and 0, the daemon's instructions per
+//! request being the difference over the requests.
 //!
 //! Needs `target/release/vhost-device-iommu` (`cargo build -p vhost-device-iommu --release`),
 //! or `VHOST_DEVICE_IOMMU_BIN`.
