@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the benchmarks (device/benches: queue, mappings, sva, translation; client/benches:
-# iotlb_hit; blk/benches: read_4k) and writes ONE markdown table: per case its criterion median
-# (ns per unit) and its instructions per unit counted by `valgrind --tool=callgrind` (repeatable
-# on a loaded machine, unlike time), plus the resident bytes per mapping at 1M, with the machine
-# and the commit.
+# iotlb_hit; blk/benches: read_4k; tests/benches: socket) and writes ONE markdown table: per
+# case its criterion median (ns per unit) and its instructions per unit counted by
+# `valgrind --tool=callgrind` (repeatable on a loaded machine, unlike time), plus the resident
+# bytes per mapping at 1M, with the machine and the commit.
 #
 # usage: scripts/bench.sh [--quick] [--no-time] [--out FILE]
 #   --quick    skip the 1M-mapping cases (minutes instead of tens of minutes)
@@ -17,6 +17,14 @@
 # of every thread: a run of N minus a run of 0, divided by N, since the daemon's service thread
 # does half the work). Criterion writes its estimates under target/criterion/; callgrind's
 # parts go to target/bench/callgrind/.
+#
+# socket/* are requests through the real vhost-user socket to the release daemon binary (a
+# child process): their instructions are the daemon's alone (callgrind of the daemon process,
+# a run of N minus a run of 0, per request), and `socket --figures` prints rows of its own
+# (median and p99 ns per request, wall requests/s, requests per daemon CPU-second, the
+# daemon's context switches, kicks and syscalls per request; the syscalls counted by
+# `perf stat` if it can count tracepoints here, else by strace, which slows the daemon and so
+# changes its batching).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/common.sh
@@ -50,13 +58,16 @@ else
 fi
 
 log "building the bench binaries"
+cargo build -p vhost-device-iommu --release --bin vhost-device-iommu 2>/dev/null ||
+    die "cargo build -p vhost-device-iommu --release failed"
+export VHOST_DEVICE_IOMMU_BIN=$PWD/target/release/vhost-device-iommu
 mapfile -t bins < <(cargo bench -p vhost-device-iommu -p virtio-iommu-client \
-    -p vhost-user-blk-confined --no-run --message-format=json 2>/dev/null |
+    -p vhost-user-blk-confined -p virtio-iommu-e2e --no-run --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.kind == ["bench"]) | "\(.target.name)=\(.executable)"')
 declare -A bin
 for b in "${bins[@]}"; do bin[${b%%=*}]=${b#*=}; done
 parted=(queue mappings sva iotlb_hit read_4k)
-for b in "${parted[@]}" translation; do
+for b in "${parted[@]}" translation socket; do
     [ -n "${bin[$b]:-}" ] || die "bench binary $b not found (${bins[*]})"
 done
 
@@ -64,7 +75,7 @@ done
 # rebuilt between the runs of one table.
 export CRITERION_HOME=$PWD/target/criterion
 if [ "$time" = 1 ]; then
-    for b in "${parted[@]}" translation; do
+    for b in "${parted[@]}" translation socket; do
         log "criterion: $b"
         "${bin[$b]}" --bench >"$work/criterion-$b.log" 2>&1 ||
             die "criterion run of $b failed (see $work/criterion-$b.log)"
@@ -109,12 +120,42 @@ translation_instr() {
     tn=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-$n.out")
     awk -v n="$name" -v a="$t0" -v b="$tn" -v u="$n" 'BEGIN { printf "instr %s %.0f\n", n, (b - a) / u }'
 }
-log "callgrind: translation"
+# The socket bench's daemon is a child process: the daemon alone under callgrind (through a
+# wrapper as VHOST_DEVICE_IOMMU_BIN), N round trips (or kicks of 64) minus 0, per request.
+socket_instr() {
+    local case=$1 name=$2 n=$3 per=$4 t0 tn wrap=$cg/daemon-callgrind.sh
+    printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file="$SOCKET_CALLGRIND_OUT" %q "$@"\n' \
+        "$VHOST_DEVICE_IOMMU_BIN" >"$wrap"
+    chmod +x "$wrap"
+    for iters in 0 "$n"; do
+        VHOST_DEVICE_IOMMU_BIN=$wrap SOCKET_CALLGRIND_OUT=$cg/socket-$case-$iters.out \
+            "${bin[socket]}" --daemon-run "$case" "$iters" >/dev/null \
+            2>"$cg/socket-$case-$iters.log" ||
+            die "callgrind run of the socket daemon ($case, $iters) failed"
+    done
+    t0=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/socket-$case-0.out")
+    tn=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/socket-$case-$n.out")
+    awk -v n="$name" -v a="$t0" -v b="$tn" -v u="$((n * per))" \
+        'BEGIN { printf "instr %s %.0f\n", n, (b - a) / u }'
+}
+log "callgrind: translation, socket"
 instr=$( {
     for b in "${parted[@]}"; do instr_lines "$b"; done
     translation_instr translate translation/translate_round_trip
     translation_instr invalidate translation/invalidate_push_ack
+    socket_instr sync socket/sync_round_trip 2000 1
+    socket_instr batch64 socket/batch64 100 64
 } )
+
+log "socket: figures"
+if perf stat -e raw_syscalls:sys_enter -- true >/dev/null 2>&1; then
+    counter=perf
+else
+    command -v strace >/dev/null || apt_ensure strace
+    counter=strace
+fi
+fig=$(SOCKET_BENCH_SYSCALLS=$counter "${bin[socket]}" --figures 2>"$work/socket-figures.log") ||
+    die "socket --figures failed (see $work/socket-figures.log)"
 
 log "memory per mapping"
 mem=""
@@ -148,6 +189,15 @@ cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
     while read -r _ name bytes; do
         [ -n "$name" ] && echo "| $name (bytes, ΔRSS / N) | — | $bytes |"
     done <<<"$mem"
+    # Through the socket (criterion's medians and the daemon's instructions are rows above):
+    # the figures, ns in the time column, the other units in the last one.
+    while read -r _ name value unit; do
+        case $unit in
+            ns/*) echo "| $name ($unit) | $value | — |" ;;
+            syscalls/*) echo "| $name ($unit, $counter) | — | $value |" ;;
+            *) echo "| $name ($unit) | — | $value |" ;;
+        esac
+    done <<<"$fig"
     # Confined over unconfined 4 KiB read throughput (time, and instructions, per request).
     plain=$(median blk/read_4k_unconfined) confined=$(median blk/read_4k_confined)
     iplain=$(awk '$2 == "blk/read_4k_unconfined" { print $3 }' <<<"$instr")

@@ -436,6 +436,12 @@ impl Frontend {
         Ok(())
     }
 
+    /// Ring `index`'s call eventfd (non-blocking), for a frontend that sleeps on it with
+    /// poll(2) as a VMM's event loop does; reading it consumes it as [`Self::take_call`] does.
+    pub fn call_eventfd(&self, index: usize) -> Result<&EventFd> {
+        Ok(&self.ring(index)?.call)
+    }
+
     /// Consumes ring `index`'s call eventfd without blocking; true if the backend signalled it.
     pub fn take_call(&self, index: usize) -> Result<bool> {
         match self.ring(index)?.call.read() {
