@@ -67,6 +67,17 @@ struct Single {
 }
 
 impl TlbPin<'_> {
+    /// The whole cached range holding all of `len` bytes at `iova`, as (first IOVA, one past
+    /// its last, guest-physical address of the first, `Permissions` bits); valid while the pin
+    /// is held.
+    #[must_use]
+    pub fn range(&self, iova: u64, len: usize) -> Option<(u64, u64, u64, u8)> {
+        let end = iova.checked_add(len as u64)?;
+        let tables = self.tlb.read();
+        let s = tables.single(iova, end, &self.tlb.hints)?;
+        Some((s.first, s.end, s.first.wrapping_add(s.offset), s.perm))
+    }
+
     /// For each `(iova, len, access)` of `areas`, in order, calls `put` with the area's index
     /// and its guest-physical address when one cached range holds it all and permits `access`
     /// (`None` otherwise); all under one read lock. The addresses stay valid while the pin is

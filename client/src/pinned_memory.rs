@@ -4,10 +4,13 @@
 //! A device reads and writes its rings several times per request (avail index and entry, each
 //! descriptor, used entry and index). Through `ConfinedMemory` each of those is an IOTLB lookup
 //! under its read lock (two atomic read-modify-writes); here the rings are looked up when the
-//! view is made and every access inside them goes straight to guest-physical memory. Accesses
-//! elsewhere (buffers, an indirect descriptor table, a ring not cached yet) go through the
-//! `ConfinedMemory`, misses included: the pin does not block the reader thread that delivers
-//! the daemon's replies.
+//! view is made and every access inside them goes straight to guest-physical memory. Other
+//! accesses inside one cached range (buffers, an indirect table) are looked up under the same
+//! pin, hold no lock while they copy, and the range found last is remembered; the rest (a miss,
+//! an access across ranges, a refusal) goes through the `ConfinedMemory`, misses included: the
+//! pin does not block the reader thread that delivers the daemon's replies.
+
+use std::cell::Cell;
 
 use vm_memory::guest_memory::{GuestMemorySliceIterator, Result as GuestMemoryResult};
 use vm_memory::{
@@ -55,7 +58,7 @@ impl Area {
     #[inline(always)]
     fn gpa(&self, addr: u64, end: u64, access: u8) -> Option<u64> {
         (self.iova <= addr && end <= self.end && self.perm & access == access)
-            .then(|| self.gpa + (addr - self.iova))
+            .then(|| self.gpa.wrapping_add(addr - self.iova))
     }
 }
 
@@ -68,8 +71,11 @@ where
     M::R: GuestMemoryRegion<B = ()>,
 {
     confined: &'a ConfinedMemory<M>,
-    _pin: TlbPin<'a>,
+    pin: TlbPin<'a>,
     rings: [Area; RING_AREAS],
+    /// The cached range the last access outside the rings found (a request's header and
+    /// status often share one): looked up under the pin, so valid as long as it.
+    recent: Cell<Area>,
 }
 
 impl<'a, M: GuestMemoryBackend> PinnedMemory<'a, M>
@@ -92,8 +98,9 @@ where
         });
         PinnedMemory {
             confined,
-            _pin: pin,
+            pin,
             rings: held,
+            recent: Cell::new(Area::NONE),
         }
     }
 
@@ -104,12 +111,27 @@ where
     }
 
     /// The guest-physical address of `count` (at least one) bytes at `addr` inside one pinned
-    /// ring area that permits `access`.
+    /// ring area, or inside one cached range (looked up under the pin, the last one found
+    /// remembered), that permits `access`.
     #[inline(always)]
     fn pinned(&self, addr: u64, count: usize, access: Permissions) -> Option<u64> {
         let end = addr.checked_add(count as u64)?;
         let access = access as u8;
-        self.rings.iter().find_map(|a| a.gpa(addr, end, access))
+        if let Some(gpa) = self.rings.iter().find_map(|a| a.gpa(addr, end, access)) {
+            return Some(gpa);
+        }
+        if let Some(gpa) = self.recent.get().gpa(addr, end, access) {
+            return Some(gpa);
+        }
+        let (first, last_end, gpa, perm) = self.pin.range(addr, count)?;
+        let found = Area {
+            iova: first,
+            end: last_end,
+            gpa,
+            perm,
+        };
+        self.recent.set(found);
+        found.gpa(addr, end, access)
     }
 }
 

@@ -435,6 +435,17 @@ fn a_pinned_view_delays_the_ack_of_its_rings_without_blocking_misses() {
     view.write_obj(0x77_u8, GuestAddress(0x30010)).unwrap();
     assert_eq!(ram.read_obj::<u8>(GuestAddress(0x9010)).unwrap(), 0x77);
     assert!(view.read_obj::<u8>(GuestAddress(0x50000)).is_err());
+    // A read-only buffer under the view: the read is answered from the range the view
+    // remembers, the write refused and nothing written.
+    fake.map(EP, 0x40000, 0x40fff, 0xa000, MapFlags::READ);
+    ram.write_obj(0x5a_u8, GuestAddress(0xa008)).unwrap();
+    assert_eq!(view.read_obj::<u8>(GuestAddress(0x40008)).unwrap(), 0x5a);
+    assert!(view.write_obj(0xa5_u8, GuestAddress(0x40008)).is_err());
+    assert_eq!(ram.read_obj::<u8>(GuestAddress(0xa008)).unwrap(), 0x5a);
+    // A buffer access across the end of its range is refused past the end.
+    assert!(view
+        .read_slice(&mut [0u8; 8], GuestAddress(0x40ffc))
+        .is_err());
     drop(view);
     assert!(fake.wait_ack(seq, Duration::from_secs(5)));
     // After the ack the rings are gone: a new view does not pin them, the access is refused.
