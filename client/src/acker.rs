@@ -13,6 +13,10 @@ use crate::endpoint_tlb::EndpointTlb;
 use crate::error::Error;
 use crate::session::Session;
 
+/// Acknowledgements that may wait for pins at once; one more closes the connection (the
+/// daemon sends far fewer: it waits for the acks of what it holds the guest for).
+pub const MAX_WAITING_ACKS: usize = 1024;
+
 /// One acknowledgement waiting for the pins of `tlbs`.
 struct Job {
     seq: u64,
@@ -63,15 +67,20 @@ impl Acker {
     /// thread.
     ///
     /// # Errors
-    /// The acknowledgement cannot be sent or queued.
+    /// The acknowledgement cannot be sent or queued, or [`MAX_WAITING_ACKS`] already wait (the
+    /// reader then closes the connection: everything cached is dropped).
     pub fn ack(
         &self,
         session: &Session,
         seq: u64,
         tlbs: Vec<Arc<EndpointTlb>>,
     ) -> Result<(), Error> {
-        if self.backlog.load(Ordering::Acquire) == 0 && tlbs.iter().all(|t| t.unpinned()) {
+        let waiting = self.backlog.load(Ordering::Acquire);
+        if waiting == 0 && tlbs.iter().all(|t| t.unpinned()) {
             return session.send(&ClientMessage::InvalAck(InvalAck { seq }));
+        }
+        if waiting >= MAX_WAITING_ACKS {
+            return Err(Error::BadReply("too many INVALIDATEs waiting for pins"));
         }
         self.backlog.fetch_add(1, Ordering::AcqRel);
         self.jobs

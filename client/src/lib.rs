@@ -43,6 +43,7 @@ pub mod ratelimit;
 mod session;
 mod translator;
 
+pub use acker::MAX_WAITING_ACKS;
 pub use client::{Client, ClientStats};
 pub use config::ClientConfig;
 pub use confined_memory::ConfinedMemory;

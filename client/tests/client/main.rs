@@ -477,3 +477,23 @@ fn acks_stay_in_order_behind_one_that_waits_for_a_pin() {
     assert!(fake.wait_ack(first, Duration::from_secs(5)));
     assert!(fake.wait_ack(second, Duration::from_secs(5)));
 }
+
+#[test]
+fn too_many_acks_waiting_for_a_pin_close_the_connection() {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x10fff, 0x4000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let dma = ConfinedMemory::new(ram, client.translator(EP, None));
+    dma.read_obj::<u8>(GuestAddress(0x10000)).unwrap();
+    let view = dma.pinned(&[(GuestAddress(0x10000), 0x1000, Permissions::Read)]);
+    fake.invalidate(Some(EP), 0x10000, 0x10fff);
+    for _ in 0..virtio_iommu_client::MAX_WAITING_ACKS {
+        fake.invalidate(Some(EP + 1), 0, u64::MAX);
+    }
+    wait_for("the client closes the connection", || !client.connected());
+    drop(view);
+    // Everything cached was dropped; the next access reconnects and asks again.
+    assert_eq!(dma.read_obj::<u8>(GuestAddress(0x10000)).unwrap(), 0);
+    assert_eq!(fake.with(|s| s.hellos), 2);
+}
