@@ -38,6 +38,9 @@
 //! Needs `target/release/vhost-device-iommu` (`cargo build -p vhost-device-iommu --release`),
 //! or `VHOST_DEVICE_IOMMU_BIN`.
 
+#[path = "socket/page_request.rs"]
+mod page_request;
+
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{fence, Ordering};
@@ -367,6 +370,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("batch64", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| rig.batch()).sum::<Duration>() / u32::from(BATCH));
     });
+    let mut prq = page_request::PrqRig::new();
+    g.bench_function("page_request_round_trip", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| prq.round_trip()).sum());
+    });
     g.finish();
 }
 
@@ -569,6 +576,8 @@ fn figures() {
         Rig::round_trip,
     );
     case(&mut rig, "socket/batch64", kicks, 64, Rig::batch);
+    let prq_rounds = env_count("SOCKET_BENCH_PRQ_ROUNDS", if quick { 1000 } else { 2000 });
+    page_request::figures(prq_rounds);
     let counter = match std::env::var("SOCKET_BENCH_SYSCALLS").as_deref() {
         Ok("perf") => Some(Counter::Perf),
         Ok("strace") => Some(Counter::Strace),
