@@ -293,6 +293,12 @@ impl IommuBackend {
                 next_used = next_used.wrapping_add(1);
             }
             queue.set_next_avail(next_avail);
+            if let Some(h) = &self.hub {
+                if engine.take_page_answers() {
+                    // A parked TRANSLATE may go on: the service resumes it at once.
+                    h.wake_service();
+                }
+            }
             let published = publish(&view, queue, old_used, next_used, self.event_idx);
             match (broke, published) {
                 (None, Ok(notify)) => {

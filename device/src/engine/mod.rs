@@ -299,6 +299,13 @@ impl Engine {
         self.inval.set_enabled(on);
     }
 
+    /// Whether a PAGE_RESP completed the group of a parked device translation or DMA since the
+    /// last call: what waits for it (the translation service) should resume it now rather than
+    /// at its next poll.
+    pub fn take_page_answers(&mut self) -> bool {
+        self.prq.take_answered()
+    }
+
     /// The changes recorded since the last call, oldest first (empty unless tracking is on).
     pub fn take_invalidations(&mut self) -> Vec<Invalidation> {
         self.inval.take()

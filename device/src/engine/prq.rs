@@ -84,6 +84,8 @@ pub(super) struct PageRequests {
     stopped: BTreeSet<u32>,
     /// Completed groups of emulated DMAs, by ticket, until the DMA picks the code up.
     dma_answers: BTreeMap<u64, PageRespCode>,
+    /// A PAGE_RESP answered an emulated DMA's group since [`PageRequests::take_answered`].
+    answered: bool,
     counters: PageRequestCounters,
     max_per_endpoint: u32,
     max_total: usize,
@@ -98,6 +100,7 @@ impl PageRequests {
             next_id: 0,
             stopped: BTreeSet::new(),
             dma_answers: BTreeMap::new(),
+            answered: false,
             counters: PageRequestCounters::default(),
             max_per_endpoint: max_per_endpoint.min(u32::from(u16::MAX)),
             max_total,
@@ -246,6 +249,11 @@ impl PageRequests {
         self.dma_answers.remove(&ticket)
     }
 
+    /// Whether a PAGE_RESP answered an emulated DMA's group since the last call.
+    pub(super) fn take_answered(&mut self) -> bool {
+        std::mem::take(&mut self.answered)
+    }
+
     /// A group the device completes with FAILURE itself (timeout, undeliverable, reset).
     fn complete_failed(
         &mut self,
@@ -320,6 +328,7 @@ impl PageRequests {
         self.take(r.endpoint, r.group_id);
         if let Origin::Dma(t) = g.origin {
             self.dma_answers.insert(t, r.code);
+            self.answered = true;
         }
         let c = &mut self.counters;
         match r.code {

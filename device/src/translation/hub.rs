@@ -68,6 +68,12 @@ impl Hub {
         hold
     }
 
+    /// Makes the service thread resume its waiting TRANSLATEs now (a PAGE_RESP answered a
+    /// page request), instead of at its next `WAIT_POLL`.
+    pub fn wake_service(&self) {
+        let _ = self.service_wake.write(1);
+    }
+
     /// Holds completed (acknowledged, or their clients cut off) since the last call.
     #[must_use]
     pub fn take_completed(&self) -> Vec<HoldId> {

@@ -174,8 +174,7 @@ impl PrqRig {
                     }
                 })
                 .expect("event queue");
-            if !d.responses.is_empty() || !d.failed_responses.is_empty() || !d.faults.is_empty()
-            {
+            if !d.responses.is_empty() || !d.failed_responses.is_empty() || !d.faults.is_empty() {
                 break d;
             }
         };
