@@ -11,6 +11,13 @@
 //!   alternately (the DMA API's map/unmap of one buffer), ns per round trip.
 //! - `socket/batch64`: 64 requests per kick, 32 MAP+UNMAP pairs of distinct 4 KiB pages (every
 //!   kick leaves the domain empty), ns per request (criterion's time of one kick / 64).
+//! - `socket/page_request_round_trip` (`socket/page_request.rs`, issue 18 goal 3): a PASID
+//!   TRANSLATE on the daemon's translation socket faults on a not-present stage-1 leaf, the
+//!   page request reaches the unmodified guest driver on the event queue, this thread (the
+//!   guest) maps the page and answers PAGE_RESP on the request queue, and the TRANSLATE is
+//!   answered: ns per round trip (its figures: median, p99, the daemon's CPU time and context
+//!   switches per round trip; `SOCKET_BENCH_PRQ_ROUNDS=N`, default 2000, 1000 with
+//!   `BENCH_QUICK`).
 //!
 //! Not timed: poisoning the reply buffers before a kick and checking every reply afterwards
 //! (used id, used length 4, status S_OK and zero reserved bytes). The requests and descriptors

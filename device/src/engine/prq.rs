@@ -476,4 +476,26 @@ mod tests {
             65535
         );
     }
+
+    #[test]
+    fn an_answered_dma_group_is_reported_once() {
+        let t0 = Instant::now();
+        let mut host = crate::host::emulated::EmulatedHost::new();
+        let mut p = PageRequests::new(4, 8, Duration::from_secs(1));
+        let gid = p.open(1, Some(1), Origin::Dma(7), t0).unwrap();
+        assert!(!p.take_answered());
+        let resp = |group_id| PageResp {
+            endpoint: 1,
+            pasid: Some(1),
+            group_id,
+            code: PageRespCode::Success,
+        };
+        // An unknown group answers nothing.
+        assert_eq!(p.respond(&mut host, &resp(gid + 1)), Status::Inval);
+        assert!(!p.take_answered());
+        assert_eq!(p.respond(&mut host, &resp(gid)), Status::Ok);
+        assert!(p.take_answered());
+        assert!(!p.take_answered());
+        assert_eq!(p.take_answer(7), Some(PageRespCode::Success));
+    }
 }
