@@ -45,6 +45,21 @@ fn gpas(
         .collect())
 }
 
+/// 64 KiB of guest-physical memory at 0.
+fn ram() -> GuestMemoryMmap {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
+}
+
+/// A client whose `ConfinedMemory` has the page at IOVA 0x10000 (guest-physical 0x4000) cached.
+fn one_cached_page() -> (Fake, Client, ConfinedMemory<GuestMemoryMmap>) {
+    let fake = Fake::start();
+    fake.map(EP, 0x10000, 0x10fff, 0x4000, RW);
+    let client = Client::connect(config(&fake)).unwrap();
+    let dma = ConfinedMemory::new(ram(), client.translator(EP, None));
+    dma.read_obj::<u8>(GuestAddress(0x10000)).unwrap();
+    (fake, client, dma)
+}
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !f() {
@@ -87,7 +102,7 @@ fn iommu_memory_reads_and_writes_at_iovas() {
     let fake = Fake::start();
     fake.map(EP, 0x10_0000, 0x10_1fff, 0x2000, RW);
     let client = Client::connect(config(&fake)).unwrap();
-    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let ram = ram();
     let dma = IommuMemory::new(ram, client.translator(EP, None), true, ());
     // Across the page boundary of the mapping.
     dma.write_slice(b"confined!", GuestAddress(0x10_0ffc))
@@ -333,7 +348,7 @@ fn confined_memory_reads_and_writes_at_iovas_inside_and_across_ranges() {
     fake.map(EP, 0x10_2000, 0x10_2fff, 0x8000, RW);
     fake.map(EP, 0x20_0000, 0x20_0fff, 0x9000, MapFlags::READ);
     let client = Client::connect(config(&fake)).unwrap();
-    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let ram = ram();
     let dma = ConfinedMemory::new(ram.clone(), client.translator(EP, None));
     // A miss, then the same range's hits (inside one range: no second TRANSLATE).
     dma.write_slice(b"confined!", GuestAddress(0x10_0ffc))
@@ -374,7 +389,7 @@ fn confined_memory_holds_its_translation_until_the_access_ends_and_asks_again_af
     let fake = Fake::start();
     fake.map(EP, 0x10000, 0x1ffff, 0x4000, RW);
     let client = Client::connect(config(&fake)).unwrap();
-    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let ram = ram();
     let dma = ConfinedMemory::new(ram.clone(), client.translator(EP, None));
     dma.write_obj(7_u64, GuestAddress(0x10000)).unwrap();
     // An access in progress (its slices not yet used up) holds the cached range.
@@ -405,7 +420,7 @@ fn a_pinned_view_delays_the_ack_of_its_rings_without_blocking_misses() {
     fake.map(EP, 0x10000, 0x11fff, 0x4000, RW);
     fake.map(EP, 0x30000, 0x30fff, 0x9000, RW);
     let client = Client::connect(config(&fake)).unwrap();
-    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+    let ram = ram();
     let dma = ConfinedMemory::new(ram.clone(), client.translator(EP, None));
     dma.write_obj(1_u16, GuestAddress(0x10000)).unwrap();
     let rings = [
@@ -461,12 +476,7 @@ fn a_pinned_view_delays_the_ack_of_its_rings_without_blocking_misses() {
 
 #[test]
 fn acks_stay_in_order_behind_one_that_waits_for_a_pin() {
-    let fake = Fake::start();
-    fake.map(EP, 0x10000, 0x10fff, 0x4000, RW);
-    let client = Client::connect(config(&fake)).unwrap();
-    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-    let dma = ConfinedMemory::new(ram, client.translator(EP, None));
-    dma.read_obj::<u8>(GuestAddress(0x10000)).unwrap();
+    let (fake, _client, dma) = one_cached_page();
     let view = dma.pinned(&[(GuestAddress(0x10000), 0x1000, Permissions::Read)]);
     let first = fake.invalidate(Some(EP), 0x10000, 0x10fff);
     // Of another endpoint: nothing pinned, yet acknowledged only after the first (an ack
@@ -480,12 +490,7 @@ fn acks_stay_in_order_behind_one_that_waits_for_a_pin() {
 
 #[test]
 fn too_many_acks_waiting_for_a_pin_close_the_connection() {
-    let fake = Fake::start();
-    fake.map(EP, 0x10000, 0x10fff, 0x4000, RW);
-    let client = Client::connect(config(&fake)).unwrap();
-    let ram = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-    let dma = ConfinedMemory::new(ram, client.translator(EP, None));
-    dma.read_obj::<u8>(GuestAddress(0x10000)).unwrap();
+    let (fake, client, dma) = one_cached_page();
     let view = dma.pinned(&[(GuestAddress(0x10000), 0x1000, Permissions::Read)]);
     fake.invalidate(Some(EP), 0x10000, 0x10fff);
     for _ in 0..virtio_iommu_client::MAX_WAITING_ACKS {
