@@ -23,8 +23,8 @@ pub trait Confinement: Debug + Clone + Send + Sync + 'static {
 
 /// The daemon's translations, through the client crate's `ConfinedMemory` (an access inside one
 /// cached range costs one search of the IOTLB; the rest goes through `IommuMemory`), in a drain
-/// through its `PinnedMemory`: the rings translated once per drain, a chain's buffers once per
-/// chain.
+/// through its `PinnedMemory`: the rings translated once per drain, the buffers looked up under
+/// the same pin.
 impl Confinement for Translator {
     type Memory = ConfinedMemory<GuestMemoryMmap>;
 
