@@ -145,6 +145,8 @@ instr=$( {
     translation_instr invalidate translation/invalidate_push_ack
     socket_instr sync socket/sync_round_trip 2000 1
     socket_instr batch64 socket/batch64 100 64
+    socket_instr sync-journal socket/sync_round_trip_journal 2000 1
+    socket_instr batch64-journal socket/batch64_journal 100 64
 } )
 
 log "socket: figures"

@@ -12,11 +12,12 @@
 #              and to a buffer's guest-physical address used as IOVA touch nothing, the
 #              daemon turns each refused TRANSLATE into a fault event, and the guest's
 #              virtio-iommu driver logs "page fault from EP 56 at <IOVA>" for both
-#   5 restart  (same boot) the daemon is killed while the guest idles and started again on
-#              the same sockets: QEMU reconnects both sockets, and the guest's next requests
-#              (it cycles its links on a carrier loss) are answered by the new daemon. The new
-#              daemon has none of the guest's domains (S_NOENT), so the NICs stop working:
-#              keeping the state across a restart is not done yet
+#   5 restart  (same boot) the daemon (with --state-file) is killed with SIGKILL while the
+#              guest idles and started again on the same sockets and state file: it resumes
+#              the guest's domains and mappings, QEMU reconnects both sockets, and the guest's
+#              next requests (it cycles its links on a carrier loss: UNMAP, MAP) all get S_OK;
+#              its NICs then exchange ARP again through translations of the new daemon, and
+#              the guest's dmesg has no new iommu error
 #   1 strict   the ARP exchange again with iommu.strict=1 (every UNMAP invalidated at once)
 #   2 blk      (same boot) QEMU's virtio-blk-pci behind the IOMMU: the guest writes 4 MiB of
 #              random data, drops its caches and reads it back; the sums match, and the disk
@@ -127,7 +128,7 @@ nic_checks() {
 # --- 1 + 5: lazy DMA domains, then the daemon restarts under the idle guest ------------------
 D=$WORK/d1
 mkdir -p "$D"
-daemon_start "$D"
+daemon_start "$D" --state-file "$D/viommu.state"
 DPID=$VM_DPID
 CTL=$D/viommu.ctl
 vm_on_hold() {
@@ -137,27 +138,26 @@ vm_on_hold() {
     wait "$DPID" 2>/dev/null || true
     vm_forget "$DPID"
     sleep 0.5
-    # The new daemon starts empty; with --boot-bypass off the guest's orphaned endpoints
-    # fault instead of DMAing to their IOVAs as guest-physical addresses.
-    daemon_start "$D" --boot-bypass off
+    # The same options and state file: the new daemon resumes what the guest built.
+    daemon_start "$D" --state-file "$D/viommu.state"
     DPID=$VM_DPID
     local s=$WORK/lazy.serial _
     for _ in $(seq 50); do
         grep -q 'translation service .* connected again' "$s.qemu" && break
         sleep 0.1
     done
-    # The guest's next requests: it cycles its links (UNMAP, MAP) on the carrier loss.
+    # The guest's next requests: it cycles its links (UNMAP, MAP) on the carrier loss, then
+    # exchanges ARP again once the carrier is back.
     vm_monitor "$s" "set_link p0 off"
-    for _ in $(seq 100); do
-        vm_stats "$CTL" >"$WORK/restart.stats"
-        [ "$(requests_of "$WORK/restart.stats")" -gt 0 ] && break
-        sleep 0.2
-    done
+    sleep 1
+    vm_monitor "$s" "set_link p0 on"
+    vm_wait_serial "$s" '^VM-HOLD2: links cycled' 90 || log "the guest did not cycle its links"
+    vm_stats "$CTL" >"$WORK/restart.stats"
 }
 # edu at 07.0 (endpoint 56); a 32-bit DMA mask so that any guest-physical address is a
 # valid target for its engine.
 EDU_EP=56
-run lazy "device:$D/viommu.sock:$D/viommu.xlate" "vm.nic=1 vm.viot=1 vm.edu=1 vm.hold=1" \
+run lazy "device:$D/viommu.sock:$D/viommu.xlate" "vm.nic=1 vm.viot=1 vm.edu=1 vm.hold=1 vm.holdarp=1" \
     -device edu,addr=07.0,dma_mask=0xffffffff
 nic_checks lazy
 S=$WORK/lazy.serial
@@ -183,8 +183,18 @@ ensure "restart: QEMU reconnected to the new daemon's translation socket" \
 RST=$WORK/restart.stats
 expect "restart: QEMU's vhost-user connection came back (driver features negotiated twice)" \
     "$(grep -c 'driver features' "$D/daemon.log")" 2
-ensure "restart: the guest's next requests were answered by the new daemon ($(requests_of "$RST"))" \
-    [ "$(requests_of "$RST")" -gt 0 ]
+ensure "restart: the new daemon resumed the guest's state ($(grep -o 'resumed [0-9]* domains, [0-9]* mappings' "$D/daemon.log" | tail -n1))" \
+    grep -q 'state file .* resumed [1-9][0-9]* domains' "$D/daemon.log"
+# The resumed counters carry on from the old daemon's: more than it had at the hold point.
+ensure "restart: the guest's next requests were answered by the new daemon ($(requests_of "$WORK/lazy.stats") -> $(requests_of "$RST"))" \
+    [ "$(requests_of "$RST")" -gt "$(requests_of "$WORK/lazy.stats")" ]
+expect "restart: non-OK statuses after the restart" "$(errors_of "$RST")" 0
+expect "restart: ARP between the NICs after the restart" \
+    "$(serial "$S" | grep -c '^VM-HOLD2: nic dma: ARP .* OK')" 2
+ensure "restart: the NICs' DMA translated by the new daemon ($(translations_of "$RST") translations)" \
+    [ "$(translations_of "$RST")" -gt 0 ]
+expect "restart: the guest's new iommu errors in dmesg" \
+    "$(serial "$S" | sed -n 's/^VM-HOLD2: iommu errors in dmesg since the hold: //p')" 0
 log "restart: the new daemon's counters: $(jq -c '{map, unmap, attach, detach}' "$RST")"
 vm_daemon_stop "$DPID"
 

@@ -59,6 +59,13 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub translation_socket: Option<PathBuf>,
 
+    /// Keep the device state in this file (PROTOCOL.md §13) and resume from it at start: a
+    /// daemon killed and started again with the same file gives the guest back every domain
+    /// and mapping, and the state also survives frontend reconnects. One file per VM: remove
+    /// it when the VM starts afresh.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+
     /// Translation clients served at once; one more is accepted and closed at once.
     #[arg(long, default_value_t = virtio_iommu_spec::translation::DEFAULT_MAX_CLIENTS)]
     pub max_translation_clients: usize,
@@ -193,6 +200,8 @@ pub struct DaemonConfig {
     pub max_control_clients: usize,
     /// The translation service, if `--translation-socket` is given.
     pub translation: Option<TranslationConfig>,
+    /// The state file (`--state-file`).
+    pub state_file: Option<PathBuf>,
     /// Host backend.
     pub host: HostKind,
     /// Virtqueue size.
@@ -480,6 +489,7 @@ impl TryFrom<Args> for DaemonConfig {
             control_socket: a.control_socket,
             max_control_clients: a.max_control_clients,
             translation,
+            state_file: a.state_file,
             host: a.host,
             queue_size: a.queue_size,
             engine,

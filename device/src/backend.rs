@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::engine::Engine;
+use crate::journal::{RingMarks, SharedJournal};
 use crate::limited;
 use crate::queue::{self, Scratch};
 use crate::ring::{RingError, RingView};
@@ -101,6 +102,8 @@ pub struct IommuBackend {
     held: HeldReplies,
     /// The request ring the held replies go to, for a ring stop that must finish them.
     held_ring: Option<HeldRing>,
+    /// The state file (`--state-file`): every change is journaled before the guest sees it.
+    journal: Option<SharedJournal>,
 }
 
 /// The request ring held replies go to (`VringRwLock` has no `Debug`).
@@ -118,7 +121,12 @@ impl IommuBackend {
     ///
     /// # Errors
     /// The wake eventfd cannot be created.
-    pub fn new(engine: SharedEngine, queue_size: u16, hub: Option<Arc<Hub>>) -> io::Result<Self> {
+    pub fn new(
+        engine: SharedEngine,
+        queue_size: u16,
+        hub: Option<Arc<Hub>>,
+        journal: Option<SharedJournal>,
+    ) -> io::Result<Self> {
         let mut timer = TimerFd::new()?;
         if lock(&engine)
             .offered_features()
@@ -126,6 +134,12 @@ impl IommuBackend {
         {
             timer.reset(TIMER_PERIOD, Some(TIMER_PERIOD))?;
         }
+        // Where the rings were under the last connection (or the last daemon), so that this
+        // connection's first start is told apart as a resume or a guest reset.
+        let marks = journal
+            .as_ref()
+            .map(|j| j.lock().marks())
+            .unwrap_or_default();
         Ok(IommuBackend {
             timer,
             engine,
@@ -135,8 +149,8 @@ impl IommuBackend {
             wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             handed_out: Mutex::new(Vec::new()),
             restart_pending: false,
-            last_avail: [0; NUM_QUEUES],
-            ring_addrs: None,
+            last_avail: marks.next_avail,
+            ring_addrs: marks.addrs,
             scratch: Scratch::default(),
             broken: [false; NUM_QUEUES],
             requests_deferred: false,
@@ -144,6 +158,7 @@ impl IommuBackend {
             hub,
             held: HeldReplies::default(),
             held_ring: None,
+            journal,
         })
     }
 
@@ -197,6 +212,17 @@ impl IommuBackend {
             );
             let mut engine = lock(&self.engine);
             engine.reset();
+            if let Some(j) = &self.journal {
+                let mut j = j.lock();
+                j.reset();
+                j.rings(
+                    RingMarks {
+                        next_avail: now,
+                        addrs: Some(addrs),
+                    },
+                    false,
+                );
+            }
             self.flush_invalidations(&mut engine);
             drop(engine);
             let dropped = self.held.clear();
@@ -209,6 +235,16 @@ impl IommuBackend {
                 "rings resumed at {now:?} (were {:?}): state kept",
                 self.last_avail
             );
+            if let Some(j) = &self.journal {
+                let _engine = lock(&self.engine);
+                j.lock().rings(
+                    RingMarks {
+                        next_avail: now,
+                        addrs: Some(addrs),
+                    },
+                    true,
+                );
+            }
         }
         self.last_avail = now;
         self.ring_addrs = Some(addrs);
@@ -271,9 +307,32 @@ impl IommuBackend {
                         break;
                     }
                 };
+                let pos = next_avail;
                 next_avail = next_avail.wrapping_add(1);
-                let used =
-                    queue::process_request(&*mem, view.chain(head), &mut engine, &mut self.scratch);
+                // Answered by the daemon before a restart: the same answer, not applied twice.
+                let replayed = self
+                    .journal
+                    .as_ref()
+                    .and_then(|j| j.lock().replayed(pos, head))
+                    .and_then(|a| {
+                        let chain = view.chain(head);
+                        queue::replay_answer(&*mem, chain, a.used, a.status, &mut self.scratch)
+                    });
+                let used = if let Some(used) = replayed {
+                    used
+                } else {
+                    let used = queue::process_request(
+                        &*mem,
+                        view.chain(head),
+                        &mut engine,
+                        &mut self.scratch,
+                    );
+                    if let Some(j) = &self.journal {
+                        let (readable, reply) = (self.scratch.readable(), self.scratch.reply(used));
+                        j.lock().request(pos, head, readable, reply);
+                    }
+                    used
+                };
                 // Told while the engine is still locked (see translation/registry.rs).
                 let hold = self
                     .hub
@@ -293,6 +352,14 @@ impl IommuBackend {
                 next_used = next_used.wrapping_add(1);
             }
             queue.set_next_avail(next_avail);
+            // In the file before the guest can see an answer (the used index below).
+            if let Some(j) = &self.journal {
+                let mut j = j.lock();
+                j.flush();
+                if j.wants_compaction() && self.held.is_empty() {
+                    j.compact(&engine);
+                }
+            }
             if let Some(h) = &self.hub {
                 if engine.take_page_answers() {
                     // A parked TRANSLATE may go on: the service resumes it at once.
@@ -548,7 +615,12 @@ impl VhostUserBackendMut for IommuBackend {
     fn acked_features(&mut self, features: u64) {
         let device = Features::from_bits_truncate(features);
         info!("driver features {features:#x} (device: {device:?})");
-        lock(&self.engine).negotiate(device);
+        let mut engine = lock(&self.engine);
+        engine.negotiate(device);
+        if let Some(j) = &self.journal {
+            j.lock().features(engine.negotiated());
+        }
+        drop(engine);
         self.restart_pending = true;
     }
 
@@ -582,7 +654,14 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn check_device_state(&self) -> io::Result<()> {
-        self.transfer.finish(&self.engine)
+        if self.transfer.finish(&self.engine)? {
+            if let Some(j) = &self.journal {
+                // The loaded state replaces everything the file held.
+                let engine = lock(&self.engine);
+                j.lock().compact(&engine);
+            }
+        }
+        Ok(())
     }
 
     fn set_event_idx(&mut self, enabled: bool) {
@@ -622,11 +701,16 @@ impl VhostUserBackendMut for IommuBackend {
         // Never fail: an error here makes the library drop the whole connection, and the value
         // comes from the guest.
         let mut engine = lock(&self.engine);
-        if let Err(e) = engine.write_config(offset, buf) {
-            limited!(
+        match engine.write_config(offset, buf) {
+            Ok(()) => {
+                if let Some(j) = &self.journal {
+                    j.lock().config(offset, buf);
+                }
+            }
+            Err(e) => limited!(
                 Warn,
                 "ignored config write at offset {offset} ({buf:02x?}): {e}"
-            );
+            ),
         }
         self.flush_invalidations(&mut engine);
         Ok(())

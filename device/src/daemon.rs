@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::host::emulated::EmulatedHost;
 use crate::host::iommufd::{IommufdConfig, IommufdHost};
 use crate::host::{HostIommu, ReservedRegion};
+use crate::journal::{Journal, SharedJournal};
 use crate::translation::{self, Hub};
 
 /// The host backend with what the serve loop must poll for it.
@@ -135,6 +136,7 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     host_events: Option<File>,
     hub: Option<Arc<Hub>>,
+    journal: Option<SharedJournal>,
 }
 
 impl Daemon {
@@ -144,7 +146,14 @@ impl Daemon {
     /// Host or device configuration errors, or the control socket cannot be bound.
     pub fn new(mut config: DaemonConfig) -> Result<Self> {
         let host = make_host(&mut config)?;
-        let engine = Engine::new(config.engine.clone(), host.iommu).map_err(Error::Device)?;
+        let mut engine = Engine::new(config.engine.clone(), host.iommu).map_err(Error::Device)?;
+        let journal = match &config.state_file {
+            Some(path) => Some(Arc::new(parking_lot::Mutex::new(Journal::open(
+                path,
+                &mut engine,
+            )?))),
+            None => None,
+        };
         let f = Footprint::of(&config.engine.limits);
         let mib = |b: u64| b.div_ceil(1 << 20);
         info!(
@@ -179,6 +188,7 @@ impl Daemon {
             stop: Arc::new(AtomicBool::new(false)),
             host_events: host.events,
             hub,
+            journal,
         })
     }
 
@@ -239,8 +249,9 @@ impl Daemon {
 
     fn serve_one(&self) -> Result<()> {
         // Each connection starts from a freshly reset device (bypass back to its boot value);
-        // translation clients drop what they cached of the last frontend's guest.
-        {
+        // translation clients drop what they cached of the last frontend's guest. With a
+        // state file the state is the VM's, kept across reconnects as across restarts.
+        if self.journal.is_none() {
             let mut engine = lock(&self.engine);
             engine.system_reset();
             if let Some(hub) = &self.hub {
@@ -251,6 +262,7 @@ impl Daemon {
             self.engine.clone(),
             self.config.queue_size,
             self.hub.clone(),
+            self.journal.clone(),
         )?;
         let wake = backend.wake_fd();
         let timer = backend.timer_fd();

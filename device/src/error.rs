@@ -45,6 +45,9 @@ pub enum Error {
         /// The I/O error.
         err: io::Error,
     },
+    /// The state file cannot be resumed from or kept.
+    #[error("{0}")]
+    Journal(#[from] crate::journal::JournalError),
     /// An eventfd or another OS resource could not be created.
     #[error("system resource: {0}")]
     Io(#[from] io::Error),

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod host;
+pub mod journal;
 pub mod queue;
 pub mod ratelimit;
 pub mod ring;

@@ -47,6 +47,19 @@ pub enum ChainError {
 }
 
 impl Scratch {
+    /// The readable part of the last request gathered (capped at [`READABLE_CAP`] bytes).
+    #[must_use]
+    pub fn readable(&self) -> &[u8] {
+        &self.readable
+    }
+
+    /// The first `used` bytes of the last reply.
+    #[must_use]
+    pub fn reply(&self, used: u32) -> &[u8] {
+        let n = usize::try_from(used).unwrap_or(usize::MAX);
+        self.writable.get(..n).unwrap_or(&[])
+    }
+
     /// Collects the chain: readable bytes into `readable` (capped), writable segments into
     /// `segments`. Returns the total writable size and the first writable segment's host
     /// slice (the whole reply, for almost every request).
@@ -187,6 +200,32 @@ pub fn process_request<M: GuestMemoryBackend>(
             0
         }
     }
+}
+
+/// Answers a request chain again with the status `status` and used length `used` it got
+/// before a restart (crate::journal), without handing it to the engine: zeros, then the
+/// status in the tail, as [`Engine::handle_request`] writes them. Returns the used length, or
+/// `None` (nothing written) when the chain is not the one answered: its writable part has
+/// another size, or it cannot be walked.
+pub fn replay_answer<M: GuestMemoryBackend>(
+    mem: &M,
+    chain: impl Iterator<Item = Result<Desc, RingError>>,
+    used: u32,
+    status: u8,
+    scratch: &mut Scratch,
+) -> Option<u32> {
+    let (writable, first) = scratch.gather(mem, chain).ok()?;
+    let len = usize::try_from(used).ok()?;
+    if writable != len || len < virtio_iommu_spec::request::TAIL_SIZE {
+        return None;
+    }
+    let mut out = std::mem::take(&mut scratch.writable);
+    out.clear();
+    out.resize(len, 0);
+    out[len - virtio_iommu_spec::request::TAIL_SIZE] = status;
+    let result = scratch.scatter(mem, first.as_ref(), &out);
+    scratch.writable = out;
+    result.ok().map(|()| used)
 }
 
 /// Fills one event buffer with the next pending event; call it only while one is pending

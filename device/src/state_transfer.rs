@@ -125,10 +125,11 @@ impl StateTransfer {
 
     /// CHECK_DEVICE_STATE: waits for the transfer's thread; for a load, loads the stream into
     /// the engine (refused streams change nothing and are logged with the difference).
+    /// Returns whether the engine's state was replaced.
     ///
     /// # Errors
     /// No transfer was started, the pipe failed, or the stream was refused.
-    pub fn finish(&self, engine: &SharedEngine) -> io::Result<()> {
+    pub fn finish(&self, engine: &SharedEngine) -> io::Result<bool> {
         let pending = self
             .pending
             .lock()
@@ -142,7 +143,7 @@ impl StateTransfer {
             Some(Pending::Save(h, len)) => match joined(h.join()) {
                 Ok(()) => {
                     info!("device state: {len} bytes saved");
-                    Ok(())
+                    Ok(false)
                 }
                 Err(e) => {
                     warn!("device state: saving failed: {e}");
@@ -161,7 +162,7 @@ impl StateTransfer {
                             bytes.len(),
                             summary(&e)
                         );
-                        Ok(())
+                        Ok(true)
                     }
                     Err(err) => {
                         warn!("device state refused: {err}");

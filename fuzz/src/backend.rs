@@ -362,7 +362,7 @@ impl Harness {
         let engine = Engine::new(cfg, Box::new(EmulatedHost::new())).expect("valid config");
         let engine: SharedEngine = Arc::new(parking_lot::Mutex::new(engine));
         let mut backend =
-            IommuBackend::new(engine.clone(), MAX_QUEUE_SIZE, None).expect("eventfd and timerfd");
+            IommuBackend::new(engine.clone(), MAX_QUEUE_SIZE, None, None).expect("eventfd and timerfd");
         let mem = guest_ram();
         let atomic = GuestMemoryAtomic::new(mem.clone());
         // What SET_FEATURES, SET_MEM_TABLE and the rings' setup do, in QEMU's order.

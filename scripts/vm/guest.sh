@@ -19,6 +19,9 @@
 #                   inspect the daemon and quit QEMU. If meanwhile the virtio-net (00:04.0)
 #                   loses its carrier (the host's `set_link p0 off`), cycle every NIC down
 #                   and up again (UNMAP / MAP traffic) and print "VM-HOLD2"
+#   vm.holdarp=1    with vm.hold=1 and vm.nic=1: after that cycle, wait for the carrier, run
+#                   the ARP exchange again and report it and the iommu errors dmesg gained
+#                   since the hold point as "VM-HOLD2: ..." lines
 #   vm.blk=1        write 4 MiB of random data to the first virtio disk (/dev/vda), drop the
 #                   caches, read it back and compare SHA-256 sums (VM: blk dma: ... sha256 X)
 #   vm.viot=1       print the ACPI VIOT the firmware gave the guest, in hex (VM-VIOT:)
@@ -243,12 +246,19 @@ if [ "$(arg vm.reboot)" = 1 ] && [ $boot = 1 ]; then
 fi
 [ "$(arg vm.reboot)" = 1 ] && cmos_write 0
 if [ "$(arg vm.hold)" = 1 ]; then
+    held_at=$(dmesg | wc -l)
     echo "VM-HOLD: waiting for the host"
     vnet=$(ls -d /sys/bus/pci/devices/0000:00:04.0/virtio*/net/* 2>/dev/null | head -n1)
     for _ in $(seq 600); do
         if [ -n "$vnet" ] && [ "$(cat "$vnet/carrier" 2>/dev/null)" = 0 ]; then
             for n in $nics; do ip link set "$n" down; ip link set "$n" up; done
             sleep 0.5
+            if [ "$(arg vm.holdarp)" = 1 ] && [ "$(arg vm.nic)" = 1 ]; then
+                arp_test 2>&1 | sed 's/^VM: /VM-HOLD2: /'
+                n=$(dmesg | tail -n +"$((held_at + 1))" | grep -iE 'iommu' \
+                    | grep -ciE '\b(fault|error|fail|failed|timeout|warn|warning)\b')
+                echo "VM-HOLD2: iommu errors in dmesg since the hold: $n"
+            fi
             echo "VM-HOLD2: links cycled after the carrier loss"
             vnet=
         fi

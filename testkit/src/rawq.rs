@@ -233,6 +233,12 @@ impl RawQueue {
         self.config.used_idx(&*self.memory)
     }
 
+    /// Rewrites the device's used index to `idx`, as if the device had died before
+    /// publishing what lies beyond it (the entries stay in flight here).
+    pub fn set_device_used_idx(&self, idx: u16) -> Result<()> {
+        self.config.set_used_idx(&*self.memory, idx)
+    }
+
     /// Chains submitted and not yet returned.
     #[must_use]
     pub fn in_flight(&self) -> usize {

@@ -227,6 +227,15 @@ impl RingConfig {
         mem.load_u16(self.used + 2)
     }
 
+    /// Device: publishes `idx` as the used index verbatim (a test rewinding what a device
+    /// published, as if it had died before publishing).
+    ///
+    /// # Errors
+    /// [`RingMemory::store_u16`]'s.
+    pub fn set_used_idx(&self, mem: &(impl RingMemory + ?Sized), idx: u16) -> Result<()> {
+        mem.store_u16(self.used + 2, idx)
+    }
+
     /// Driver: the used element `(id, len)` of index `idx`.
     ///
     /// # Errors

@@ -37,7 +37,10 @@
 //! `SOCKET_BENCH_ROUNDS=N` changes the number of single round trips (default 5000) and
 //! `SOCKET_BENCH_KICKS=N` the kicks of 64 (default 2000, 500 with `BENCH_QUICK`).
 //!
-//! `--daemon-run CASE N` (`sync` or `batch64`) only sends N round trips or kicks, untimed, and
+//! - `socket/sync_round_trip_journal`, `socket/batch64_journal`: the same two through a daemon
+//!   with `--state-file` (issue 17: what keeping the state for a restart costs a request).
+//!
+//! `--daemon-run CASE N` (`sync` or `batch64`, either with `-journal`) only sends N round trips or kicks, untimed, and
 //! stops the daemon with SIGTERM: `scripts/bench.sh` runs it with the daemon under callgrind
 //! (a wrapper script as `VHOST_DEVICE_IOMMU_BIN`) for N and 0, the daemon's instructions per
 //! request being the difference over the requests.
@@ -107,6 +110,8 @@ struct Rig {
     /// Declared before the daemon: the connection closes before the daemon is killed.
     fe: Frontend,
     daemon: Daemon,
+    /// Holds the daemon's `--state-file` (the `_journal` cases).
+    _state_dir: Option<tempfile::TempDir>,
 }
 
 /// CPU time and context switches of all the daemon's threads so far.
@@ -186,7 +191,19 @@ fn bench_request(k: u16) -> Request {
 
 impl Rig {
     fn new() -> Rig {
-        let daemon = Daemon::spawn_logging("warn", &[] as &[&str]).expect("daemon starts");
+        Self::with(false)
+    }
+
+    /// With `journal`, the daemon keeps its state in a `--state-file` (every answered request
+    /// written there before it is published).
+    fn with(journal: bool) -> Rig {
+        let state_dir = journal.then(|| tempfile::tempdir().expect("tempdir"));
+        let args: Vec<String> = state_dir
+            .iter()
+            .map(|d| d.path().join("viommu.state").display().to_string())
+            .flat_map(|p| ["--state-file".to_string(), p])
+            .collect();
+        let daemon = Daemon::spawn_logging("warn", &args).expect("daemon starts");
         let mem = Arc::new(GuestMemory::new(RAM_BASE, RAM_SIZE).expect("guest RAM"));
         let mut fe = daemon.connect(mem.clone()).expect("frontend connects");
         let rq = ring(&mem, QSIZE);
@@ -209,6 +226,7 @@ impl Rig {
             kicks: 0,
             fe,
             daemon,
+            _state_dir: state_dir,
         };
         rig.load(0, &req::attach(DOMAIN, ENDPOINT));
         rig.run(&[0]);
@@ -583,6 +601,23 @@ fn figures() {
         Rig::round_trip,
     );
     case(&mut rig, "socket/batch64", kicks, 64, Rig::batch);
+    // The same through a daemon with a state file, in the same run (side by side).
+    let mut journaled = Rig::with(true);
+    case(
+        &mut journaled,
+        "socket/sync_round_trip_journal",
+        rounds,
+        1,
+        Rig::round_trip,
+    );
+    case(
+        &mut journaled,
+        "socket/batch64_journal",
+        kicks,
+        64,
+        Rig::batch,
+    );
+    drop(journaled);
     let prq_rounds = env_count("SOCKET_BENCH_PRQ_ROUNDS", if quick { 1000 } else { 2000 });
     page_request::figures(prq_rounds);
     let counter = match std::env::var("SOCKET_BENCH_SYSCALLS").as_deref() {
@@ -615,11 +650,15 @@ criterion_group! {
 /// wrapper), whose counts of N minus those of 0, divided by the requests, are its instructions
 /// per request.
 fn daemon_run(case: &str, n: u64) {
-    let mut rig = Rig::new();
-    let one = match case {
+    let (base, journal) = match case.strip_suffix("-journal") {
+        Some(base) => (base, true),
+        None => (case, false),
+    };
+    let mut rig = Rig::with(journal);
+    let one = match base {
         "sync" => Rig::round_trip,
         "batch64" => Rig::batch,
-        other => panic!("--daemon-run {other}: sync or batch64"),
+        other => panic!("--daemon-run {other}: sync or batch64 (either with -journal)"),
     };
     for _ in 0..n {
         one(&mut rig);

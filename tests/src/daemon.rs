@@ -178,6 +178,13 @@ impl Daemon {
         }
     }
 
+    /// Kills the daemon with SIGKILL (no cleanup of any kind) and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// The daemon's process id (e.g. to count its fds in `/proc/<pid>/fd`).
     #[must_use]
     pub fn pid(&self) -> u32 {

@@ -170,6 +170,7 @@ fn daemon_in_a_thread_through_the_library() {
         control_socket: Some(control.clone()),
         max_control_clients: 16,
         translation: None,
+        state_file: None,
         host: HostKind::Emulated,
         queue_size: 32,
         engine: EngineConfig {

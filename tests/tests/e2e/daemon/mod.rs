@@ -6,5 +6,6 @@ mod control;
 mod hostile;
 mod lifecycle;
 mod requests;
+mod restart;
 mod state;
 pub mod vm;
