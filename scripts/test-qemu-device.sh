@@ -22,6 +22,13 @@
 #   2 blk      (same boot) QEMU's virtio-blk-pci behind the IOMMU: the guest writes 4 MiB of
 #              random data, drops its caches and reads it back; the sums match, and the disk
 #              image on the host holds the same bytes
+#   7 restarts (issue 17) a guest moving disk blocks (1 MiB written, caches dropped, read
+#              back, compared) and ARP between its NICs for 40 s while the daemon is SIGKILLed
+#              and started again on its --state-file RESTARTS times (default 10) at random
+#              moments 0.5-2.5 s apart: every new daemon resumes the guest's state, no disk
+#              round and no ARP exchange fails (QEMU's translations wait for the translation
+#              socket while the daemon is away), the guest's dmesg has no iommu error or
+#              kernel warning, and no request got a non-OK status
 #   6 speed    the same guest and disk, lazy DMA domains, ours, then QEMU's own
 #              virtio-iommu-pci (devices with iommu_platform=on, same memory backend):
 #              O_DIRECT sequential read of SPEED_MIB MiB (default 32) from a virtio-blk disk
@@ -220,6 +227,55 @@ expect "blk: the disk image holds the guest's data" \
 expect "blk: the disk in a DMA domain" \
     "$(serial "$S" | grep -cE '^VM-PCI: 0000:00:06\.0 .* type=DMA$')" 1
 vm_daemon_stop "$DPID"
+
+# --- 7: ten kills under traffic (issue 17) ------------------------------------------------
+# restart_loop SERIAL DIR N: once the guest's traffic runs, N times: wait 0.5-2.5 s, SIGKILL
+# the daemon whose pid is in DIR/daemon.pid and start another on the same sockets and state
+# file (run in the background: the pid file tells the caller which daemon is the last).
+restart_loop() {
+    local serial=$1 dir=$2 n=$3 i pid
+    vm_wait_serial "$serial" '^VM-TRAFFIC-START' "$TMO" || return 0
+    for i in $(seq "$n"); do
+        sleep "$(awk -v s="$RANDOM" 'BEGIN { srand(s); printf "%.2f", 0.5 + 2 * rand() }')"
+        pid=$(cat "$dir/daemon.pid")
+        kill -KILL "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+        daemon_start "$dir" --state-file "$dir/viommu.state"
+        echo "$VM_DPID" >"$dir/daemon.pid"
+        echo "kill $i: daemon $pid killed, $VM_DPID started" >>"$dir/restarts.log"
+    done
+}
+RESTARTS=${RESTARTS:-10}
+D=$WORK/d4
+mkdir -p "$D"
+daemon_start "$D" --state-file "$D/viommu.state"
+echo "$VM_DPID" >"$D/daemon.pid"
+CTL=$D/viommu.ctl
+vm_on_hold() { vm_stats "$CTL" >"$WORK/restarts.stats"; }
+TDISK=$WORK/traffic.img
+truncate -s 16M "$TDISK"
+restart_loop "$WORK/restarts.serial" "$D" "$RESTARTS" &
+LPID=$!
+run restarts "device:$D/viommu.sock:$D/viommu.xlate" \
+    "vm.nic=1 vm.traffic=$((RESTARTS * 3 + 10)) vm.hold=1" \
+    -drive "file=$TDISK,if=none,id=disk0,format=raw,cache=none" \
+    -device virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on,addr=06.0
+wait "$LPID" 2>/dev/null || true
+S=$WORK/restarts.serial
+expect "restarts: daemons killed and restarted under traffic" \
+    "$(grep -c '^kill ' "$D/restarts.log" 2>/dev/null || echo 0)" "$RESTARTS"
+expect "restarts: each new daemon resumed the guest's state" \
+    "$(grep -c 'state file .* resumed [1-9][0-9]* domains' "$D/daemon.log")" "$RESTARTS"
+T=$(serial "$S" | sed -n 's/^VM-TRAFFIC: //p')
+ensure "restarts: guest traffic across the kills (${T:-none})" \
+    grep -qE '^disk [1-9][0-9]* rounds, 0 errors; arp [1-9][0-9]* exchanges, 0 failed$' <<<"$T"
+ensure "restarts: guest checks passed (no iommu error or kernel warning in dmesg)" \
+    grep -q '^VM-RESULT: PASS' "$S"
+expect "restarts: non-OK statuses" "$(errors_of "$WORK/restarts.stats")" 0
+log "restarts: $(grep -c 'connected again' "$S.qemu") translation reconnects; the last daemon's counters: $(jq -c '{map: .map.ok, unmap: .unmap.ok, translate: .translation.translate_ok}' "$WORK/restarts.stats")"
+pid=$(cat "$D/daemon.pid")
+kill "$pid" 2>/dev/null || true
+while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 
 # --- 6: speed, ours vs QEMU's virtio-iommu-pci ----------------------------------------------
 MIB=${SPEED_MIB:-32}

@@ -338,7 +338,8 @@ impl IommuBackend {
                     .hub
                     .as_ref()
                     .and_then(|h| h.invalidate(engine.take_invalidations()));
-                if let Some(hold) = hold {
+                // Held for acks, or behind a held reply (replies leave in ring order).
+                if hold.is_some() || !self.held.is_empty() {
                     self.held.push(HeldReply { hold, head, used });
                     if self.held_ring.is_none() {
                         self.held_ring = Some(HeldRing(vring.clone()));

@@ -24,6 +24,11 @@
 #                   since the hold point as "VM-HOLD2: ..." lines
 #   vm.blk=1        write 4 MiB of random data to the first virtio disk (/dev/vda), drop the
 #                   caches, read it back and compare SHA-256 sums (VM: blk dma: ... sha256 X)
+#   vm.traffic=S    (needs vm.nic=1 and /dev/vda) print "VM-TRAFFIC-START", then for S
+#                   seconds move disk blocks (1 MiB of random data written, the caches
+#                   dropped, read back and compared, round after round) and, at the same time,
+#                   ARP between the two NICs (each exchange up to 5 tries); print
+#                   "VM-TRAFFIC: disk R rounds, E errors; arp N exchanges, F failed"
 #   vm.viot=1       print the ACPI VIOT the firmware gave the guest, in hex (VM-VIOT:)
 #   vm.blkread=MIB  (needs /bin/vm-guest-tool) O_DIRECT sequential read of MIB MiB from
 #                   /dev/vda: "VM-SPEED: blk-read ... MB/s"
@@ -135,6 +140,46 @@ blk_test() {
     rm -f /tmp/blk.data
 }
 [ "$(arg vm.blk)" = 1 ] && blk_test
+
+# One ARP exchange from $1 to address $2 (up to 5 tries): status 0 if answered.
+arp_once() {
+    for _ in 1 2 3 4 5; do
+        arping -D -c 1 -w 2 -I "$1" "$2" 2>/dev/null | grep -q 'Received 1 response' && return 0
+    done
+    return 1
+}
+traffic() {
+    secs=$1
+    [ -b /dev/vda ] || { bad "traffic: no /dev/vda"; return; }
+    # shellcheck disable=SC2086 # split the list into positional parameters
+    set -- $nics
+    [ $# -ge 2 ] || { bad "traffic: fewer than two NICs: $nics"; return; }
+    end=$(($(date +%s) + secs))
+    echo "VM-TRAFFIC-START: $secs s"
+    (
+        r=0 e=0
+        while [ "$(date +%s)" -lt "$end" ]; do
+            dd if=/dev/urandom of=/tmp/t.in bs=1M count=1 2>/dev/null
+            dd if=/tmp/t.in of=/dev/vda bs=1M seek=$((r % 8)) count=1 conv=fsync 2>/dev/null \
+                || e=$((e + 1))
+            echo 3 >/proc/sys/vm/drop_caches
+            dd if=/dev/vda of=/tmp/t.out bs=1M skip=$((r % 8)) count=1 2>/dev/null || e=$((e + 1))
+            [ "$(sha256sum </tmp/t.in)" = "$(sha256sum </tmp/t.out)" ] || e=$((e + 1))
+            r=$((r + 1))
+        done
+        echo "$r $e" >/tmp/traffic.disk
+    ) &
+    n=0 f=0
+    while [ "$(date +%s)" -lt "$end" ]; do
+        arp_once "$1" 10.99.0.2 && n=$((n + 1)) || f=$((f + 1))
+        arp_once "$2" 10.99.0.1 && n=$((n + 1)) || f=$((f + 1))
+    done
+    wait
+    read -r r e </tmp/traffic.disk
+    echo "VM-TRAFFIC: disk $r rounds, $e errors; arp $n exchanges, $f failed"
+    [ "$e" = 0 ] && [ "$f" = 0 ] || bad "traffic: $e disk errors, $f ARP exchanges failed"
+}
+[ -n "$(arg vm.traffic)" ] && traffic "$(arg vm.traffic)"
 
 mark() { echo "VM-MARK: $1"; sleep 1; }
 tool=/bin/vm-guest-tool
