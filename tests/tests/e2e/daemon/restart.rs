@@ -3,7 +3,8 @@
 //! guest memory) and the guest sees its device as it left it: every domain, mapping and the
 //! bypass byte, requests submitted while no daemon ran answered, and a request the first
 //! daemon answered but never published answered once more with its first status, not
-//! applied twice. Then the same kill at random moments under a stream of MAP/UNMAP.
+//! applied twice. Then the same kill at random moments under a stream of MAP/UNMAP, and with
+//! replies held for a translation client's ack (published in ring order, answered once).
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -233,4 +234,78 @@ fn killed_at_random_moments_under_map_unmap_nothing_is_lost() {
         })
         .collect();
     assert_eq!(vm.domains(), json!([domain(1, &[8], &want)]));
+}
+
+/// A reply held for a translation client's ack, and one behind it, when the daemon dies: the
+/// later reply must not have been published ahead of the held one (the frontend restarts the
+/// ring at the used index, so it would be taken and answered twice), and after the restart
+/// both are answered once, in ring order, with their first statuses.
+#[test]
+fn replies_held_for_acks_are_answered_once_after_a_kill() {
+    use virtio_iommu_e2e::TranslationClient;
+    use virtio_iommu_spec::translation::{HelloStatus, TranslateFlags, TranslateStatus};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("viommu.state");
+    let xlate = dir.path().join("translation.sock");
+    let a = args(&state);
+    let mut all: Vec<&str> = a.iter().map(String::as_str).collect();
+    all.extend(["--translation-socket", xlate.to_str().unwrap()]);
+    let mut vm = Vm::start(&all);
+    for r in [attach(1, 8), map(1, 0x10000, 0x1ffff, 0x4000_0000)] {
+        assert_eq!(vm.send(&r), Status::Ok);
+    }
+    let mut c = TranslationClient::connect(&xlate, WAIT).unwrap();
+    assert_eq!(
+        c.hello(&[(0, 0xffff)]).unwrap().status,
+        HelloStatus::Accepted
+    );
+    let t = c
+        .translate(8, None, 0x10000, 0x1000, TranslateFlags::READ)
+        .unwrap();
+    assert_eq!(t.status, TranslateStatus::Ok);
+
+    // The UNMAP waits for the client's ack, which never comes; the MAP behind it is done but
+    // its reply waits too.
+    let before = vm.rq.device_used_idx().unwrap();
+    let unmap_head = vm
+        .rq
+        .submit(&chain_of(&unmap(1, 0x10000, 0x1ffff)))
+        .unwrap();
+    vm.rq.kick(&vm.fe).unwrap();
+    c.next_invalidate().unwrap();
+    let map_head = vm
+        .rq
+        .submit(&chain_of(&map(1, 0x50000, 0x50fff, 0)))
+        .unwrap();
+    vm.rq.kick(&vm.fe).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while vm.stats()["mappings"] != json!(1) {
+        assert!(std::time::Instant::now() < deadline, "the MAP is processed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    vm.rq.expect_no_used(QUIET).unwrap();
+    let mut vm = kill_and_restart(vm, &state, |vm| {
+        assert_eq!(
+            vm.rq.device_used_idx().unwrap(),
+            before,
+            "nothing published"
+        );
+    });
+    drop(c);
+    let done = vm.rq.wait_used(WAIT).unwrap();
+    assert_eq!(done.head, unmap_head);
+    assert_eq!(reply_status(&done, 4), Status::Ok);
+    let done = vm.rq.wait_used(WAIT).unwrap();
+    assert_eq!(done.head, map_head);
+    assert_eq!(
+        reply_status(&done, 4),
+        Status::Ok,
+        "answered once, not re-executed"
+    );
+    vm.rq.expect_no_used(QUIET).unwrap();
+    assert_eq!(
+        vm.domains(),
+        json!([domain(1, &[8], &[mapping(0x50000, 0x50fff, 0, 3)])])
+    );
 }
