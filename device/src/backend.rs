@@ -203,6 +203,10 @@ impl IommuBackend {
             now[i] = q.next_avail();
             addrs[i] = [q.desc_table(), q.avail_ring(), q.used_ring()];
         }
+        let marks = RingMarks {
+            next_avail: now,
+            addrs: Some(addrs),
+        };
         let progressed = self.last_avail.iter().any(|a| *a != 0);
         let moved = self.ring_addrs.is_some_and(|old| old != addrs);
         if now.iter().all(|a| *a == 0) && (progressed || moved) {
@@ -215,13 +219,7 @@ impl IommuBackend {
             if let Some(j) = &self.journal {
                 let mut j = j.lock();
                 j.reset();
-                j.rings(
-                    RingMarks {
-                        next_avail: now,
-                        addrs: Some(addrs),
-                    },
-                    false,
-                );
+                j.rings(marks, false);
             }
             self.flush_invalidations(&mut engine);
             drop(engine);
@@ -237,13 +235,7 @@ impl IommuBackend {
             );
             if let Some(j) = &self.journal {
                 let _engine = lock(&self.engine);
-                j.lock().rings(
-                    RingMarks {
-                        next_avail: now,
-                        addrs: Some(addrs),
-                    },
-                    true,
-                );
+                j.lock().rings(marks, true);
             }
         }
         self.last_avail = now;
@@ -309,11 +301,11 @@ impl IommuBackend {
                 };
                 let pos = next_avail;
                 next_avail = next_avail.wrapping_add(1);
+                let mut journal = self.journal.as_ref().map(|j| j.lock());
                 // Answered by the daemon before a restart: the same answer, not applied twice.
-                let replayed = self
-                    .journal
-                    .as_ref()
-                    .and_then(|j| j.lock().replayed(pos, head))
+                let replayed = journal
+                    .as_mut()
+                    .and_then(|j| j.replayed(pos, head))
                     .and_then(|a| {
                         let chain = view.chain(head);
                         queue::replay_answer(&*mem, chain, a.used, a.status, &mut self.scratch)
@@ -327,12 +319,12 @@ impl IommuBackend {
                         &mut engine,
                         &mut self.scratch,
                     );
-                    if let Some(j) = &self.journal {
-                        let (readable, reply) = (self.scratch.readable(), self.scratch.reply(used));
-                        j.lock().request(pos, head, readable, reply);
+                    if let Some(j) = journal.as_mut() {
+                        j.request(pos, head, self.scratch.readable(), self.scratch.reply(used));
                     }
                     used
                 };
+                drop(journal);
                 // Told while the engine is still locked (see translation/registry.rs).
                 let hold = self
                     .hub

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::vm::*;
 use serde_json::{json, Value};
 use virtio_iommu_e2e::Daemon;
-use virtio_iommu_spec::{Request, Status};
+use virtio_iommu_spec::Status;
 
 /// Mappings of domain 1 before the first kill.
 const MAPPINGS: u64 = 1000;
@@ -52,24 +52,6 @@ fn kill_and_restart(mut vm: Vm, state: &Path, while_dead: impl FnOnce(&mut Vm)) 
     }
 }
 
-/// Sends `reqs` 32 per kick; every one must get S_OK.
-fn send_all(vm: &mut Vm, reqs: &[Request]) {
-    for batch in reqs.chunks(32) {
-        for r in batch {
-            vm.rq.submit(&chain_of(r)).unwrap();
-        }
-        vm.rq.kick(&vm.fe).unwrap();
-        for r in batch {
-            let c = vm.rq.wait_used(WAIT).unwrap();
-            assert_eq!(
-                reply_status(&c, r.writable_len(PROBE_SIZE)),
-                Status::Ok,
-                "{r:?}"
-            );
-        }
-    }
-}
-
 fn page(i: u64) -> (u64, u64, u64) {
     (i << 12, (i << 12) + 0xfff, 0x4000_0000 + (i << 12))
 }
@@ -91,7 +73,7 @@ fn a_killed_daemon_resumes_from_its_state_file() {
         map(1, va, last, pa)
     }));
     reqs.push(unmap(1, 0, 0xfff));
-    send_all(&mut vm, &reqs);
+    vm.send_all(&reqs);
 
     // One more MAP, answered and published; the daemon is then killed and the used index
     // rewound, as if it had died before publishing.
@@ -154,19 +136,6 @@ fn a_killed_daemon_resumes_from_its_state_file() {
     let mut vm = kill_and_restart(vm, &state, |_| {});
     assert_eq!(vm.probe(8).0, Status::Ok);
     assert_eq!(vm.domains(), json!([]));
-}
-
-/// A tiny deterministic generator (the seed is printed, so a failure can be replayed).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
 }
 
 #[test]

@@ -28,25 +28,6 @@ fn hex(data: &[u8]) -> String {
     data.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Sends `reqs` 32 at a time (one kick per batch) and asserts every status is S_OK.
-fn send_all(vm: &mut Vm, reqs: impl Iterator<Item = Request>) {
-    let reqs: Vec<Request> = reqs.collect();
-    for batch in reqs.chunks(32) {
-        for r in batch {
-            vm.rq.submit(&chain_of(r)).unwrap();
-        }
-        vm.rq.kick(&vm.fe).unwrap();
-        for r in batch {
-            let c = vm.rq.wait_used(WAIT).unwrap();
-            assert_eq!(
-                reply_status(&c, r.writable_len(PROBE_SIZE)),
-                Status::Ok,
-                "{r:?}"
-            );
-        }
-    }
-}
-
 /// What A holds besides its daemon: the guest's table (alive while B walks it).
 struct Built {
     _table: X86FirstStage<GuestHal>,
@@ -59,13 +40,13 @@ fn build(a: &mut Vm) -> Built {
     a.fe.set_config(36, &[0]).unwrap();
     // Domain 1: endpoint 8, 10 000 pages.
     assert_eq!(a.send(&attach(1, 8)), Status::Ok);
-    send_all(
-        a,
-        (0..MAPPINGS).map(|i| {
+    let maps: Vec<Request> = (0..MAPPINGS)
+        .map(|i| {
             let iova = 0x1_0000_0000 + 0x2000 * i;
             map(1, iova, iova + 0xfff, 0x4000_0000 + 0x1000 * i)
-        }),
-    );
+        })
+        .collect();
+    a.send_all(&maps);
     // Domain 2: endpoints 9 and 10; domain 3: bypass, endpoint 11.
     assert_eq!(a.send(&attach(2, 9)), Status::Ok);
     assert_eq!(a.send(&attach(2, 10)), Status::Ok);

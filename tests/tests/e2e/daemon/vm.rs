@@ -146,6 +146,24 @@ impl Vm {
         assert_eq!(self.probe(0).0, Status::Ok, "daemon still answers");
     }
 
+    /// Sends `reqs` 32 at a time (one kick per batch) and asserts every status is S_OK.
+    pub fn send_all(&mut self, reqs: &[Request]) {
+        for batch in reqs.chunks(32) {
+            for r in batch {
+                self.rq.submit(&chain_of(r)).unwrap();
+            }
+            self.rq.kick(&self.fe).unwrap();
+            for r in batch {
+                let c = self.rq.wait_used(WAIT).unwrap();
+                assert_eq!(
+                    reply_status(&c, r.writable_len(PROBE_SIZE)),
+                    Status::Ok,
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
     /// Posts an empty event buffer of `len` bytes and kicks the event queue.
     pub fn post_event_buffer(&mut self, len: u32) {
         self.eq.submit(&Chain::new().writable(len)).unwrap();
@@ -227,4 +245,19 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let rest = &stat[stat.rfind(')').expect("comm") + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A small deterministic generator (64-bit LCG, high bits), for tests that print their seed.
+#[derive(Debug)]
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next value in `0..n`.
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
 }
