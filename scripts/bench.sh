@@ -15,7 +15,7 @@
 # translation for sva/page_request_round_trip; one 4 KiB read request for blk/* (the
 # confined/unconfined ratio follows the table); one round trip for translation/* (instructions
 # of every thread: a run of N minus a run of 0, divided by N, since the daemon's service thread
-# does half the work). Criterion writes its estimates under target/criterion/; callgrind's
+# does half the work; *_poll_off with busy-polling off at both ends). Criterion writes its estimates under target/criterion/; callgrind's
 # parts go to target/bench/callgrind/.
 #
 # socket/* are requests through the real vhost-user socket to the release daemon binary (a
@@ -107,17 +107,19 @@ instr_lines() {
         awk -v n="$name" -v t="$total" -v u="$units" 'BEGIN { printf "instr %s %.0f\n", n, t / u }'
     done <"$cg/$b.parts"
 }
-# The translation bench's round trips run on two threads: whole-program totals of N and of 0.
+# The translation bench's round trips run on two threads: whole-program totals of N and of 0,
+# with both ends busy-polling for POLL µs (0: off; the spinning's instructions count too).
 translation_instr() {
-    local only=$1 name=$2 n=2000 t0 tn
+    local only=$1 name=$2 poll=$3 n=2000 t0 tn run
     for iters in 0 $n; do
-        TRANSLATION_BENCH_ITERS=$iters TRANSLATION_BENCH_ONLY=$only valgrind --tool=callgrind \
-            --callgrind-out-file="$cg/translation-$only-$iters.out" "${bin[translation]}" \
-            >/dev/null 2>"$cg/translation-$only-$iters.log" ||
-            die "callgrind run of translation ($only, $iters) failed"
+        run=$cg/translation-$only-$poll-$iters
+        TRANSLATION_BENCH_ITERS=$iters TRANSLATION_BENCH_ONLY=$only \
+            TRANSLATION_BENCH_POLL_US=$poll valgrind --tool=callgrind \
+            --callgrind-out-file="$run.out" "${bin[translation]}" >/dev/null 2>"$run.log" ||
+            die "callgrind run of translation ($only, poll $poll, $iters) failed"
     done
-    t0=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-0.out")
-    tn=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-$n.out")
+    t0=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-$poll-0.out")
+    tn=$(awk '/^(summary|totals):/ { print $2; exit }' "$cg/translation-$only-$poll-$n.out")
     awk -v n="$name" -v a="$t0" -v b="$tn" -v u="$n" 'BEGIN { printf "instr %s %.0f\n", n, (b - a) / u }'
 }
 # The socket bench's daemon is a child process: the daemon alone under callgrind (through a
@@ -141,8 +143,10 @@ socket_instr() {
 log "callgrind: translation, socket"
 instr=$( {
     for b in "${parted[@]}"; do instr_lines "$b"; done
-    translation_instr translate translation/translate_round_trip
-    translation_instr invalidate translation/invalidate_push_ack
+    translation_instr translate translation/translate_round_trip 50
+    translation_instr translate translation/translate_round_trip_poll_off 0
+    translation_instr invalidate translation/invalidate_push_ack 50
+    translation_instr invalidate translation/invalidate_push_ack_poll_off 0
     socket_instr sync socket/sync_round_trip 2000 1
     socket_instr batch64 socket/batch64 100 64
     socket_instr sync-journal socket/sync_round_trip_journal 2000 1

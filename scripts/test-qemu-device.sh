@@ -29,6 +29,12 @@
 #              round and no ARP exchange fails (QEMU's translations wait for the translation
 #              socket while the daemon is away), the guest's dmesg has no iommu error or
 #              kernel warning, and no request got a non-OK status
+#   8 migrate  (issue 17) the same traffic for 30 s; after 5 s the guest is live-migrated
+#              over a UNIX socket to a second QEMU (-incoming, -S) with a second daemon:
+#              while the destination is paused both daemons hold the same domains and
+#              mappings; after it runs, no disk round or ARP exchange fails, the destination
+#              daemon answers the guest's requests and translates its devices' DMA, and once
+#              the source QEMU quits its daemon holds no domain
 #   6 speed    the same guest and disk, lazy DMA domains, ours, then QEMU's own
 #              virtio-iommu-pci (devices with iommu_platform=on, same memory backend):
 #              O_DIRECT sequential read of SPEED_MIB MiB (default 32) from a virtio-blk disk
@@ -276,6 +282,103 @@ log "restarts: $(grep -c 'connected again' "$S.qemu") translation reconnects; th
 pid=$(cat "$D/daemon.pid")
 kill "$pid" 2>/dev/null || true
 while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+
+# --- 8: live migration (issue 17) ----------------------------------------------------------
+# vm_hmp SERIAL_LOG COMMAND: one HMP command, prints its output.
+vm_hmp() { printf '%s\n' "$2" | socat -t 1 - "UNIX-CONNECT:$1.mon" 2>/dev/null | tr -d '\r'; }
+# migrate_loop SRC_SERIAL DST_SERIAL: once the guest's traffic runs, migrates the source QEMU
+# to the destination (started with -incoming and -S), compares both daemons' dumps while the
+# destination is still paused, lets it run and quits the source. Logs to $WORK/migrate.log.
+migrate_loop() {
+    local src=$1 dst=$2 st _
+    vm_wait_serial "$src" '^VM-TRAFFIC-START' "$TMO" || { echo "no traffic" >>"$WORK/migrate.log"; return 0; }
+    sleep "${MIGRATE_AFTER:-5}"
+    vm_hmp "$src" "migrate_set_parameter max-bandwidth 1G" >/dev/null
+    vm_hmp "$src" "migrate -d unix:$WORK/migrate.sock" >/dev/null
+    for _ in $(seq $((TMO * 5))); do
+        st=$(vm_hmp "$src" "info migrate")
+        grep -qE '^Status:[[:space:]]+(completed|failed|cancelled)' <<<"$st" && break
+        sleep 0.2
+    done
+    printf '%s\n' "$st" >>"$WORK/migrate.log"
+    for _ in $(seq $((TMO * 5))); do
+        grep -qx 'VM status: paused' <<<"$(vm_hmp "$dst" "info status")" && break
+        sleep 0.2
+    done
+    vm_ctl "$DA/viommu.ctl" '{"cmd":"dump"}' | jq -cS .dump >"$WORK/migrate-src.dump"
+    vm_ctl "$DB/viommu.ctl" '{"cmd":"dump"}' | jq -cS .dump >"$WORK/migrate-dst.dump"
+    vm_stats "$DA/viommu.ctl" >"$WORK/migrate-src.stats"
+    vm_stats "$DB/viommu.ctl" >"$WORK/migrate-loaded.stats"
+    vm_hmp "$dst" cont >/dev/null
+    echo "destination running" >>"$WORK/migrate.log"
+    vm_hmp "$src" quit >/dev/null
+    for _ in $(seq 50); do
+        kill -0 "$(cat "$WORK/migrate-src.pid")" 2>/dev/null || break
+        sleep 0.2
+    done
+    # The source daemon drops the guest's state when its frontend is gone.
+    for _ in $(seq 50); do
+        vm_ctl "$DA/viommu.ctl" '{"cmd":"dump"}' | jq -c .dump >"$WORK/migrate-released.dump"
+        [ "$(jq '.domains | length' "$WORK/migrate-released.dump")" = 0 ] && break
+        sleep 0.2
+    done
+}
+DA=$WORK/d5
+DB=$WORK/d6
+mkdir -p "$DA" "$DB"
+daemon_start "$DA"
+APID=$VM_DPID
+daemon_start "$DB"
+BPID=$VM_DPID
+MDISK=$WORK/migrate.img
+truncate -s 16M "$MDISK"
+MIG_APPEND="vm.nic=1 vm.traffic=${MIGRATE_TRAFFIC:-30} vm.hold=1"
+MIG_DISK=(-drive "file=$MDISK,if=none,id=disk0,format=raw,cache=none"
+    -device virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on,addr=06.0)
+vm_qemu_cmd "$TMO" "$WORK/migrate-src.serial" "device:$DA/viommu.sock:$DA/viommu.xlate" \
+    "$MIG_APPEND" "${MIG_DISK[@]}"
+"${VM_QEMU_CMD[@]}" >"$WORK/migrate-src.serial.qemu" 2>&1 </dev/null &
+SRC_QPID=$!
+VM_PIDS+=("$SRC_QPID")
+echo "$SRC_QPID" >"$WORK/migrate-src.pid"
+migrate_loop "$WORK/migrate-src.serial" "$WORK/migrate-dst.serial" &
+LPID=$!
+vm_on_hold() { vm_stats "$DB/viommu.ctl" >"$WORK/migrate-dst.stats"; }
+run migrate-dst "device:$DB/viommu.sock:$DB/viommu.xlate" "$MIG_APPEND" "${MIG_DISK[@]}" \
+    -incoming "unix:$WORK/migrate.sock" -S
+wait "$LPID" 2>/dev/null || true
+vm_stop "$SRC_QPID"
+vm_forget "$SRC_QPID"
+S=$WORK/migrate-dst.serial
+MIG=$(grep -E '^(Status|Time)' "$WORK/migrate.log" | tr '\t\n' '  ' | tr -s ' ')
+ensure "migrate: the source QEMU migrated to the destination (${MIG:-no status})" \
+    grep -qE '^Status:[[:space:]]+completed' "$WORK/migrate.log"
+ensure "migrate: the source daemon logged its guest-memory writes while the RAM was copied" \
+    grep -q 'dirty-page logging on' "$DA/daemon.log"
+ensure "migrate: the destination daemon loaded the source's state ($(grep -o 'device state: loaded .*' "$DB/daemon.log" | tail -n1))" \
+    grep -q 'device state: loaded' "$DB/daemon.log"
+# same_state: the source held domains and the destination holds exactly the same.
+same_state() {
+    [ "$(jq '.domains | length' "$WORK/migrate-src.dump" 2>/dev/null || echo 0)" -gt 0 ] &&
+        cmp -s "$WORK/migrate-src.dump" "$WORK/migrate-dst.dump"
+}
+ensure "migrate: both daemons hold the same domains and mappings ($(jq '[.domains[].mappings | length] | add // 0' "$WORK/migrate-src.dump" 2>/dev/null) mappings in $(jq '.domains | length' "$WORK/migrate-src.dump" 2>/dev/null) domains)" \
+    same_state
+T=$(serial "$S" | sed -n 's/^VM-TRAFFIC: //p')
+ensure "migrate: guest traffic across the switch (${T:-none})" \
+    grep -qE '^disk [1-9][0-9]* rounds, 0 errors; arp [1-9][0-9]* exchanges, 0 failed$' <<<"$T"
+ensure "migrate: guest checks passed on the destination (no iommu error or kernel warning)" \
+    grep -q '^VM-RESULT: PASS' "$S"
+MST=$WORK/migrate-dst.stats
+ensure "migrate: the destination daemon answered the guest's requests ($(requests_of "$WORK/migrate-loaded.stats") -> $(requests_of "$MST"))" \
+    [ "$(requests_of "$MST")" -gt "$(requests_of "$WORK/migrate-loaded.stats")" ]
+ensure "migrate: the destination daemon translated the devices' DMA ($(translations_of "$WORK/migrate-loaded.stats") -> $(translations_of "$MST"))" \
+    [ "$(translations_of "$MST")" -gt "$(translations_of "$WORK/migrate-loaded.stats")" ]
+expect "migrate: non-OK statuses on the destination" "$(errors_of "$MST")" 0
+expect "migrate: domains the source daemon still holds after the source QEMU quit" \
+    "$(jq '.domains | length' "$WORK/migrate-released.dump" 2>/dev/null || echo '?')" 0
+vm_daemon_stop "$APID"
+vm_daemon_stop "$BPID"
 
 # --- 6: speed, ours vs QEMU's virtio-iommu-pci ----------------------------------------------
 MIB=${SPEED_MIB:-32}

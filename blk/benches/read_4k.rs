@@ -129,6 +129,7 @@ impl Daemon {
                 path: path.clone(),
                 max_clients: 16,
                 ack_timeout: Duration::from_secs(10),
+                busy_poll: Duration::from_micros(translation::DEFAULT_POLL_US),
             },
             engine.clone(),
             wake,

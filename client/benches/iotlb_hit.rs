@@ -89,6 +89,7 @@ impl Rig {
                 path: path.clone(),
                 max_clients: 16,
                 ack_timeout: Duration::from_secs(10),
+                busy_poll: Duration::from_micros(translation::DEFAULT_POLL_US),
             },
             engine.clone(),
             wake,

@@ -1,11 +1,13 @@
 //! The client: one connection at a time (re-opened after the daemon restarts), the requests in
 //! flight, the IOTLBs of every endpoint and PASID translated so far, and the reader thread that
-//! fills and invalidates them in the order the daemon's messages arrive.
+//! fills and invalidates them in the order the daemon's messages arrive. A thread waiting for
+//! its reply polls for it for `busy_poll` first, handling the replies at the head of the input
+//! itself when the reader thread is not reading (it sleeps in the meantime).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use parking_lot::{Condvar, Mutex};
@@ -16,6 +18,7 @@ use virtio_iommu_spec::translation::{
 };
 
 use crate::acker::Acker;
+use crate::busy_poll::BusyPoll;
 use crate::config::ClientConfig;
 use crate::endpoint_tlb::{EndpointTlb, TlbKey};
 use crate::error::Error;
@@ -144,13 +147,14 @@ impl Inner {
         }
         let generation = st.generation + 1;
         match Session::open(&self.config, generation) {
-            Ok((session, reader)) => {
+            Ok(session) => {
                 let session = Arc::new(session);
                 let weak = Arc::downgrade(self);
                 let s = session.clone();
+                let poll = self.config.busy_poll;
                 std::thread::Builder::new()
                     .name("viommu-client-reader".into())
-                    .spawn(move || read_loop(&weak, &s, reader))
+                    .spawn(move || read_loop(&weak, &s, poll))
                     .map_err(Error::Io)?;
                 st.generation = generation;
                 st.session = Some(session.clone());
@@ -218,17 +222,21 @@ impl Inner {
             session.close();
             return Err(e);
         }
-        let mut st = self.state.lock();
-        let outcome = loop {
-            if let Some(o) = st.pending.take(tag) {
-                break o;
-            }
-            if self.replies.wait_until(&mut st, deadline).timed_out() {
-                st.pending.forget(tag);
-                return Err(Error::Timeout(self.config.reply_timeout));
+        let outcome = match self.poll_reply(&session, tag) {
+            Some(o) => o,
+            None => {
+                let mut st = self.state.lock();
+                loop {
+                    if let Some(o) = st.pending.take(tag) {
+                        break o;
+                    }
+                    if self.replies.wait_until(&mut st, deadline).timed_out() {
+                        st.pending.forget(tag);
+                        return Err(Error::Timeout(self.config.reply_timeout));
+                    }
+                }
             }
         };
-        drop(st);
         match outcome {
             Outcome::Cached => Ok(()),
             Outcome::Fault(f) => Err(Error::Fault {
@@ -243,24 +251,67 @@ impl Inner {
         }
     }
 
+    /// `tag`'s outcome, polled for without sleeping for `busy_poll`: the replies at the head
+    /// of the input are handled here whenever the reader thread is not reading. `None` once
+    /// the bound passed (or with polling off).
+    fn poll_reply(&self, session: &Session, tag: u64) -> Option<Outcome> {
+        let bound = self.config.busy_poll.min(self.config.reply_timeout);
+        let mut spell = BusyPoll::new(bound)?;
+        loop {
+            if let Some(mut reader) = session.try_reader() {
+                self.take_replies(session, &mut reader);
+            }
+            if let Some(o) = self.state.lock().pending.take(tag) {
+                return Some(o);
+            }
+            if !spell.again() {
+                return None;
+            }
+        }
+    }
+
+    /// Handles the whole `TRANSLATE_REPLY`s at the head of the input as the reader thread
+    /// would, each consumed only once handled; stops at anything else, left to the reader.
+    fn take_replies(&self, session: &Session, reader: &mut SessionReader) {
+        while let Some((reply, len)) = reader.peek_reply() {
+            if !self.on_reply(session.generation, &reply, false) {
+                return;
+            }
+            if reader.consume(len).is_err() {
+                // Unusable: the reader thread sees the end and drops everything.
+                session.close();
+                return;
+            }
+        }
+    }
+
     /// A `TRANSLATE_REPLY`: its ranges go into the request's IOTLB before the next message is
-    /// read, so an `INVALIDATE` sent after it drops them (§4.3).
-    fn on_reply(&self, generation: u64, reply: &TranslateReply) {
+    /// read, so an `INVALIDATE` sent after it drops them (§4.3). Without `wait` only if the
+    /// IOTLB's lock is free now (the caller may hold it for an access): `false`, nothing done,
+    /// when it is not.
+    fn on_reply(&self, generation: u64, reply: &TranslateReply, wait: bool) -> bool {
         let Some(req) = self.state.lock().pending.waiting(reply.tag, generation) else {
             limited!(
                 Info,
                 "translation socket: reply with tag {} matches no request in flight (ignored)",
                 reply.tag
             );
-            return;
+            return true;
         };
         let outcome = match reply.status {
             TranslateStatus::Ok => match check_ranges(&req, reply) {
                 Ok(()) => {
                     let tlb = self.tlbs.lock().get(&req.key).cloned();
+                    let max = self.config.max_cached_ranges;
                     if let Some(tlb) = tlb {
-                        for r in reply.ranges.as_slice() {
-                            tlb.insert(r, self.config.max_cached_ranges);
+                        let ranges = reply.ranges.as_slice();
+                        if !wait && !tlb.try_insert(ranges, max) {
+                            return false;
+                        }
+                        if wait {
+                            for r in ranges {
+                                tlb.insert(r, max);
+                            }
                         }
                     }
                     Outcome::Cached
@@ -286,6 +337,7 @@ impl Inner {
         );
         self.state.lock().pending.complete(reply.tag, outcome);
         self.replies.notify_all();
+        true
     }
 
     /// An `INVALIDATE`: the covered IOTLB entries are dropped (each drop waits for the accesses
@@ -354,8 +406,8 @@ fn check_ranges(req: &Request, reply: &TranslateReply) -> Result<(), &'static st
 }
 
 /// The reader thread of one connection: handles the daemon's messages in order until the
-/// connection ends or the client is gone.
-fn read_loop(inner: &Weak<Inner>, session: &Arc<Session>, mut reader: SessionReader) {
+/// connection ends or the client is gone. After each it polls for `poll` without sleeping.
+fn read_loop(inner: &Weak<Inner>, session: &Arc<Session>, poll: Duration) {
     let acker = match Acker::spawn(session.clone()) {
         Ok(a) => a,
         Err(e) => {
@@ -366,7 +418,20 @@ fn read_loop(inner: &Weak<Inner>, session: &Arc<Session>, mut reader: SessionRea
             return;
         }
     };
+    let mut after_message = false;
     let why = loop {
+        if let Err(e) = wait_for_input(session, poll, after_message) {
+            break e;
+        }
+        // Held while the message is handled: a translating thread takes a reply only when
+        // the messages before it were handled.
+        let mut reader = session.reader();
+        if !reader.has_input() {
+            // A thread waiting for its reply took what woke this one.
+            after_message = false;
+            continue;
+        }
+        after_message = true;
         let msg = match reader.next() {
             Ok(m) => m,
             Err(e) => break e,
@@ -377,7 +442,7 @@ fn read_loop(inner: &Weak<Inner>, session: &Arc<Session>, mut reader: SessionRea
         };
         let r = match msg {
             DaemonMessage::TranslateReply(reply) => {
-                inner.on_reply(session.generation, &reply);
+                inner.on_reply(session.generation, &reply, true);
                 Ok(())
             }
             DaemonMessage::Invalidate(inv) => {
@@ -397,6 +462,23 @@ fn read_loop(inner: &Weak<Inner>, session: &Arc<Session>, mut reader: SessionRea
     if let Some(inner) = inner.upgrade() {
         inner.on_closed(session, &why);
     }
+}
+
+/// Returns once input is there: polled for without sleeping for `poll` when `after_message`
+/// (more often follows soon), then slept for.
+fn wait_for_input(session: &Session, poll: Duration, after_message: bool) -> Result<(), Error> {
+    if let Some(mut spell) = BusyPoll::new(poll).filter(|_| after_message) {
+        loop {
+            if session.wait_input(0)? {
+                return Ok(());
+            }
+            if !spell.again() {
+                break;
+            }
+        }
+    }
+    while !session.wait_input(-1)? {}
+    Ok(())
 }
 
 /// Whether `inv` can concern an endpoint this client serves.

@@ -25,6 +25,11 @@ pub struct ClientConfig {
     pub max_cached_ranges: usize,
     /// `TRANSLATE` round trips one access may take (each answers up to 8 ranges).
     pub max_round_trips: usize,
+    /// How long a thread that sent a `TRANSLATE` polls the socket for the reply without
+    /// sleeping, and how long the reader thread polls for more after each message, before
+    /// they sleep (waking a sleeping thread costs more than a round trip on an idle vCPU).
+    /// Zero: they sleep at once.
+    pub busy_poll: Duration,
 }
 
 impl ClientConfig {
@@ -39,6 +44,7 @@ impl ClientConfig {
             retry_interval: Duration::from_millis(100),
             max_cached_ranges: 4096,
             max_round_trips: 64,
+            busy_poll: Duration::from_micros(50),
         }
     }
 }

@@ -263,6 +263,23 @@ impl EndpointTlb {
     /// never cached (vm-memory's ranges are half-open), and once `max_ranges` insertions
     /// collected the IOTLB is emptied first, so a long-running device's cache stays bounded.
     pub fn insert(&self, range: &TranslatedRange, max_ranges: usize) {
+        self.insert_locked(&mut self.tables.write(), range, max_ranges);
+    }
+
+    /// As [`EndpointTlb::insert`] for each of `ranges`, all under one write lock, only if the
+    /// lock is free now: `false` (nothing cached) when an access holds it, perhaps on the
+    /// calling thread, which would wait for itself.
+    pub(crate) fn try_insert(&self, ranges: &[TranslatedRange], max_ranges: usize) -> bool {
+        let Some(mut tables) = self.tables.try_write() else {
+            return false;
+        };
+        for r in ranges {
+            self.insert_locked(&mut tables, r, max_ranges);
+        }
+        true
+    }
+
+    fn insert_locked(&self, tables: &mut Tables, range: &TranslatedRange, max_ranges: usize) {
         let perm = match (
             range.perm.contains(MapFlags::READ),
             range.perm.contains(MapFlags::WRITE),
@@ -279,7 +296,6 @@ impl EndpointTlb {
         let Ok(length) = usize::try_from(last - range.iova + 1) else {
             return;
         };
-        let mut tables = self.tables.write();
         if self.inserted.load(Ordering::Relaxed) >= max_ranges {
             tables.clear();
             self.inserted.store(0, Ordering::Relaxed);

@@ -32,6 +32,7 @@
 #![warn(missing_docs)]
 
 mod acker;
+mod busy_poll;
 mod client;
 mod config;
 mod confined_memory;
@@ -40,6 +41,7 @@ mod error;
 mod pending;
 mod pinned_memory;
 pub mod ratelimit;
+mod raw_socket;
 mod session;
 mod translator;
 

@@ -1,17 +1,22 @@
-//! One connection to the daemon: the `HELLO` exchange, then framed messages each way.
+//! One connection to the daemon: the `HELLO` exchange, then framed messages each way. The
+//! reading half is behind a lock: the reader thread holds it to read and handle each message,
+//! and a thread waiting for its reply may take it for a moment to consume replies at the head
+//! (`Inner::poll_reply`), so every message is still handled once, in order.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use virtio_iommu_spec::translation::{
-    ClientMessage, DaemonMessage, Hello, HelloReplyFlags, HelloStatus, WireEndpointRange,
-    HEADER_SIZE, MAX_PAYLOAD, VERSION,
+    ClientMessage, DaemonMessage, Hello, HelloReplyFlags, HelloStatus, MessageType, TranslateReply,
+    WireEndpointRange, HEADER_SIZE, MAX_PAYLOAD, VERSION,
 };
 
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::raw_socket::{peek_now, wait_input};
 
 /// Largest whole message either way.
 const MAX_MESSAGE: usize = HEADER_SIZE + MAX_PAYLOAD;
@@ -20,6 +25,10 @@ const MAX_MESSAGE: usize = HEADER_SIZE + MAX_PAYLOAD;
 #[derive(Debug)]
 pub struct Session {
     writer: Mutex<UnixStream>,
+    /// The reading half; whoever holds it may consume messages.
+    reader: Mutex<SessionReader>,
+    /// The reading half's socket, to wait for input without holding the reading half.
+    input: Arc<UnixStream>,
     /// The device's granule (lowest set bit of the page-size mask).
     pub granule: u64,
     /// `HELLO_REPLY`'s flags.
@@ -28,10 +37,10 @@ pub struct Session {
     pub generation: u64,
 }
 
-/// The reading half of a [`Session`], for its reader thread.
+/// The reading half of a [`Session`].
 #[derive(Debug)]
 pub struct SessionReader {
-    stream: UnixStream,
+    stream: Arc<UnixStream>,
     buf: Box<[u8; MAX_MESSAGE]>,
 }
 
@@ -41,7 +50,7 @@ impl Session {
     ///
     /// # Errors
     /// The socket cannot be reached, the daemon refuses, or it answers out of protocol.
-    pub fn open(config: &ClientConfig, generation: u64) -> Result<(Session, SessionReader), Error> {
+    pub fn open(config: &ClientConfig, generation: u64) -> Result<Session, Error> {
         let stream = UnixStream::connect(&config.socket).map_err(Error::Connect)?;
         stream
             .set_read_timeout(Some(config.connect_timeout))
@@ -60,7 +69,7 @@ impl Session {
             ranges: &ranges,
         });
         let mut reader = SessionReader {
-            stream: stream.try_clone().map_err(Error::Io)?,
+            stream: Arc::new(stream.try_clone().map_err(Error::Io)?),
             buf: Box::new([0; MAX_MESSAGE]),
         };
         let mut writer = stream;
@@ -86,15 +95,34 @@ impl Session {
         } else {
             1u64 << reply.page_size_mask.trailing_zeros()
         };
-        Ok((
-            Session {
-                writer: Mutex::new(writer),
-                granule,
-                flags: reply.flags,
-                generation,
-            },
-            reader,
-        ))
+        let input = reader.stream.clone();
+        Ok(Session {
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+            input,
+            granule,
+            flags: reply.flags,
+            generation,
+        })
+    }
+
+    /// The reading half, once no other thread holds it.
+    pub fn reader(&self) -> MutexGuard<'_, SessionReader> {
+        self.reader.lock()
+    }
+
+    /// The reading half if no other thread holds it now.
+    pub fn try_reader(&self) -> Option<MutexGuard<'_, SessionReader>> {
+        self.reader.try_lock()
+    }
+
+    /// Waits until input (or the end of the stream) is there, at most `timeout_ms` (-1: no
+    /// bound; 0: only looks); whether it is.
+    ///
+    /// # Errors
+    /// The wait itself failed.
+    pub fn wait_input(&self, timeout_ms: i32) -> Result<bool, Error> {
+        wait_input(&self.input, timeout_ms).map_err(Error::Io)
     }
 
     /// Sends one message.
@@ -126,7 +154,7 @@ impl SessionReader {
     /// End of stream or a read error (`Io`), or a protocol error.
     pub fn next(&mut self) -> Result<DaemonMessage, Error> {
         let (head, body) = self.buf.split_at_mut(HEADER_SIZE);
-        read_full(&mut self.stream, head)?;
+        read_full(&self.stream, head)?;
         let head: &[u8; HEADER_SIZE] =
             (&*head).try_into().map_err(|_| Error::BadReply("header"))?;
         let header = DaemonMessage::check_header(head).map_err(Error::Protocol)?;
@@ -134,12 +162,57 @@ impl SessionReader {
         let payload = body
             .get_mut(..header.size)
             .ok_or(Error::BadReply("oversized payload"))?;
-        read_full(&mut self.stream, payload)?;
+        read_full(&self.stream, payload)?;
         DaemonMessage::parse(header, payload).map_err(Error::Protocol)
+    }
+
+    /// Whether [`SessionReader::next`] has something to read without waiting for the daemon
+    /// (a message, its start, the end of the stream or an error).
+    #[must_use]
+    pub fn has_input(&self) -> bool {
+        let mut one = [0u8; 1];
+        !matches!(peek_now(&self.stream, &mut one), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// The `TRANSLATE_REPLY` at the head of the input, with its length, if one is there whole;
+    /// nothing is consumed ([`SessionReader::consume`] does). `None` for anything else:
+    /// nothing yet, part of a message, another message, the end, an error (left for
+    /// [`SessionReader::next`], which reports them).
+    pub fn peek_reply(&mut self) -> Option<(TranslateReply, usize)> {
+        let head = self.buf.get_mut(..HEADER_SIZE)?;
+        if peek_now(&self.stream, head).ok()? < HEADER_SIZE {
+            return None;
+        }
+        let head: &[u8; HEADER_SIZE] = (&*head).try_into().ok()?;
+        let header = DaemonMessage::check_header(head).ok()?;
+        if header.msg_type != MessageType::TranslateReply {
+            return None;
+        }
+        // check_header bounded the size by MAX_PAYLOAD.
+        let whole = self.buf.get_mut(..HEADER_SIZE + header.size)?;
+        if peek_now(&self.stream, whole).ok()? < whole.len() {
+            return None;
+        }
+        match DaemonMessage::parse(header, &whole[HEADER_SIZE..]) {
+            Ok(DaemonMessage::TranslateReply(r)) => Some((r, whole.len())),
+            _ => None,
+        }
+    }
+
+    /// Consumes the `len` bytes [`SessionReader::peek_reply`] saw.
+    ///
+    /// # Errors
+    /// The read failed (the connection is then unusable).
+    pub fn consume(&mut self, len: usize) -> Result<(), Error> {
+        let bytes = self
+            .buf
+            .get_mut(..len)
+            .ok_or(Error::BadReply("oversized payload"))?;
+        read_full(&self.stream, bytes)
     }
 }
 
-fn read_full(stream: &mut UnixStream, buf: &mut [u8]) -> Result<(), Error> {
+fn read_full(mut stream: &UnixStream, buf: &mut [u8]) -> Result<(), Error> {
     stream.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => Error::Disconnected,
         _ => Error::Io(e),

@@ -1,8 +1,8 @@
 //! Cost per request through the requestq path the daemon runs (`IommuBackend::process_requests`):
 //! `RingView` (the rings resolved once per batch) → `queue::process_request` over its chain walk
 //! (gather, `Engine::handle_request`, scatter) → `put_used`, one used-index publish per batch;
-//! on a 256-entry split queue in an anonymous `GuestMemoryMmap`, 128 requests (2-descriptor
-//! chains) per batch.
+//! on a 256-entry split queue in an anonymous `GuestRam` (the daemon's memory type, with its
+//! dirty bitmap, no log set), 128 requests (2-descriptor chains) per batch.
 //!
 //! The same thing cloud-hypervisor's own benchmark of its in-VMM device times
 //! (`request_queue()`, 128 requests per call; its numbers are in the README's "Speed" table). Not timed: writing the requests and refilling the avail ring, checking
@@ -30,12 +30,13 @@ use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::EmulatedHost;
 use vhost_device_iommu::queue::{process_request, Scratch};
 use vhost_device_iommu::ring::RingView;
+use vhost_device_iommu::GuestRam;
 use virtio_iommu_spec::Request;
 use virtio_iommu_testkit::bench::{criterion_config, measured, part_end};
 use virtio_iommu_testkit::requests as req;
 use virtio_iommu_testkit::ring::{Desc, RingConfig, DESC_F_NEXT, DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Queue size, as in the anchor.
 const QSIZE: u16 = 256;
@@ -130,7 +131,7 @@ impl Posted {
 
 /// Driver side and device side of one requestq.
 struct Rig {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     q: Queue,
     /// Driver's avail index.
     avail: u16,
@@ -142,7 +143,7 @@ struct Rig {
 
 impl Rig {
     fn new(engine: Engine) -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let mem = GuestRam::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
         let mut q = Queue::new(QSIZE).unwrap();
         q.set_size(QSIZE);
         let lo_hi = |a: u64| {

@@ -41,13 +41,14 @@ use vhost_device_iommu::engine::{
     DmaAttrs, DmaTicket, EndpointConfig, Engine, EngineConfig, TranslateAccess, TranslateOutcome,
 };
 use vhost_device_iommu::host::EmulatedHost;
+use vhost_device_iommu::GuestRam;
 use virtio_iommu_spec::event::FaultFlags;
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode, TableFormat, VtdFlags};
 use virtio_iommu_spec::formats::x86::{ADDR_MASK, P, RW, US};
 use virtio_iommu_spec::{Event, PageRequest, Request};
 use virtio_iommu_testkit::bench::{criterion_config, measured, part_end};
 use virtio_iommu_testkit::requests as req;
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 const EP: u32 = 0;
 const DOMAIN: u32 = 1;
@@ -77,15 +78,13 @@ const X86_RW: u64 = P | RW | US;
 
 /// Guest RAM with a bump allocator for table pages.
 struct Guest {
-    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    mem: GuestMemoryAtomic<GuestRam>,
     next: u64,
 }
 
 impl Guest {
     fn new() -> Self {
-        let m =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), usize::try_from(RAM).unwrap())])
-                .unwrap();
+        let m = GuestRam::from_ranges(&[(GuestAddress(0), usize::try_from(RAM).unwrap())]).unwrap();
         Guest {
             mem: GuestMemoryAtomic::new(m),
             next: TABLES,

@@ -75,6 +75,12 @@ pub struct Args {
     #[arg(long, default_value_t = virtio_iommu_spec::translation::DEFAULT_ACK_TIMEOUT_MS)]
     pub translation_ack_timeout_ms: u64,
 
+    /// After handling a translation message (or sending an INVALIDATE), the service thread
+    /// polls its sockets this long without sleeping before it sleeps, in microseconds (at most
+    /// 1000; 0: it sleeps at once). Spares a wake-up per message when more come soon.
+    #[arg(long, default_value_t = crate::translation::DEFAULT_POLL_US)]
+    pub translation_poll_us: u64,
+
     /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xff,0x300`). Other IDs get
     /// S_NOENT. Default: the IDs of `--viot`, else segment 0's PCI requester IDs (0-0xffff).
     #[arg(long, conflicts_with = "viot")]
@@ -432,11 +438,18 @@ impl TryFrom<Args> for DaemonConfig {
                     "--translation-ack-timeout-ms must be positive".into(),
                 ));
             }
+            if a.translation_poll_us > crate::translation::MAX_POLL_US {
+                return Err(Error::Config(format!(
+                    "--translation-poll-us is at most {}",
+                    crate::translation::MAX_POLL_US
+                )));
+            }
         }
         let translation = a.translation_socket.map(|path| TranslationConfig {
             path,
             max_clients: a.max_translation_clients,
             ack_timeout: std::time::Duration::from_millis(a.translation_ack_timeout_ms),
+            busy_poll: std::time::Duration::from_micros(a.translation_poll_us),
         });
         if a.pasid_bits > 20 {
             return Err(Error::Config("--pasid-bits is at most 20".into()));
@@ -538,6 +551,7 @@ mod tests {
                 path: "/tmp/t.sock".into(),
                 max_clients: 16,
                 ack_timeout: std::time::Duration::from_millis(1000),
+                busy_poll: std::time::Duration::from_micros(50),
             })
         );
         let c = DaemonConfig::try_from(args(&[
@@ -547,14 +561,30 @@ mod tests {
             "2",
             "--translation-ack-timeout-ms",
             "50",
+            "--translation-poll-us",
+            "0",
         ]))
         .unwrap()
         .translation
         .unwrap();
-        assert_eq!((c.max_clients, c.ack_timeout.as_millis()), (2, 50));
+        assert_eq!(
+            (c.max_clients, c.ack_timeout.as_millis(), c.busy_poll),
+            (2, 50, std::time::Duration::ZERO)
+        );
+        let c = DaemonConfig::try_from(args(&[
+            "--translation-socket",
+            "/tmp/t.sock",
+            "--translation-poll-us",
+            "1000",
+        ]))
+        .unwrap()
+        .translation
+        .unwrap();
+        assert_eq!(c.busy_poll, std::time::Duration::from_millis(1));
         for bad in [
             ["--max-translation-clients", "0"],
             ["--translation-ack-timeout-ms", "0"],
+            ["--translation-poll-us", "1001"],
         ] {
             let mut v = vec!["--translation-socket", "/tmp/t.sock"];
             v.extend_from_slice(&bad);

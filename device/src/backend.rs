@@ -1,5 +1,5 @@
 //! The vhost-user backend: two virtqueues, the config space, and the rules for telling a guest
-//! reset from a VM pause.
+//! reset from a VM pause (and a device start from a migration's dirty-logging switch).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,7 +19,7 @@ use virtio_iommu_spec::features::{
 };
 use virtio_iommu_spec::{Features, EVENT_QUEUE, REQUEST_QUEUE};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
@@ -30,10 +30,13 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::engine::Engine;
 use crate::journal::{RingMarks, SharedJournal};
 use crate::limited;
+use crate::log_bitmap::LogBitmap;
 use crate::queue::{self, Scratch};
 use crate::ring::{RingError, RingView};
 use crate::state_transfer::StateTransfer;
+use crate::translation::busy_poll::BusyPoll;
 use crate::translation::{HeldReplies, HeldReply, Hub};
+use crate::GuestRam;
 
 /// Number of virtqueues: requestq and eventq.
 pub const NUM_QUEUES: usize = 2;
@@ -44,6 +47,9 @@ pub const WAKE_EVENT: u16 = 3;
 pub const TIMER_EVENT: u16 = 4;
 /// `handle_event` ID of the host's own event source (iommufd fault queue).
 pub const HOST_EVENT: u16 = 5;
+/// `VHOST_F_LOG_ALL`: the frontend logs dirty pages (a migration) and asks the backend to set
+/// the bit of every page it writes, in the log SET_LOG_BASE handed over.
+const LOG_ALL: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 /// Period of the page-request timer.
 const TIMER_PERIOD: Duration = Duration::from_millis(100);
 /// How long a ring stop waits for held replies past the ack bound (the service thread cuts
@@ -56,6 +62,9 @@ const STOP_POLL: Duration = Duration::from_millis(1);
 pub const CHAINS_PER_LOCK: u16 = 32;
 /// Request chains served per queue-thread wake-up before the other event sources get a turn.
 pub const CHAINS_PER_WAKE: u16 = 256;
+
+/// One virtqueue as the library hands it to this backend (over [`GuestRam`]).
+pub type QueueRing = VringRwLock<GuestMemoryAtomic<GuestRam>>;
 
 /// The engine shared by the backend (queue thread) and the control socket.
 pub type SharedEngine = Arc<parking_lot::Mutex<Engine>>;
@@ -72,7 +81,7 @@ pub struct IommuBackend {
     engine: SharedEngine,
     queue_size: u16,
     event_idx: bool,
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: Option<GuestMemoryAtomic<GuestRam>>,
     /// Written by the control socket when it queued an event, so the queue thread delivers it.
     wake: Arc<EventFd>,
     /// Periodic while page requests are offered: groups past their deadline are completed
@@ -84,6 +93,11 @@ pub struct IommuBackend {
     /// Set by SET_FEATURES (QEMU sends it on every device start); the next queue event decides
     /// whether that start followed a guest reset.
     restart_pending: bool,
+    /// The last SET_FEATURES of this connection: with `ring_stopped`, tells a device start from
+    /// the frontend turning dirty logging on or off on running rings.
+    acked: Option<u64>,
+    /// A ring was stopped (GET_VRING_BASE) since the last SET_FEATURES.
+    ring_stopped: bool,
     /// `next_avail` of each ring when we last left it: what a VM pause resumes from.
     last_avail: [u16; NUM_QUEUES],
     /// Ring addresses (descriptor table, avail, used) at the last start.
@@ -108,7 +122,7 @@ pub struct IommuBackend {
 
 /// The request ring held replies go to (`VringRwLock` has no `Debug`).
 #[derive(Clone)]
-struct HeldRing(VringRwLock);
+struct HeldRing(QueueRing);
 
 impl std::fmt::Debug for HeldRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +163,8 @@ impl IommuBackend {
             wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             handed_out: Mutex::new(Vec::new()),
             restart_pending: false,
+            acked: None,
+            ring_stopped: false,
             last_avail: marks.next_avail,
             ring_addrs: marks.addrs,
             scratch: Scratch::default(),
@@ -189,7 +205,7 @@ impl IommuBackend {
     /// the rare case where a ring's index wrapped to exactly 0 — if the rings moved to new
     /// addresses (a re-initialising driver allocates new rings; a paused VM keeps its own).
     /// Rings resuming at their saved bases mean a pause, which keeps all state.
-    fn check_restart(&mut self, vrings: &[VringRwLock]) {
+    fn check_restart(&mut self, vrings: &[QueueRing]) {
         if !std::mem::replace(&mut self.restart_pending, false) {
             return;
         }
@@ -246,7 +262,7 @@ impl IommuBackend {
     /// lock (handed fairly to a waiting control client in between) and [`CHAINS_PER_WAKE`] per
     /// call. Past that the queue thread wakes itself, so the page-request timer and host events
     /// on the same thread are served in between however fast the guest refills the ring.
-    fn process_requests(&mut self, vring: &VringRwLock) {
+    fn process_requests(&mut self, vring: &QueueRing) {
         self.requests_deferred = false;
         let q = usize::from(REQUEST_QUEUE);
         if self.broken[q] {
@@ -394,8 +410,42 @@ impl IommuBackend {
         }
     }
 
+    /// The wake-up: acks came in, or requests were deferred.
+    fn on_wake(&mut self, vrings: &[QueueRing]) {
+        let Some(v) = vrings.get(usize::from(REQUEST_QUEUE)) else {
+            return;
+        };
+        self.release_held(v);
+        if self.requests_deferred {
+            self.process_requests(v);
+        }
+    }
+
+    /// While replies are held, the acks usually come within microseconds: look for the
+    /// service's wake-up without sleeping for `--translation-poll-us`, since waking this thread
+    /// from its epoll wait costs tens of microseconds on an idle vCPU.
+    fn poll_held(&mut self, vrings: &[QueueRing]) {
+        let Some(bound) = self.hub.as_deref().map(Hub::busy_poll) else {
+            return;
+        };
+        if self.held.is_empty() {
+            return;
+        }
+        let Some(mut spell) = BusyPoll::new(bound) else {
+            return;
+        };
+        while spell.again() {
+            if self.wake.read().is_ok() {
+                self.on_wake(vrings);
+                if self.held.is_empty() {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Returns the held requests whose acknowledgements are all in.
-    fn release_held(&mut self, vring: &VringRwLock) {
+    fn release_held(&mut self, vring: &QueueRing) {
         self.release_held_to(vring, false);
     }
 
@@ -428,7 +478,7 @@ impl IommuBackend {
 
     /// Publishes the held requests whose acknowledgements are all in; `stopping`: also on a
     /// ring the frontend is stopping (GET_VRING_BASE), whose memory is still mapped.
-    fn release_held_to(&mut self, vring: &VringRwLock, stopping: bool) {
+    fn release_held_to(&mut self, vring: &QueueRing, stopping: bool) {
         let Some(hub) = &self.hub else {
             return;
         };
@@ -471,7 +521,7 @@ impl IommuBackend {
         }
     }
 
-    fn deliver_events(&mut self, vring: &VringRwLock) {
+    fn deliver_events(&mut self, vring: &QueueRing) {
         let q = usize::from(EVENT_QUEUE);
         if self.broken[q] {
             return;
@@ -526,16 +576,13 @@ impl IommuBackend {
     }
 
     /// Signals the driver (the caller decided it asked for it).
-    fn signal(state: &vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>, q: &str) {
+    fn signal(state: &vhost_user_backend::VringState<GuestMemoryAtomic<GuestRam>>, q: &str) {
         if let Err(e) = state.signal_used_queue() {
             warn!("{q}: call eventfd: {e}");
         }
     }
 
-    fn notify(
-        state: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestMemoryMmap>>,
-        q: &str,
-    ) {
+    fn notify(state: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestRam>>, q: &str) {
         if matches!(state.needs_notification(), Ok(false)) {
             return;
         }
@@ -558,7 +605,7 @@ fn break_queue(broken: &mut [bool; NUM_QUEUES], q: usize, why: &str) {
 /// Publishes the used entries `[old, next)` once (nothing when there are none) and records
 /// the new index in `queue`; returns whether the driver asked to be notified.
 fn publish(
-    view: &RingView<'_, GuestMemoryMmap>,
+    view: &RingView<'_, GuestRam>,
     queue: &mut Queue,
     old: u16,
     next: u16,
@@ -574,7 +621,7 @@ fn publish(
 /// Chains the driver has published and the device not yet taken. More than the ring holds is
 /// impossible for a correct driver: the ring is broken (virtio-queue would refuse every pop
 /// and report work forever, a busy loop).
-fn available(q: &Queue, mem: &GuestMemoryMmap) -> Result<u16, &'static str> {
+fn available(q: &Queue, mem: &GuestRam) -> Result<u16, &'static str> {
     let avail = q
         .avail_idx(mem, Ordering::Acquire)
         .map_err(|_| "the avail index cannot be read")?;
@@ -586,8 +633,8 @@ fn available(q: &Queue, mem: &GuestMemoryMmap) -> Result<u16, &'static str> {
 }
 
 impl VhostUserBackendMut for IommuBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock;
+    type Bitmap = LogBitmap;
+    type Vring = QueueRing;
 
     fn num_queues(&self) -> usize {
         NUM_QUEUES
@@ -598,15 +645,35 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn features(&self) -> u64 {
+        let engine = lock(&self.engine);
+        let log = if engine.host().writes_logged() {
+            LOG_ALL
+        } else {
+            0
+        };
         VIRTIO_F_VERSION_1
             | VIRTIO_F_RING_EVENT_IDX
             | VIRTIO_F_RING_INDIRECT_DESC
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
-            | lock(&self.engine).offered_features().bits()
+            | log
+            | engine.offered_features().bits()
     }
 
     fn acked_features(&mut self, features: u64) {
-        let device = Features::from_bits_truncate(features);
+        // QEMU sets and clears LOG_ALL around a migration while the rings run: that is no
+        // device start, and nothing of the device may change (the log itself is the
+        // library's, set by SET_LOG_BASE).
+        let log_toggle =
+            !self.ring_stopped && self.acked.is_some_and(|old| old ^ features == LOG_ALL);
+        self.acked = Some(features);
+        self.ring_stopped = false;
+        if log_toggle {
+            let on = features & LOG_ALL != 0;
+            info!("dirty-page logging {}", if on { "on" } else { "off" });
+            return;
+        }
+        // Not a device feature: never reaches the engine (nor the journal's record).
+        let device = Features::from_bits_truncate(features & !LOG_ALL);
         info!("driver features {features:#x} (device: {device:?})");
         let mut engine = lock(&self.engine);
         engine.negotiate(device);
@@ -618,10 +685,16 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
+        let base = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::DEVICE_STATE
+            | VhostUserProtocolFeatures::DEVICE_STATE;
+        // SET_LOG_BASE with the log's memfd: only where LOG_ALL is offered.
+        if lock(&self.engine).host().writes_logged() {
+            base | VhostUserProtocolFeatures::LOG_SHMFD
+        } else {
+            base
+        }
     }
 
     fn set_device_state_fd(
@@ -662,6 +735,7 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn stop_vring(&mut self, queue_index: u32) -> io::Result<()> {
+        self.ring_stopped = true;
         if queue_index == u32::from(REQUEST_QUEUE) {
             self.finish_held();
         }
@@ -709,7 +783,7 @@ impl VhostUserBackendMut for IommuBackend {
         Ok(())
     }
 
-    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestRam>) -> io::Result<()> {
         lock(&self.engine).set_guest_memory(mem.clone());
         self.mem = Some(mem);
         Ok(())
@@ -735,7 +809,7 @@ impl VhostUserBackendMut for IommuBackend {
         &mut self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[QueueRing],
         _thread_id: usize,
     ) -> io::Result<()> {
         // Never return an error: the library ends the queue thread on one.
@@ -754,14 +828,7 @@ impl VhostUserBackendMut for IommuBackend {
             WAKE_EVENT => {
                 // Non-blocking read; EAGAIN only means another wake-up already drained it.
                 let _ = self.wake.read();
-                if let Some(v) = vrings.get(usize::from(REQUEST_QUEUE)) {
-                    self.release_held(v);
-                }
-                if self.requests_deferred {
-                    if let Some(v) = vrings.get(usize::from(REQUEST_QUEUE)) {
-                        self.process_requests(v);
-                    }
-                }
+                self.on_wake(vrings);
             }
             TIMER_EVENT => {
                 let _ = self.timer.wait();
@@ -775,6 +842,7 @@ impl VhostUserBackendMut for IommuBackend {
             }
             other => warn!("unknown device event {other}"),
         }
+        self.poll_held(vrings);
         if let Some(v) = vrings.get(usize::from(EVENT_QUEUE)) {
             self.deliver_events(v);
         }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use log::{error, info, warn};
 use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::epoll::EventSet;
 
 use crate::args::{DaemonConfig, HostKind};
@@ -21,6 +21,7 @@ use crate::host::iommufd::{IommufdConfig, IommufdHost};
 use crate::host::{HostIommu, ReservedRegion};
 use crate::journal::{Journal, SharedJournal};
 use crate::translation::{self, Hub};
+use crate::GuestRam;
 
 /// The host backend with what the serve loop must poll for it.
 #[derive(Debug)]
@@ -270,7 +271,7 @@ impl Daemon {
         let mut daemon = VhostUserDaemon::new(
             "vhost-device-iommu".into(),
             backend.clone(),
-            GuestMemoryAtomic::new(GuestMemoryMmap::default()),
+            GuestMemoryAtomic::new(GuestRam::default()),
         )
         .map_err(Error::CreateDaemon)?;
         if let Some(handler) = daemon.get_epoll_handlers().first() {

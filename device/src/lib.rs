@@ -13,10 +13,15 @@ pub mod control;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod guest_ram;
 pub mod host;
 pub mod journal;
+pub mod log_bitmap;
 pub mod queue;
 pub mod ratelimit;
+pub mod region_log;
 pub mod ring;
 pub mod state_transfer;
 pub mod translation;
+
+pub use guest_ram::GuestRam;

@@ -19,13 +19,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use vhost_device_iommu::backend::{lock, IommuBackend, SharedEngine, CHAINS_PER_WAKE, WAKE_EVENT};
+use vhost_device_iommu::backend::{
+    lock, IommuBackend, QueueRing, SharedEngine, CHAINS_PER_WAKE, WAKE_EVENT,
+};
 use vhost_device_iommu::engine::Engine;
 use vhost_device_iommu::host::{Access, EmulatedHost};
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
+use vhost_device_iommu::GuestRam;
+use vhost_user_backend::{VhostUserBackendMut, VringT};
 use virtio_iommu_spec::{EVENT_QUEUE, REQUEST_QUEUE};
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 use vmm_sys_util::epoll::EventSet;
 
 use crate::code::{Reader, Writer};
@@ -267,12 +270,7 @@ pub struct BackendOutcome {
 /// The split-ring iteration of one chain as virtio-queue does it (next links with a
 /// time-to-live of the table size, one level of indirect table, at most 2^32 bytes), returning
 /// the device-writable bytes and the writable buffers.
-fn chain_writable(
-    mem: &GuestMemoryMmap,
-    desc_table: u64,
-    size: u16,
-    head: u16,
-) -> (u64, Vec<(u64, u64)>) {
+fn chain_writable(mem: &GuestRam, desc_table: u64, size: u16, head: u16) -> (u64, Vec<(u64, u64)>) {
     let (mut table, mut table_size, mut ttl, mut next) = (desc_table, size, size, head);
     let mut indirect = false;
     let (mut yielded, mut writable) = (0u32, 0u64);
@@ -340,10 +338,10 @@ struct Before {
 
 struct Harness {
     setup: Setup,
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     engine: SharedEngine,
     backend: IommuBackend,
-    vrings: Vec<VringRwLock>,
+    vrings: Vec<QueueRing>,
     features: u64,
     max_pending: usize,
     out: BackendOutcome,
@@ -361,8 +359,8 @@ impl Harness {
         let max_pending = cfg.limits.max_pending_events;
         let engine = Engine::new(cfg, Box::new(EmulatedHost::new())).expect("valid config");
         let engine: SharedEngine = Arc::new(parking_lot::Mutex::new(engine));
-        let mut backend =
-            IommuBackend::new(engine.clone(), MAX_QUEUE_SIZE, None, None).expect("eventfd and timerfd");
+        let mut backend = IommuBackend::new(engine.clone(), MAX_QUEUE_SIZE, None, None)
+            .expect("eventfd and timerfd");
         let mem = guest_ram();
         let atomic = GuestMemoryAtomic::new(mem.clone());
         // What SET_FEATURES, SET_MEM_TABLE and the rings' setup do, in QEMU's order.
@@ -370,10 +368,10 @@ impl Harness {
         backend.acked_features(features);
         backend.set_event_idx(setup.event_idx);
         backend.update_memory(atomic.clone()).expect("memory");
-        let vrings: Vec<VringRwLock> = RINGS
+        let vrings: Vec<QueueRing> = RINGS
             .iter()
             .map(|[desc, avail, used]| {
-                let v = VringRwLock::new(atomic.clone(), MAX_QUEUE_SIZE).expect("vring");
+                let v = QueueRing::new(atomic.clone(), MAX_QUEUE_SIZE).expect("vring");
                 v.set_queue_size(setup.size());
                 v.set_queue_info(*desc, *avail, *used)
                     .expect("ring addresses");

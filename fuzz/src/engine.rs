@@ -23,6 +23,7 @@ use vhost_device_iommu::engine::{
     ReservedRegion,
 };
 use vhost_device_iommu::host::{Access, DmaAttrs, EmulatedHost};
+use vhost_device_iommu::GuestRam;
 use virtio_iommu_spec::event::FaultReason;
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, PageRespCode, TableFormat, VtdFlags};
 use virtio_iommu_spec::probe::ResvMemSubtype;
@@ -31,7 +32,7 @@ use virtio_iommu_spec::request::{
     TableDesc, Unmap,
 };
 use virtio_iommu_spec::{Event, Features, Request, Status};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic};
 
 use crate::code::{Reader, Writer};
 
@@ -759,9 +760,9 @@ pub fn config(h: &Header) -> EngineConfig {
 
 /// Fresh guest RAM (zeroed).
 #[must_use]
-pub fn guest_ram() -> GuestMemoryMmap {
+pub fn guest_ram() -> GuestRam {
     let ranges: Vec<_> = RAM.iter().map(|&(a, n)| (GuestAddress(a), n)).collect();
-    GuestMemoryMmap::from_ranges(&ranges).expect("guest RAM")
+    GuestRam::from_ranges(&ranges).expect("guest RAM")
 }
 
 /// What a refused request must leave as it was.
@@ -809,7 +810,7 @@ struct Harness {
     out: EngineOutcome,
     v: Engine,
     cfg: EngineConfig,
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     granule: u64,
     /// Endpoints with an SMMUv3 CD table bound: their DMA without PASID goes through it, not
     /// through the domain's mappings.

@@ -19,12 +19,13 @@ use vhost_device_iommu::host::emulated::walk::{
 };
 use vhost_device_iommu::host::emulated::{aarch64, smmuv3_cd, x86};
 use vhost_device_iommu::host::TableId;
+use vhost_device_iommu::GuestRam;
 use virtio_iommu_spec::ext::{InvalCaches, InvalScope, VtdFlags};
 use virtio_iommu_spec::formats::aarch64::{OUTPUT_BITS as ARM_OUTPUT_BITS, T0SZ_RANGE};
 use virtio_iommu_spec::formats::cd_table::CD1_TTB0_RES0;
 use virtio_iommu_spec::formats::x86::OUTPUT_BITS as X86_OUTPUT_BITS;
 use virtio_iommu_spec::request::{Invalidate, TableDesc};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::code::{Reader, Writer};
 
@@ -319,13 +320,13 @@ pub struct WalkOutcome {
 
 /// Fresh guest RAM (zeroed).
 #[must_use]
-pub fn guest_ram() -> GuestMemoryMmap {
+pub fn guest_ram() -> GuestRam {
     let ranges: Vec<_> = RAM.iter().map(|&(a, n)| (GuestAddress(a), n)).collect();
-    GuestMemoryMmap::from_ranges(&ranges).expect("guest RAM")
+    GuestRam::from_ranges(&ranges).expect("guest RAM")
 }
 
 struct Harness {
-    mem: GuestMemoryMmap,
+    mem: GuestRam,
     nested: Nested,
     bound: Vec<(TableId, TableDesc)>,
     /// The store may have cached something since its caches were last emptied.

@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering;
 
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::error::{Error, Result};
@@ -42,7 +43,8 @@ pub trait RingMemory {
     fn store_u16(&self, gpa: u64, v: u16) -> Result<()>;
 }
 
-impl RingMemory for GuestMemoryMmap {
+/// Any dirty bitmap: the tests play the guest on the device's own memory type too.
+impl<B: Bitmap + 'static> RingMemory for GuestMemoryMmap<B> {
     fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<()> {
         self.read_slice(buf, GuestAddress(gpa))
             .map_err(|_| out_of_bounds(gpa, buf.len()))

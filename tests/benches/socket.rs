@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use virtio_iommu_e2e::frontend::PROTOCOL_FEATURES_BIT;
+use virtio_iommu_e2e::frontend::VHOST_BITS;
 use virtio_iommu_e2e::{Daemon, Frontend};
 use virtio_iommu_spec::Request;
 use virtio_iommu_testkit::bench::{criterion_config, median};
@@ -211,7 +211,7 @@ impl Rig {
         let chains = u64::from(QSIZE / 2);
         let request_gpa = area(&mem, chains * REQUEST_ROOM);
         let reply_gpa = area(&mem, chains * REPLY_ROOM);
-        let features = fe.device_features() & !PROTOCOL_FEATURES_BIT;
+        let features = fe.device_features() & !VHOST_BITS;
         fe.configure(features, &[(0, rq), (1, eq)])
             .expect("device starts");
         let mut rig = Rig {

@@ -13,6 +13,11 @@
 //! Migration (`DEVICE_STATE`, as QEMU's `vhost_save_backend_state` / `vhost_load_backend_state`
 //! for vhost-user-fs): with the device stopped, SET_DEVICE_STATE_FD(SAVE or LOAD, STOPPED) with a
 //! pipe end, the bytes through the pipe until EOF, then CHECK_DEVICE_STATE.
+//!
+//! Dirty-page logging (QEMU's `vhost_migration_log` while the rings run): SET_LOG_BASE with the
+//! log's fd, then SET_FEATURES with LOG_ALL and SET_VRING_ADDR with the log flag on every
+//! running ring; at the end SET_FEATURES without LOG_ALL and SET_VRING_ADDR without the flag.
+//! A device start while logging sends LOG_ALL in its SET_FEATURES.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -25,7 +30,8 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use vhost::vhost_user::message::{
-    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserHeaderFlag,
+    VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags,
+    VhostUserHeaderFlag, VhostUserVringAddrFlags,
 };
 use vhost::vhost_user::{
     Frontend as VuFrontend, VhostUserFrontend, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -36,6 +42,7 @@ use virtio_iommu_testkit::GuestMemory;
 pub use virtio_iommu_testkit::RingConfig;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::dirty_log::DirtyLog;
 use crate::error::{Error, Result};
 
 /// How long [`Frontend::connect`] keeps retrying by default.
@@ -49,10 +56,15 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WANTED_PROTOCOL_FEATURES: VhostUserProtocolFeatures = VhostUserProtocolFeatures::CONFIG
     .union(VhostUserProtocolFeatures::MQ)
     .union(VhostUserProtocolFeatures::REPLY_ACK)
-    .union(VhostUserProtocolFeatures::DEVICE_STATE);
+    .union(VhostUserProtocolFeatures::DEVICE_STATE)
+    .union(VhostUserProtocolFeatures::LOG_SHMFD);
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`, a vhost-user bit inside the virtio feature word.
 pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+/// `VHOST_F_LOG_ALL`: the frontend asks the backend to log the pages it writes.
+pub const LOG_ALL_BIT: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
+/// The vhost-user bits of the virtio feature word: a guest driver never sees them.
+pub const VHOST_BITS: u64 = PROTOCOL_FEATURES_BIT | LOG_ALL_BIT;
 
 /// Per-ring frontend state.
 #[derive(Debug)]
@@ -72,6 +84,10 @@ pub struct Frontend {
     device_features: u64,
     protocol_features: VhostUserProtocolFeatures,
     driver_features: Option<u64>,
+    /// Dirty logging is on: every SET_FEATURES carries [`LOG_ALL_BIT`].
+    logging: bool,
+    /// The log of the last SET_LOG_BASE, sent again by a device start while logging.
+    log: Option<DirtyLog>,
     rings: Vec<Ring>,
 }
 
@@ -151,6 +167,8 @@ impl Frontend {
             device_features,
             protocol_features,
             driver_features: None,
+            logging: false,
+            log: None,
             rings,
         })
     }
@@ -190,12 +208,52 @@ impl Frontend {
     }
 
     /// Sends SET_FEATURES with `virtio_features` plus [`PROTOCOL_FEATURES_BIT`] (as QEMU does,
-    /// so that rings stay disabled until SET_VRING_ENABLE), and remembers them for
-    /// [`Self::start`].
+    /// so that rings stay disabled until SET_VRING_ENABLE) and, while logging,
+    /// [`LOG_ALL_BIT`]; remembers them for [`Self::start`].
     pub fn set_features(&mut self, virtio_features: u64) -> Result<()> {
+        let log = if self.logging { LOG_ALL_BIT } else { 0 };
         self.vu
-            .set_features(virtio_features | PROTOCOL_FEATURES_BIT)?;
+            .set_features(virtio_features | PROTOCOL_FEATURES_BIT | log)?;
         self.driver_features = Some(virtio_features);
+        Ok(())
+    }
+
+    /// SET_LOG_BASE: hands `log` to the backend (LOG_SHMFD), which marks in it every page it
+    /// writes from now on; kept, and sent again by a device start while logging (SET_MEM_TABLE
+    /// gives the backend new regions, without their log).
+    pub fn set_log_base(&mut self, log: DirtyLog) -> Result<()> {
+        self.vu.set_log_base(0, Some(log.region()))?;
+        self.log = Some(log);
+        Ok(())
+    }
+
+    /// The log of the last [`Self::set_log_base`].
+    #[must_use]
+    pub fn dirty_log(&self) -> Option<&DirtyLog> {
+        self.log.as_ref()
+    }
+
+    /// Turns dirty logging on or off as QEMU's `vhost_migration_log` does: on a running
+    /// device SET_FEATURES with the driver's features and LOG_ALL set or cleared, then
+    /// SET_VRING_ADDR of every running ring with the log flag (the used ring's address as its
+    /// log address) set or cleared; on a stopped one nothing is sent. Device starts send
+    /// LOG_ALL while it is on.
+    pub fn set_logging(&mut self, on: bool) -> Result<()> {
+        self.logging = on;
+        if !self.rings.iter().any(|r| r.running) {
+            return Ok(());
+        }
+        let features = self
+            .driver_features
+            .ok_or_else(|| Error::Usage("logging before set_features".into()))?;
+        self.set_features(features)?;
+        for i in 0..self.rings.len() {
+            let ring = &self.rings[i];
+            if let (true, Some(config)) = (ring.running, ring.config) {
+                let data = self.vring_addr(config, on)?;
+                self.vu.set_vring_addr(i, &data)?;
+            }
+        }
         Ok(())
     }
 
@@ -231,15 +289,7 @@ impl Frontend {
 
     /// Sets up one ring at `base`: SET_VRING_NUM, BASE, ADDR, KICK, CALL (not ENABLE).
     pub fn setup_ring(&mut self, index: usize, config: RingConfig, base: u16) -> Result<()> {
-        let data = VringConfigData {
-            queue_max_size: config.size,
-            queue_size: config.size,
-            flags: 0,
-            desc_table_addr: self.host_addr(config.desc)?,
-            used_ring_addr: self.host_addr(config.used)?,
-            avail_ring_addr: self.host_addr(config.avail)?,
-            log_addr: None,
-        };
+        let data = self.vring_addr(config, self.logging)?;
         self.ring(index)?;
         self.vu.set_vring_num(index, config.size)?;
         self.vu.set_vring_base(index, base)?;
@@ -279,8 +329,8 @@ impl Frontend {
     }
 
     /// Starts the device like QEMU's `vhost_dev_start`: SET_FEATURES (the last features given
-    /// to [`Self::set_features`]), SET_MEM_TABLE, every configured ring at its next base, then
-    /// SET_VRING_ENABLE 1 on each of them.
+    /// to [`Self::set_features`]), SET_MEM_TABLE, every configured ring at its next base,
+    /// SET_LOG_BASE while logging, then SET_VRING_ENABLE 1 on each ring.
     pub fn start(&mut self) -> Result<()> {
         let features = self
             .driver_features
@@ -295,6 +345,9 @@ impl Frontend {
             .collect();
         for &(i, config, base) in &configured {
             self.setup_ring(i, config, base)?;
+        }
+        if let (true, Some(log)) = (self.logging, &self.log) {
+            self.vu.set_log_base(0, Some(log.region()))?;
         }
         for &(i, _, _) in &configured {
             self.enable_ring(i, true)?;
@@ -487,6 +540,25 @@ impl Frontend {
             .clone()
             .set_config(offset, VhostUserConfigFlags::empty(), data)?;
         Ok(())
+    }
+
+    /// SET_VRING_ADDR's payload for `config`; `log`: with the log flag, the used ring's
+    /// guest-physical address as the log address (as QEMU sends it).
+    fn vring_addr(&self, config: RingConfig, log: bool) -> Result<VringConfigData> {
+        let flags = if log {
+            VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits()
+        } else {
+            0
+        };
+        Ok(VringConfigData {
+            queue_max_size: config.size,
+            queue_size: config.size,
+            flags,
+            desc_table_addr: self.host_addr(config.desc)?,
+            used_ring_addr: self.host_addr(config.used)?,
+            avail_ring_addr: self.host_addr(config.avail)?,
+            log_addr: log.then_some(config.used),
+        })
     }
 
     /// Host virtual address of a GPA: vring addresses travel as frontend addresses, which the

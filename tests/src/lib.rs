@@ -6,6 +6,7 @@
 //! - [`transport`]: virtio-drivers' `Transport` over the frontend, so virtio-drivers based
 //!   drivers (and `VirtQueue`) run unchanged on the test kit's `GuestHal`.
 //! - [`daemon`]: the daemon as a child process, and its control-socket client.
+//! - [`dirty_log`]: the dirty-page log a frontend hands the backend for a migration.
 //! - [`blk`]: the `vhost-user-blk-confined` backend as a child process, on a disk file.
 //! - [`translation_client`]: a client of the daemon's translation socket speaking the raw
 //!   protocol (spec/TRANSLATION.md), for tests and benchmarks.
@@ -14,6 +15,7 @@
 
 pub mod blk;
 pub mod daemon;
+pub mod dirty_log;
 pub mod error;
 pub mod frontend;
 pub mod translation_client;
@@ -22,6 +24,7 @@ pub mod watchdog;
 
 pub use blk::BlkDaemon;
 pub use daemon::{ControlClient, Daemon};
+pub use dirty_log::DirtyLog;
 pub use error::{Error, Result};
 pub use frontend::Frontend;
 pub use translation_client::TranslationClient;

@@ -13,7 +13,7 @@ use virtio_drivers::{Error as VirtioError, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::error::{Error, Result};
-use crate::frontend::{Frontend, RingConfig, PROTOCOL_FEATURES_BIT};
+use crate::frontend::{Frontend, RingConfig, VHOST_BITS};
 
 /// Default for [`VhostUserTransport::max_queue_size`] (QEMU's vhost-user-device default).
 pub const DEFAULT_MAX_QUEUE_SIZE: u32 = 256;
@@ -125,8 +125,8 @@ impl Transport for VhostUserTransport {
     }
 
     fn read_device_features(&mut self) -> u64 {
-        // PROTOCOL_FEATURES is vhost-user's, not the device's: QEMU hides it from the guest.
-        self.fe.device_features() & !PROTOCOL_FEATURES_BIT
+        // PROTOCOL_FEATURES and LOG_ALL are vhost-user's, not the device's: QEMU hides them.
+        self.fe.device_features() & !VHOST_BITS
     }
 
     fn write_driver_features(&mut self, driver_features: u64) {

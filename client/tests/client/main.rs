@@ -2,17 +2,24 @@
 //! INVALIDATE (dropped before the ack, and only after the accesses using it), faults not
 //! cached, reconnection after a daemon restart, bounded waits, hostile replies; `ConfinedMemory`
 //! (the fast hit and the `IommuMemory` path, the ack after its accesses); `PinnedMemory` (the
-//! ack after the view, misses under it, acks in order).
+//! ack after the view, misses under it, acks in order); wire order kept whichever thread reads
+//! (busy-polling off, at the default, long).
+//!
+//! `VIOMMU_TEST_POLL_US=N` runs every test with `busy_poll` N µs (default: the config's, 50),
+//! so that the whole suite runs with polling on and off.
 
 mod fake;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fake::Fake;
 use virtio_iommu_client::{Client, ClientConfig, ConfinedMemory, EndpointRange, Error};
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::request::MapFlags;
-use virtio_iommu_spec::translation::{HelloStatus, TranslateFlags};
+use virtio_iommu_spec::translation::{
+    DaemonMessage, Endpoints, HelloStatus, Invalidate, Pasids, TranslateFlags,
+};
 use vm_memory::iommu::MappedRange;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, IommuMemory, Permissions};
 
@@ -29,6 +36,12 @@ fn config(fake: &Fake) -> ClientConfig {
     );
     c.reply_timeout = Duration::from_millis(500);
     c.retry_interval = Duration::from_millis(0);
+    if let Some(us) = std::env::var("VIOMMU_TEST_POLL_US")
+        .ok()
+        .and_then(|u| u.parse().ok())
+    {
+        c.busy_poll = Duration::from_micros(us);
+    }
     c
 }
 
@@ -501,4 +514,94 @@ fn too_many_acks_waiting_for_a_pin_close_the_connection() {
     // Everything cached was dropped; the next access reconnects and asks again.
     assert_eq!(dma.read_obj::<u8>(GuestAddress(0x10000)).unwrap(), 0);
     assert_eq!(fake.with(|s| s.hellos), 2);
+}
+
+/// INVALIDATE `seq` of endpoint `EP`'s `first..=last`, as bytes.
+fn raw_invalidate(seq: u64, first: u64, last: u64) -> Vec<u8> {
+    let msg = DaemonMessage::Invalidate(Invalidate {
+        seq,
+        first,
+        last,
+        endpoints: Endpoints::One(EP),
+        pasids: Pasids::NoPasid,
+    });
+    let mut v = vec![0u8; msg.encoded_len()];
+    msg.encode_into(&mut v).unwrap();
+    v
+}
+
+/// Polling off, at the default, and longer than anything here takes (so the thread waiting
+/// for its reply reads it whenever the reader thread does not).
+const POLLS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_micros(50),
+    Duration::from_millis(20),
+];
+
+#[test]
+fn messages_are_handled_in_wire_order_whichever_thread_reads_them() {
+    for poll in POLLS {
+        for invalidate_first in [true, false] {
+            let fake = Fake::start();
+            let mut c = config(&fake);
+            c.busy_poll = poll;
+            let client = Client::connect(c).unwrap();
+            // One write: the reply to the first TRANSLATE (tag 0, two pages) and an
+            // INVALIDATE of its second page (the first stays cached either way).
+            let (reply, inv) = (
+                raw_reply(0, 0x10000, 0x11fff, 0x4000, 3),
+                raw_invalidate(1, 0x11000, 0x11fff),
+            );
+            let both = if invalidate_first {
+                [inv, reply].concat()
+            } else {
+                [reply, inv].concat()
+            };
+            fake.with(|s| s.raw_reply = Some(both));
+            assert_eq!(
+                gpas(&client, 0x10080, 0x10, Permissions::Read).unwrap(),
+                [(0x4080, 0x10)],
+                "{poll:?}"
+            );
+            assert!(fake.wait_ack(1, Duration::from_secs(5)));
+            // A reply sent after the INVALIDATE stays cached; one sent before it is dropped.
+            fake.map(EP, 0x11000, 0x11fff, 0x9000, RW);
+            let second = if invalidate_first { 0x5080 } else { 0x9080 };
+            assert_eq!(
+                gpas(&client, 0x11080, 0x10, Permissions::Read).unwrap(),
+                [(second, 0x10)],
+                "{poll:?} invalidate first: {invalidate_first}"
+            );
+            assert_eq!(fake.translates(), if invalidate_first { 1 } else { 2 });
+            assert_eq!(client.stats().invalidations.load(Ordering::Relaxed), 1);
+        }
+    }
+}
+
+#[test]
+fn a_malformed_reply_closes_the_connection_whichever_thread_reads_it() {
+    for poll in POLLS {
+        let fake = Fake::start();
+        let mut c = config(&fake);
+        c.busy_poll = poll;
+        let client = Client::connect(c).unwrap();
+        // Two ranges announced, one sent: a size that does not fit.
+        let mut bad = raw_reply(0, 0x10000, 0x10fff, 0x4000, 3);
+        bad[20] = 2;
+        fake.with(|s| s.raw_reply = Some(bad));
+        assert!(
+            matches!(
+                gpas(&client, 0x10000, 1, Permissions::Read),
+                Err(Error::Disconnected)
+            ),
+            "{poll:?}"
+        );
+        wait_for("the client closes the connection", || !client.connected());
+        fake.map(EP, 0x10000, 0x10fff, 0x4000, RW);
+        assert_eq!(
+            gpas(&client, 0x10000, 1, Permissions::Read).unwrap(),
+            [(0x4000, 1)]
+        );
+        assert_eq!(client.stats().connections.load(Ordering::Relaxed), 2);
+    }
 }

@@ -17,13 +17,14 @@ use log::debug;
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::{Event, FaultEvent, Features, PageRequest};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use super::engine_config::EndpointTable;
 use super::event_queue::EventQueue;
 use super::prq::{Origin, PageRequests};
 use super::queue_event;
 use crate::host::{Access, DmaAttrs, Fault, GuestRange, HostIommu};
+use crate::GuestRam;
 
 /// Page requests one page of a DMA may raise (the first and the retries after SUCCESS) before
 /// the DMA fails with an unrecoverable fault.
@@ -133,7 +134,7 @@ impl ParkedDmas {
 pub struct DeviceDma<'a> {
     pub(super) parked: &'a mut ParkedDmas,
     pub(super) host: &'a mut dyn HostIommu,
-    pub(super) mem: Option<&'a GuestMemoryAtomic<GuestMemoryMmap>>,
+    pub(super) mem: Option<&'a GuestMemoryAtomic<GuestRam>>,
     pub(super) prq: &'a mut PageRequests,
     pub(super) events: &'a mut EventQueue,
     pub(super) endpoints: &'a EndpointTable,

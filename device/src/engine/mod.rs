@@ -32,7 +32,7 @@ use log::debug;
 use virtio_iommu_spec::config::BYPASS_OFFSET;
 use virtio_iommu_spec::request::TAIL_SIZE;
 use virtio_iommu_spec::{Config, Event, Features, Request, RequestType, Status};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 use zerocopy::IntoBytes;
 
 pub use self::device_dma::{
@@ -61,6 +61,7 @@ use self::invalidation::Invalidations;
 use self::prq::PageRequests;
 use self::request_log::RequestLine;
 use crate::host::HostIommu;
+use crate::GuestRam;
 
 /// Queues an event for the driver, dropping the oldest if the queue is full; a page request
 /// dropped that way is completed by the device with FAILURE.
@@ -121,7 +122,7 @@ pub struct Engine {
     events: EventQueue,
     requests: RequestStats,
     /// Guest memory, for the DMA the engine copies itself ([`DeviceDma::start`]).
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: Option<GuestMemoryAtomic<GuestRam>>,
     prq: PageRequests,
     parked: ParkedDmas,
     parked_translations: ParkedTranslations,
@@ -629,7 +630,7 @@ impl Engine {
     }
 
     /// Hands guest memory to the host (DMA emulation, host mappings).
-    pub fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+    pub fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestRam>) {
         self.mem = Some(mem.clone());
         self.host.set_guest_memory(mem);
     }

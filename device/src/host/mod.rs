@@ -25,7 +25,9 @@ use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 use virtio_iommu_spec::request::TableDesc;
 use virtio_iommu_spec::Event;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
+
+use crate::GuestRam;
 
 pub use emulated::EmulatedHost;
 pub use mapping_store::{Mapping, MappingStore, Removed, WouldSplit};
@@ -327,8 +329,15 @@ pub trait HostIommu: Send + fmt::Debug {
         false
     }
 
+    /// Whether every write of guest memory made for this host's endpoints goes through the
+    /// daemon's [`GuestRam`], which logs dirty pages while a migration asks for it. Hardware
+    /// DMA behind a real IOMMU does not: the daemon then cannot offer vhost-user's LOG_ALL.
+    fn writes_logged(&self) -> bool {
+        true
+    }
+
     /// Gives the host the guest's memory (for DMA emulation and for pinning host mappings).
-    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestRam>) {
         let _ = mem;
     }
 

@@ -86,6 +86,12 @@ impl Hub {
         self.config.ack_timeout
     }
 
+    /// How long a thread expecting a translation message soon polls before it sleeps.
+    #[must_use]
+    pub fn busy_poll(&self) -> std::time::Duration {
+        self.config.busy_poll
+    }
+
     /// The counters.
     #[must_use]
     pub fn stats(&self) -> TranslationStats {

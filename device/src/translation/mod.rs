@@ -10,9 +10,11 @@
 //!   lock, the acknowledgement bound and the cut-off.
 //! - `scope.rs`: which INVALIDATE messages one client gets for one engine record.
 //! - `service.rs`: the service thread (accept, read, TRANSLATE, page-request waits, timeouts),
-//!   `connection.rs` its framing of the input, `translate.rs` the TRANSLATE checks and reply.
+//!   `connection.rs` its framing of the input, `translate.rs` the TRANSLATE checks and reply,
+//!   `busy_poll.rs` the bounded spinning before it sleeps (`--translation-poll-us`).
 //! - `config.rs`, `stats.rs`: the validated flags and the counters.
 
+pub(crate) mod busy_poll;
 mod config;
 mod connection;
 mod held;
@@ -29,7 +31,7 @@ mod translate;
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 
-pub use config::TranslationConfig;
+pub use config::{TranslationConfig, DEFAULT_POLL_US, MAX_POLL_US};
 pub use held::{HeldReplies, HeldReply};
 pub use hold_id::HoldId;
 pub use hub::Hub;

@@ -1,6 +1,7 @@
 //! The service thread: accepts clients, reads their messages, answers TRANSLATE from the
 //! engine, waits for page responses, enforces the acknowledgement bound and writes what the
-//! sockets did not take at once. One thread, one epoll set, level-triggered.
+//! sockets did not take at once. One thread, one epoll set, level-triggered; after events it
+//! polls the set without sleeping for `--translation-poll-us` before it sleeps.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,6 +18,7 @@ use virtio_iommu_spec::translation::{
 use virtio_iommu_spec::Features;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::busy_poll::BusyPoll;
 use super::connection::{Connection, ReadState};
 use super::hub::Hub;
 use super::translate::{access, count, reply};
@@ -114,15 +116,13 @@ impl Service {
     /// Serves for the life of the process.
     pub(super) fn run(mut self) {
         let mut events = vec![EpollEvent::default(); 32];
+        let mut n = 0;
         loop {
-            let n = match self.epoll.wait(self.timeout_ms(), &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
-                Err(e) => {
-                    limited!(Warn, "translation socket: epoll wait: {e}");
-                    std::thread::sleep(ACCEPT_BACKOFF);
-                    0
-                }
+            // After work more is likely soon (a reply read, the next TRANSLATE, an ack): poll
+            // for the bound before sleeping. Only after events, so an idle service sleeps.
+            n = match self.busy_poll(n > 0, &mut events) {
+                Some(n) => n,
+                None => self.wait(&mut events),
             };
             for ev in &events[..n] {
                 match ev.data() {
@@ -140,6 +140,40 @@ impl Service {
             self.reap();
             self.hub.registry.lock().flush_all();
             self.update_interest();
+        }
+    }
+
+    /// Waits for events, sleeping until the next timeout.
+    fn wait(&self, events: &mut [EpollEvent]) -> usize {
+        match self.epoll.wait(self.timeout_ms(), events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+            Err(e) => {
+                limited!(Warn, "translation socket: epoll wait: {e}");
+                std::thread::sleep(ACCEPT_BACKOFF);
+                0
+            }
+        }
+    }
+
+    /// When `after_work` and polling is on: events found by polling without sleeping, for at
+    /// most the configured bound; `None` when nothing came (or polling is off).
+    fn busy_poll(&self, after_work: bool, events: &mut [EpollEvent]) -> Option<usize> {
+        if !after_work {
+            return None;
+        }
+        let mut spell = BusyPoll::new(self.hub.config.busy_poll)?;
+        loop {
+            match self.epoll.wait(0, events) {
+                Ok(0) => {}
+                Ok(n) => return Some(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The sleeping wait reports it.
+                Err(_) => return None,
+            }
+            if !spell.again() {
+                return None;
+            }
         }
     }
 

@@ -10,13 +10,14 @@ use vhost_device_iommu::host::{
     Access, AttachTarget, EmulatedHost, Fault, GuestRange, HostError, HostIommu, Perm,
     ReservedRegion, SpaceId,
 };
+use vhost_device_iommu::GuestRam;
 use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::{Event, Features, Request, Status};
 use virtio_iommu_testkit::requests as req;
 pub use virtio_iommu_testkit::requests::RW;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 
 /// Endpoints `ids` with the given reserved regions.
 pub fn eps(ids: RangeInclusive<u32>, reserved: Vec<ReservedRegion>) -> EndpointConfig {
@@ -135,12 +136,12 @@ pub fn mappings(v: &Engine, domain: u32) -> Vec<(u64, u64, u64, u32)> {
 }
 
 /// Guest RAM: `[(gpa, size)]`.
-pub fn guest_memory(ranges: &[(u64, usize)]) -> GuestMemoryAtomic<GuestMemoryMmap> {
+pub fn guest_memory(ranges: &[(u64, usize)]) -> GuestMemoryAtomic<GuestRam> {
     let r: Vec<_> = ranges
         .iter()
         .map(|&(a, n)| (vm_memory::GuestAddress(a), n))
         .collect();
-    GuestMemoryAtomic::new(GuestMemoryMmap::<()>::from_ranges(&r).unwrap())
+    GuestMemoryAtomic::new(GuestRam::from_ranges(&r).unwrap())
 }
 
 /// What [`TestHost`] should do next, and what it saw.
@@ -153,6 +154,8 @@ pub struct Knobs {
     pub fail_detach: Option<HostError>,
     pub events: VecDeque<Event>,
     pub page_responses: Vec<(u32, Option<u32>, u16, PageRespCode)>,
+    /// Plays a host whose devices write guest memory by DMA of their own (not logged).
+    pub hardware_dma: bool,
 }
 
 /// The emulated host with failure injection and an event source, observable from the test.
@@ -251,7 +254,10 @@ impl HostIommu for TestHost {
     fn poll_event(&mut self) -> Option<Event> {
         self.knobs.lock().unwrap().events.pop_front()
     }
-    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+    fn writes_logged(&self) -> bool {
+        !self.knobs.lock().unwrap().hardware_dma
+    }
+    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestRam>) {
         self.inner.set_guest_memory(mem);
     }
     fn translate(

@@ -1,20 +1,21 @@
-//! DMA through the emulated host into real guest memory (`GuestMemoryMmap`): mapped writes land
+//! DMA through the emulated host into real guest memory (`GuestRam`): mapped writes land
 //! at the right guest-physical bytes, unmapped or forbidden accesses fault with the right
 //! record, and the IOTLB never serves a stale translation.
 
 use crate::common::*;
 use vhost_device_iommu::engine::{Engine, EngineConfig};
 use vhost_device_iommu::host::{Access, ReservedRegion};
+use vhost_device_iommu::GuestRam;
 use virtio_iommu_spec::event::{FaultFlags, FaultReason};
 use virtio_iommu_spec::request::MapFlags;
 use virtio_iommu_spec::{FaultEvent, Status};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 const RAM: u64 = 0x10_0000;
 const RAM_SIZE: usize = 0x10_0000;
 const RAM_END: u64 = RAM + 0x10_0000;
 
-fn setup() -> (Engine, GuestMemoryAtomic<GuestMemoryMmap>) {
+fn setup() -> (Engine, GuestMemoryAtomic<GuestRam>) {
     let cfg = EngineConfig {
         endpoints: vec![eps(
             0..=7,
@@ -29,7 +30,7 @@ fn setup() -> (Engine, GuestMemoryAtomic<GuestMemoryMmap>) {
     (v, mem)
 }
 
-fn read_guest(mem: &GuestMemoryAtomic<GuestMemoryMmap>, gpa: u64, n: usize) -> Vec<u8> {
+fn read_guest(mem: &GuestMemoryAtomic<GuestRam>, gpa: u64, n: usize) -> Vec<u8> {
     let mut b = vec![0u8; n];
     mem.memory().read_slice(&mut b, GuestAddress(gpa)).unwrap();
     b

@@ -6,6 +6,7 @@ mod budget;
 mod common;
 mod counting_alloc;
 mod device;
+mod dirty_log;
 mod dma;
 mod footprint;
 mod hostile;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use virtio_iommu_e2e::frontend::{Frontend, CONNECT_TIMEOUT, PROTOCOL_FEATURES_BIT};
+use virtio_iommu_e2e::frontend::{Frontend, CONNECT_TIMEOUT, VHOST_BITS};
 use virtio_iommu_testkit::requests::{attach, bytes, map, unmap};
 use virtio_iommu_testkit::{Chain, GuestMemory, RawQueue};
 
@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut fe = Frontend::connect(&socket, mem.clone(), CONNECT_TIMEOUT)?;
     let mut rq = RawQueue::new(mem.clone(), 0, 64)?;
     let mut eq = RawQueue::new(mem, 1, 16)?;
-    let features = fe.device_features() & !PROTOCOL_FEATURES_BIT;
+    let features = fe.device_features() & !VHOST_BITS;
     fe.configure(features, &[(0, rq.config()), (1, eq.config())])?;
     for _ in 0..8 {
         eq.submit(&Chain::new().writable(48))?;

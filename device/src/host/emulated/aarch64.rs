@@ -85,13 +85,14 @@ fn perms(desc: u64) -> LeafPerms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use crate::GuestRam;
+    use vm_memory::{Bytes, GuestAddress};
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn mem() -> GuestRam {
+        GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
     }
 
-    fn put(m: &GuestMemoryMmap, gpa: u64, v: u64) {
+    fn put(m: &GuestRam, gpa: u64, v: u64) {
         m.write_slice(&v.to_le_bytes(), GuestAddress(gpa)).unwrap();
     }
 

@@ -29,7 +29,7 @@ use virtio_iommu_spec::event::FaultReason;
 use virtio_iommu_spec::probe::ResvMemSubtype;
 use virtio_iommu_spec::request::{Invalidate, TableDesc};
 use vm_memory::{
-    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
+    Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryRegion,
 };
 
@@ -42,6 +42,7 @@ use super::{
     Access, AttachTarget, DmaAttrs, Fault, GuestRange, HostError, HostIommu, MappingStore, Perm,
     ReservedRegion, SpaceId, TableId, TranslateFault,
 };
+use crate::GuestRam;
 use attachments::Attachments;
 use iotlb::Iotlb;
 use nested::{Nested, Route};
@@ -58,7 +59,7 @@ pub struct EmulatedHost {
     attachments: Attachments,
     iotlb: Iotlb,
     nested: Nested,
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: Option<GuestMemoryAtomic<GuestRam>>,
 }
 
 impl Default for EmulatedHost {
@@ -276,7 +277,7 @@ impl EmulatedHost {
         iova: u64,
         len: usize,
         access: Access,
-        mut copy: impl FnMut(&GuestMemoryMmap, usize, usize, GuestAddress) -> usize,
+        mut copy: impl FnMut(&GuestRam, usize, usize, GuestAddress) -> usize,
     ) -> Result<(), Fault> {
         let mem = self.mem.clone();
         let guard = mem.as_ref().map(GuestMemoryAtomic::memory);
@@ -381,7 +382,7 @@ impl HostIommu for EmulatedHost {
         self.iotlb.invalidate_all();
     }
 
-    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestRam>) {
         self.mem = Some(mem);
     }
 

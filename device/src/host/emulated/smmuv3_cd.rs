@@ -99,12 +99,13 @@ pub fn decode(w0: u64, w1: u64) -> Result<ContextDesc, WalkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use crate::GuestRam;
+    use vm_memory::{Bytes, GuestAddress};
 
     const V: u64 = CD0_V;
     const AA64: u64 = CD0_AA64;
 
-    fn put(m: &GuestMemoryMmap, gpa: u64, v: u64) {
+    fn put(m: &GuestRam, gpa: u64, v: u64) {
         m.write_slice(&v.to_le_bytes(), GuestAddress(gpa)).unwrap();
     }
 
@@ -131,7 +132,7 @@ mod tests {
 
     #[test]
     fn linear_and_two_level() {
-        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let m = GuestRam::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
         put(&m, 0x1000 + 3 * 64, V | AA64 | 16);
         put(&m, 0x1000 + 3 * 64 + 8, 0x4000);
         assert_eq!(

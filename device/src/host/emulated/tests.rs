@@ -1,7 +1,9 @@
 //! Unit tests of the emulated host: translation rules, reserved regions, the IOTLB, DMA
 //! copies, and the reference counts of spaces.
 
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
+
+use crate::GuestRam;
 
 use super::EmulatedHost;
 use crate::host::{
@@ -13,10 +15,10 @@ use virtio_iommu_spec::probe::ResvMemSubtype;
 /// Read-write.
 const RW: Perm = Perm::READ.union(Perm::WRITE);
 
-fn mem() -> GuestMemoryAtomic<GuestMemoryMmap> {
+fn mem() -> GuestMemoryAtomic<GuestRam> {
     // 64 KiB of RAM at 0x10000 and 64 KiB at 0x30000, with a hole in between.
     GuestMemoryAtomic::new(
-        GuestMemoryMmap::<()>::from_ranges(&[
+        GuestRam::from_ranges(&[
             (GuestAddress(0x1_0000), 0x1_0000),
             (GuestAddress(0x3_0000), 0x1_0000),
         ])

@@ -3,9 +3,10 @@
 
 use bitflags::bitflags;
 use virtio_iommu_spec::event::FaultReason;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::host::{Access, DmaAttrs};
+use crate::GuestRam;
 
 /// The access a walk is checked against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +156,7 @@ pub trait TableMemory {
     fn read_entry(&self, gpa: u64) -> Result<u64, WalkError>;
 }
 
-impl TableMemory for GuestMemoryMmap {
+impl TableMemory for GuestRam {
     fn read_entry(&self, gpa: u64) -> Result<u64, WalkError> {
         read_entry(self, gpa)
     }
@@ -166,7 +167,7 @@ impl TableMemory for GuestMemoryMmap {
 ///
 /// # Errors
 /// [`WalkError::Malformed`].
-pub fn read_entry(mem: &GuestMemoryMmap, gpa: u64) -> Result<u64, WalkError> {
+pub fn read_entry(mem: &GuestRam, gpa: u64) -> Result<u64, WalkError> {
     gpa.checked_add(7).ok_or(WalkError::Malformed)?;
     let mut b = [0u8; 8];
     mem.read_slice(&mut b, GuestAddress(gpa))
@@ -179,7 +180,7 @@ pub fn read_entry(mem: &GuestMemoryMmap, gpa: u64) -> Result<u64, WalkError> {
 #[cfg(any(test, feature = "test-support"))]
 #[derive(Debug)]
 pub struct CountingMemory<'a> {
-    mem: &'a GuestMemoryMmap,
+    mem: &'a GuestRam,
     reads: std::cell::Cell<u32>,
 }
 
@@ -187,7 +188,7 @@ pub struct CountingMemory<'a> {
 impl<'a> CountingMemory<'a> {
     /// Counts reads of `mem`, from zero.
     #[must_use]
-    pub fn new(mem: &'a GuestMemoryMmap) -> Self {
+    pub fn new(mem: &'a GuestRam) -> Self {
         CountingMemory {
             mem,
             reads: std::cell::Cell::new(0),
@@ -256,7 +257,7 @@ mod tests {
         use super::super::{aarch64, nested, smmuv3_cd, x86};
         use virtio_iommu_spec::ext::{VtdFlags, S1FMT_4KL2};
         use virtio_iommu_spec::formats::{aarch64 as arm, x86 as ia};
-        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
+        let m = GuestRam::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap();
         let put = |gpa: u64, v: u64| m.write_slice(&v.to_le_bytes(), GuestAddress(gpa)).unwrap();
         put(0x1000, 0x1000 | arm::VALID | arm::TABLE_OR_PAGE | arm::AF);
         put(0x2000, 0x2000 | ia::P | ia::RW | ia::US);

@@ -103,9 +103,10 @@ fn perms(rw: bool, us: bool, xd: bool, flags: VtdFlags) -> LeafPerms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+    use crate::GuestRam;
+    use vm_memory::{Bytes, GuestAddress};
 
-    fn put(m: &GuestMemoryMmap, gpa: u64, v: u64) {
+    fn put(m: &GuestRam, gpa: u64, v: u64) {
         m.write_slice(&v.to_le_bytes(), GuestAddress(gpa)).unwrap();
     }
 
@@ -122,7 +123,7 @@ mod tests {
 
     #[test]
     fn levels_pages_and_errors() {
-        let m = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let m = GuestRam::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let t = P | RW | US;
         // PML5 0x1000 → PML4 0x2000 → PDPT 0x3000 → PD 0x4000 → PT 0x5000 → 0x9000.
         put(&m, 0x1000, 0x2000 | t);

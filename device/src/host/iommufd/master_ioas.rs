@@ -8,11 +8,12 @@ use std::os::fd::AsRawFd;
 use iommufd_bindings as b;
 use log::{debug, error, info, warn};
 use vm_memory::{
-    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion,
     MemoryRegionAddress,
 };
 
 use super::sys;
+use crate::GuestRam;
 
 /// A guest memory region mapped into the master IOAS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub(super) struct MasterIoas {
     id: u32,
     guest: Vec<GuestMapping>,
     /// The memory the mappings come from, kept mapped in this process while they exist.
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
+    mem: Option<GuestMemoryAtomic<GuestRam>>,
 }
 
 impl MasterIoas {
@@ -55,7 +56,7 @@ impl MasterIoas {
     }
 
     /// Replaces the IOAS's guest memory with `mem`'s regions.
-    pub(super) fn map_guest_memory(&mut self, fd: &File, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+    pub(super) fn map_guest_memory(&mut self, fd: &File, mem: GuestMemoryAtomic<GuestRam>) {
         if !self.guest.is_empty() {
             // New memory table: the old pinned pages stay mapped only in domain IOASes that
             // copied them, until the guest unmaps those.
@@ -83,7 +84,7 @@ impl MasterIoas {
         fd: &File,
         gpa: u64,
         len: u64,
-        region: &vm_memory::GuestRegionMmap,
+        region: &impl GuestMemoryRegion,
     ) -> io::Result<bool> {
         let rw = b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE
             | b::iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE;

@@ -41,9 +41,10 @@ use log::{error, info, trace, warn};
 use virtio_iommu_spec::ext::PageRespCode;
 use virtio_iommu_spec::request::{Invalidate, TableDesc};
 use virtio_iommu_spec::Event;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::GuestMemoryAtomic;
 
 use super::{AttachTarget, HostError, HostIommu, Perm, ReservedRegion, SpaceId, TableId};
+use crate::GuestRam;
 use bound_device::{BoundDevice, DeviceKind};
 pub use error::IommufdError;
 use error::{host_err, ioctl_err};
@@ -651,6 +652,11 @@ impl HostIommu for IommufdHost {
         r
     }
 
+    fn writes_logged(&self) -> bool {
+        // The devices write guest memory by DMA through the kernel, unseen by the log.
+        false
+    }
+
     fn owns_dma(&self, endpoint: u32) -> bool {
         self.devices.contains_key(&endpoint) || self.waiting.contains(endpoint)
     }
@@ -757,7 +763,7 @@ impl HostIommu for IommufdHost {
         fault.or_else(|| self.vsmmu.poll_event())
     }
 
-    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) {
+    fn set_guest_memory(&mut self, mem: GuestMemoryAtomic<GuestRam>) {
         self.master.map_guest_memory(&self.fd, mem);
         // The VMM binds its devices before it hands over guest memory.
         self.install_vmm_bound(None);

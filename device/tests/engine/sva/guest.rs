@@ -4,6 +4,7 @@
 
 use vhost_device_iommu::engine::{EndpointConfig, Engine, EngineConfig, Limits};
 use vhost_device_iommu::host::EmulatedHost;
+use vhost_device_iommu::GuestRam;
 use virtio_iommu_spec::ext::{
     InvalCaches, InvalScope, PageRespCode, TableFormat, VtdFlags, S1DSS_SSID0, S1FMT_LINEAR,
 };
@@ -13,7 +14,7 @@ use virtio_iommu_spec::request::TableDesc;
 use virtio_iommu_spec::Status;
 use virtio_iommu_testkit::requests as req;
 pub use virtio_iommu_testkit::requests::{arm_table, vtd_table};
-use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic};
 
 use crate::common::{attach, send};
 
@@ -53,17 +54,14 @@ pub fn config() -> EngineConfig {
 /// Guest memory with a bump allocator for table pages.
 #[derive(Debug)]
 pub struct Guest {
-    pub mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    pub mem: GuestMemoryAtomic<GuestRam>,
     next: u64,
 }
 
 impl Guest {
     pub fn new() -> Self {
-        let m = GuestMemoryMmap::<()>::from_ranges(&[(
-            GuestAddress(0),
-            usize::try_from(RAM_SIZE).unwrap(),
-        )])
-        .unwrap();
+        let m = GuestRam::from_ranges(&[(GuestAddress(0), usize::try_from(RAM_SIZE).unwrap())])
+            .unwrap();
         Guest {
             mem: GuestMemoryAtomic::new(m),
             next: TABLES,

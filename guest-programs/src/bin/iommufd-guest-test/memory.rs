@@ -3,13 +3,14 @@
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_device_iommu::GuestRam;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryAtomic};
 
 pub const MIB: u64 = 1 << 20;
 
 /// Guest memory for the host: 1 MiB at `gpa`, backed by a tmpfs file when `file` is given
 /// (so the backend can use IOMMU_IOAS_MAP_FILE), else anonymous memory (IOMMU_IOAS_MAP).
-pub fn guest_memory(gpa: u64, file: Option<&Path>) -> GuestMemoryAtomic<GuestMemoryMmap> {
+pub fn guest_memory(gpa: u64, file: Option<&Path>) -> GuestMemoryAtomic<GuestRam> {
     let size = usize::try_from(MIB).expect("1 MiB fits usize");
     let mem = match file {
         Some(p) => {
@@ -21,13 +22,13 @@ pub fn guest_memory(gpa: u64, file: Option<&Path>) -> GuestMemoryAtomic<GuestMem
                 .open(p)
                 .expect("memory file");
             f.set_len(MIB).expect("size memory file");
-            GuestMemoryMmap::from_ranges_with_files([(
+            GuestRam::from_ranges_with_files([(
                 GuestAddress(gpa),
                 size,
                 Some(FileOffset::new(f, 0)),
             )])
         }
-        None => GuestMemoryMmap::from_ranges(&[(GuestAddress(gpa), size)]),
+        None => GuestRam::from_ranges(&[(GuestAddress(gpa), size)]),
     };
     GuestMemoryAtomic::new(mem.expect("guest memory"))
 }
@@ -43,7 +44,7 @@ pub fn pattern(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-pub fn read_mem(mem: &GuestMemoryAtomic<GuestMemoryMmap>, gpa: u64, len: usize) -> Vec<u8> {
+pub fn read_mem(mem: &GuestMemoryAtomic<GuestRam>, gpa: u64, len: usize) -> Vec<u8> {
     use vm_memory::GuestAddressSpace;
     let mut buf = vec![0; len];
     mem.memory()
@@ -52,7 +53,7 @@ pub fn read_mem(mem: &GuestMemoryAtomic<GuestMemoryMmap>, gpa: u64, len: usize) 
     buf
 }
 
-pub fn write_mem(mem: &GuestMemoryAtomic<GuestMemoryMmap>, gpa: u64, data: &[u8]) {
+pub fn write_mem(mem: &GuestMemoryAtomic<GuestRam>, gpa: u64, data: &[u8]) {
     use vm_memory::GuestAddressSpace;
     mem.memory()
         .write_slice(data, GuestAddress(gpa))
@@ -60,7 +61,7 @@ pub fn write_mem(mem: &GuestMemoryAtomic<GuestMemoryMmap>, gpa: u64, data: &[u8]
 }
 
 /// The daemon-side virtual address of guest-physical `gpa`.
-pub fn host_address(mem: &GuestMemoryAtomic<GuestMemoryMmap>, gpa: u64) -> u64 {
+pub fn host_address(mem: &GuestMemoryAtomic<GuestRam>, gpa: u64) -> u64 {
     use vm_memory::{GuestAddressSpace, GuestMemoryBackend};
     let p = mem
         .memory()

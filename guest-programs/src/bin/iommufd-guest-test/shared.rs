@@ -11,7 +11,8 @@ use std::time::Duration;
 use vhost_device_iommu::host::iommufd::selftest as st;
 use vhost_device_iommu::host::iommufd::{IommufdConfig, IommufdHost, VfioEndpoint, VfioSource};
 use vhost_device_iommu::host::{AttachTarget, HostError, HostIommu, Perm, ReservedRegion};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_device_iommu::GuestRam;
+use vm_memory::GuestMemoryAtomic;
 
 use crate::edu::{edu_cdev, edu_open, gpa_plus, EduBar, EDU_BUF, EDU_GPA, EP};
 use crate::memory::{guest_memory, host_address, pattern, read_mem, write_mem, MIB};
@@ -189,7 +190,7 @@ fn daemon_beside_vmm(
     dev: &File,
     bar: &EduBar,
     vmm_ioas: u32,
-    mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+    mem: &GuestMemoryAtomic<GuestRam>,
 ) {
     use std::os::unix::process::CommandExt;
     let before = live_ioases(vmm_fd);

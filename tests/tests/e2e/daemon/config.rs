@@ -3,7 +3,7 @@
 
 use super::vm::*;
 use vhost::vhost_user::{VhostUserFrontend, VhostUserProtocolFeatures};
-use virtio_iommu_e2e::frontend::PROTOCOL_FEATURES_BIT;
+use virtio_iommu_e2e::frontend::{LOG_ALL_BIT, PROTOCOL_FEATURES_BIT};
 use virtio_iommu_e2e::Daemon;
 use virtio_iommu_spec::config::BYPASS_OFFSET;
 use virtio_iommu_spec::features::{
@@ -35,7 +35,8 @@ fn offered(args: &[&str]) -> u64 {
 
 #[test]
 fn features_offered_per_option() {
-    let base = TRANSPORT | PROTOCOL_FEATURES_BIT;
+    // LOG_ALL: the emulated host's writes all go through the logged guest memory.
+    let base = TRANSPORT | PROTOCOL_FEATURES_BIT | LOG_ALL_BIT;
     assert_eq!(offered(&[]), base | upstream().bits());
     assert_eq!(
         offered(&["--mmio"]),
@@ -57,7 +58,8 @@ fn protocol_features_queue_count_and_default_config() {
     let want = VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::REPLY_ACK
-        | VhostUserProtocolFeatures::DEVICE_STATE;
+        | VhostUserProtocolFeatures::DEVICE_STATE
+        | VhostUserProtocolFeatures::LOG_SHMFD;
     assert_eq!(fe.protocol_features(), want);
     // What the backend offers, not just the intersection the frontend kept: nothing else.
     assert_eq!(fe.raw().get_protocol_features().unwrap(), want);

@@ -3,6 +3,7 @@
 mod chains;
 mod config;
 mod control;
+mod dirty_log;
 mod hostile;
 mod lifecycle;
 mod requests;

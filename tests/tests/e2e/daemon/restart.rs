@@ -17,14 +17,14 @@ use virtio_iommu_spec::Status;
 /// Mappings of domain 1 before the first kill.
 const MAPPINGS: u64 = 1000;
 
-fn args(state: &Path) -> Vec<String> {
+pub(super) fn args(state: &Path) -> Vec<String> {
     vec!["--state-file".into(), state.display().to_string()]
 }
 
 /// Kills `vm`'s daemon, runs `while_dead` (the guest goes on submitting), starts another
 /// daemon on the same state file and reconnects: the rings start at the used indices in guest
 /// memory, as QEMU restores them when GET_VRING_BASE cannot reach a dead backend.
-fn kill_and_restart(mut vm: Vm, state: &Path, while_dead: impl FnOnce(&mut Vm)) -> Vm {
+pub(super) fn kill_and_restart(mut vm: Vm, state: &Path, while_dead: impl FnOnce(&mut Vm)) -> Vm {
     let features = all_features(&vm.fe);
     vm.daemon.kill().unwrap();
     while_dead(&mut vm);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use virtio_iommu_e2e::frontend::PROTOCOL_FEATURES_BIT;
+use virtio_iommu_e2e::frontend::VHOST_BITS;
 use virtio_iommu_e2e::{ControlClient, Daemon, Frontend};
 use virtio_iommu_spec::request::TAIL_SIZE;
 use virtio_iommu_spec::{Request, Status};
@@ -32,7 +32,7 @@ pub fn init_log() {
 /// The virtio features a driver accepting everything the device offers sends.
 #[must_use]
 pub fn all_features(fe: &Frontend) -> u64 {
-    fe.device_features() & !PROTOCOL_FEATURES_BIT
+    fe.device_features() & !VHOST_BITS
 }
 
 /// A daemon child process, a started frontend with both rings on raw queues, and a control

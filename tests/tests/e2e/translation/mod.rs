@@ -8,10 +8,15 @@
 //! - [`backlog`]: the cut-off of a client that stops reading (1024 unsent messages).
 //! - [`protocol`]: protocol errors, HELLO statuses, the client limit.
 //! - [`page_requests`]: a PASID translation that waits for the guest's page response.
+//! - [`polling`]: busy-polling on and off at both ends gives the same exact exchange.
+//!
+//! `VIOMMU_TEST_POLL_US=N` runs every daemon here with `--translation-poll-us N` (default:
+//! the daemon's, 50), so that the whole suite runs with polling on and off.
 
 mod backlog;
 mod invalidation;
 mod page_requests;
+mod polling;
 mod protocol;
 mod translate;
 
@@ -35,7 +40,8 @@ pub struct Tvm {
 }
 
 impl Tvm {
-    /// Starts a daemon with `--translation-socket` and `args`.
+    /// Starts a daemon with `--translation-socket` and `args` (and `VIOMMU_TEST_POLL_US`'s
+    /// polling unless `args` set it).
     pub fn start(args: &[&str]) -> Tvm {
         let dir = tempfile::Builder::new()
             .prefix("viommu-ts")
@@ -43,6 +49,12 @@ impl Tvm {
             .unwrap();
         let path = dir.path().join("translation.sock");
         let mut all = vec!["--translation-socket", path.to_str().unwrap()];
+        let poll = std::env::var("VIOMMU_TEST_POLL_US").ok();
+        if let Some(us) = poll.as_deref() {
+            if !args.contains(&"--translation-poll-us") {
+                all.extend(["--translation-poll-us", us]);
+            }
+        }
         all.extend_from_slice(args);
         Tvm {
             vm: Vm::start(&all),
