@@ -34,7 +34,7 @@
 #              while the destination is paused both daemons hold the same domains and
 #              mappings; after it runs, no disk round or ARP exchange fails, the destination
 #              daemon answers the guest's requests and translates its devices' DMA, and once
-#              the source QEMU quits its daemon holds no domain
+#              the source QEMU quits its daemon (with --state-file) holds no domain
 #   6 speed    the same guest and disk, lazy DMA domains, ours, then QEMU's own
 #              virtio-iommu-pci (devices with iommu_platform=on, same memory backend):
 #              O_DIRECT sequential read of SPEED_MIB MiB (default 32) from a virtio-blk disk
@@ -326,7 +326,9 @@ migrate_loop() {
 DA=$WORK/d5
 DB=$WORK/d6
 mkdir -p "$DA" "$DB"
-daemon_start "$DA"
+# With a state file, which keeps the guest across reconnects: the hand-off must still
+# release it.
+daemon_start "$DA" --state-file "$DA/viommu.state"
 APID=$VM_DPID
 daemon_start "$DB"
 BPID=$VM_DPID

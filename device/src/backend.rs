@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,7 +33,7 @@ use crate::limited;
 use crate::log_bitmap::LogBitmap;
 use crate::queue::{self, Scratch};
 use crate::ring::{RingError, RingView};
-use crate::state_transfer::StateTransfer;
+use crate::state_transfer::{Finished, StateTransfer};
 use crate::translation::busy_poll::BusyPoll;
 use crate::translation::{HeldReplies, HeldReply, Hub};
 use crate::GuestRam;
@@ -93,6 +93,8 @@ pub struct IommuBackend {
     /// Set by SET_FEATURES (QEMU sends it on every device start); the next queue event decides
     /// whether that start followed a guest reset.
     restart_pending: bool,
+    /// Set by a completed SAVE, cleared by the next device start ([`IommuBackend::handed_off`]).
+    handed_off: AtomicBool,
     /// The last SET_FEATURES of this connection: with `ring_stopped`, tells a device start from
     /// the frontend turning dirty logging on or off on running rings.
     acked: Option<u64>,
@@ -163,6 +165,7 @@ impl IommuBackend {
             wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             handed_out: Mutex::new(Vec::new()),
             restart_pending: false,
+            handed_off: AtomicBool::new(false),
             acked: None,
             ring_stopped: false,
             last_avail: marks.next_avail,
@@ -188,6 +191,13 @@ impl IommuBackend {
     #[must_use]
     pub fn timer_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
+    }
+
+    /// Whether the state was saved for a migration (SAVE checked) and no device start
+    /// followed: when the frontend then goes away, the guest runs on the destination.
+    #[must_use]
+    pub fn handed_off(&self) -> bool {
+        self.handed_off.load(Ordering::Acquire)
     }
 
     /// Takes the exit-event consumer fds the library leaked, for the serve loop to close.
@@ -672,6 +682,8 @@ impl VhostUserBackendMut for IommuBackend {
             info!("dirty-page logging {}", if on { "on" } else { "off" });
             return;
         }
+        // A device start after a SAVE: the migration failed and the guest runs here again.
+        self.handed_off.store(false, Ordering::Release);
         // Not a device feature: never reaches the engine (nor the journal's record).
         let device = Features::from_bits_truncate(features & !LOG_ALL);
         info!("driver features {features:#x} (device: {device:?})");
@@ -720,12 +732,15 @@ impl VhostUserBackendMut for IommuBackend {
     }
 
     fn check_device_state(&self) -> io::Result<()> {
-        if self.transfer.finish(&self.engine)? {
-            if let Some(j) = &self.journal {
-                // The loaded state replaces everything the file held.
-                let engine = lock(&self.engine);
-                j.lock().compact(&engine);
+        match self.transfer.finish(&self.engine)? {
+            Finished::Loaded => {
+                if let Some(j) = &self.journal {
+                    // The loaded state replaces everything the file held.
+                    let engine = lock(&self.engine);
+                    j.lock().compact(&engine);
+                }
             }
+            Finished::Saved => self.handed_off.store(true, Ordering::Release),
         }
         Ok(())
     }

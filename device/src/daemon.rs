@@ -248,6 +248,23 @@ impl Daemon {
         Ok(())
     }
 
+    /// The frontend saved the state for a migration and went away without starting the
+    /// device again: the guest runs on the destination now, so its domains and mappings are
+    /// released here (with a state file too, which then holds the empty device).
+    fn release_migrated(&self) {
+        info!("the guest migrated away: releasing its state");
+        let mut engine = lock(&self.engine);
+        engine.system_reset();
+        if let Some(hub) = &self.hub {
+            hub.notify(engine.take_invalidations());
+        }
+        if let Some(j) = &self.journal {
+            let mut j = j.lock();
+            j.reset();
+            j.compact(&engine);
+        }
+    }
+
     fn serve_one(&self) -> Result<()> {
         // Each connection starts from a freshly reset device (bypass back to its boot value);
         // translation clients drop what they cached of the last frontend's guest. With a
@@ -304,6 +321,13 @@ impl Daemon {
             // closing it; the epoll and the thread using it are gone (joined above), so nothing
             // else refers to this descriptor and closing it exactly once is sound.
             unsafe { libc::close(fd) };
+        }
+        let handed_off = backend
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .handed_off();
+        if handed_off {
+            self.release_migrated();
         }
         match result {
             Ok(()) => {

@@ -26,6 +26,15 @@ enum Pending {
     Load(JoinHandle<io::Result<Vec<u8>>>),
 }
 
+/// A transfer that CHECK_DEVICE_STATE found complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The stream went to the frontend whole: the guest may now run elsewhere.
+    Saved,
+    /// The stream replaced the engine's state.
+    Loaded,
+}
+
 /// At most one transfer at a time, between SET_DEVICE_STATE_FD and CHECK_DEVICE_STATE.
 #[derive(Debug, Default)]
 pub struct StateTransfer {
@@ -125,11 +134,11 @@ impl StateTransfer {
 
     /// CHECK_DEVICE_STATE: waits for the transfer's thread; for a load, loads the stream into
     /// the engine (refused streams change nothing and are logged with the difference).
-    /// Returns whether the engine's state was replaced.
+    /// Returns which transfer completed.
     ///
     /// # Errors
     /// No transfer was started, the pipe failed, or the stream was refused.
-    pub fn finish(&self, engine: &SharedEngine) -> io::Result<bool> {
+    pub fn finish(&self, engine: &SharedEngine) -> io::Result<Finished> {
         let pending = self
             .pending
             .lock()
@@ -143,7 +152,7 @@ impl StateTransfer {
             Some(Pending::Save(h, len)) => match joined(h.join()) {
                 Ok(()) => {
                     info!("device state: {len} bytes saved");
-                    Ok(false)
+                    Ok(Finished::Saved)
                 }
                 Err(e) => {
                     warn!("device state: saving failed: {e}");
@@ -162,7 +171,7 @@ impl StateTransfer {
                             bytes.len(),
                             summary(&e)
                         );
-                        Ok(true)
+                        Ok(Finished::Loaded)
                     }
                     Err(err) => {
                         warn!("device state refused: {err}");

@@ -282,3 +282,100 @@ fn refused_streams_leave_the_destination_as_it_was() {
         "device state refused: state version 2 is not supported",
     );
 }
+
+/// Domain 1 with eight pages, on a daemon with a state file in `dir`.
+fn source(dir: &std::path::Path, name: &str) -> (Vec<String>, Vm) {
+    let args = super::restart::args(&dir.join(name));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut vm = Vm::start_logging("info", &a);
+    let mut reqs = vec![attach(1, 8)];
+    reqs.extend((0..8u64).map(|i| map(1, i << 12, (i << 12) + 0xfff, 0x4000_0000 + (i << 12))));
+    vm.send_all(&reqs);
+    (args, vm)
+}
+
+/// A SAVE completed and the frontend gone without starting the device again is a migration
+/// that succeeded: the source releases the guest, its state file too. A SAVE followed by a
+/// device start (the migration failed, the guest runs here again) keeps everything.
+#[test]
+fn the_source_releases_the_guest_once_it_migrated_away() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // A failed migration: saved, started again, then the frontend goes.
+    let (_, mut a) = source(dir.path(), "failed.state");
+    stop_and_save(&mut a);
+    a.fe.start().unwrap();
+    assert_eq!(
+        a.send(&map(1, 0x10_0000, 0x10_0fff, 0x5000_0000)),
+        Status::Ok
+    );
+    let kept = a.dump();
+    assert_eq!(
+        kept["domains"][0]["mappings"].as_array().map(Vec::len),
+        Some(9)
+    );
+    let Vm {
+        fe,
+        mut ctl,
+        daemon,
+        ..
+    } = a;
+    drop(fe);
+    // The serve loop has handled the disconnect once the log says so.
+    wait_for(|| daemon.stderr().contains("frontend disconnected"));
+    assert_eq!(
+        dump(&mut ctl),
+        kept,
+        "a failed migration keeps the guest's state"
+    );
+    assert!(
+        !daemon.stderr().contains("migrated away"),
+        "{}",
+        daemon.stderr()
+    );
+    drop((ctl, daemon));
+
+    // A completed one: saved, and the frontend goes without a start.
+    let (args, mut a) = source(dir.path(), "done.state");
+    stop_and_save(&mut a);
+    let Vm {
+        fe,
+        mut ctl,
+        mut daemon,
+        ..
+    } = a;
+    drop(fe);
+    wait_for(|| daemon.stderr().contains("frontend disconnected"));
+    assert!(
+        daemon
+            .stderr()
+            .contains("the guest migrated away: releasing its state"),
+        "{}",
+        daemon.stderr()
+    );
+    assert_eq!(
+        dump(&mut ctl)["domains"],
+        json!([]),
+        "released after the hand-off"
+    );
+    // The state file holds the empty device: a daemon started on it has nothing to resume.
+    drop(ctl);
+    daemon.kill().unwrap();
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let again = Daemon::spawn(&a).expect("daemon restarts");
+    let mut ctl = again.control().unwrap();
+    assert_eq!(dump(&mut ctl)["domains"], json!([]));
+}
+
+fn dump(ctl: &mut ControlClient) -> Value {
+    ctl.request(&json!({"cmd": "dump"})).expect("dump")["dump"].clone()
+}
+
+/// Waits for `done`, at most 5 s.
+fn wait_for(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(done(), "timed out");
+}
