@@ -284,8 +284,6 @@ kill "$pid" 2>/dev/null || true
 while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 
 # --- 8: live migration (issue 17) ----------------------------------------------------------
-# vm_hmp SERIAL_LOG COMMAND: one HMP command, prints its output.
-vm_hmp() { printf '%s\n' "$2" | socat -t 1 - "UNIX-CONNECT:$1.mon" 2>/dev/null | tr -d '\r'; }
 # migrate_loop SRC_SERIAL DST_SERIAL: once the guest's traffic runs, migrates the source QEMU
 # to the destination (started with -incoming and -S), compares both daemons' dumps while the
 # destination is still paused, lets it run and quits the source. Logs to $WORK/migrate.log.
@@ -293,8 +291,8 @@ migrate_loop() {
     local src=$1 dst=$2 st _
     vm_wait_serial "$src" '^VM-TRAFFIC-START' "$TMO" || { echo "no traffic" >>"$WORK/migrate.log"; return 0; }
     sleep "${MIGRATE_AFTER:-5}"
-    vm_hmp "$src" "migrate_set_parameter max-bandwidth 1G" >/dev/null
-    vm_hmp "$src" "migrate -d unix:$WORK/migrate.sock" >/dev/null
+    vm_monitor "$src" "migrate_set_parameter max-bandwidth 1G"
+    vm_monitor "$src" "migrate -d unix:$WORK/migrate.sock"
     for _ in $(seq $((TMO * 5))); do
         st=$(vm_hmp "$src" "info migrate")
         grep -qE '^Status:[[:space:]]+(completed|failed|cancelled)' <<<"$st" && break
@@ -309,9 +307,9 @@ migrate_loop() {
     vm_ctl "$DB/viommu.ctl" '{"cmd":"dump"}' | jq -cS .dump >"$WORK/migrate-dst.dump"
     vm_stats "$DA/viommu.ctl" >"$WORK/migrate-src.stats"
     vm_stats "$DB/viommu.ctl" >"$WORK/migrate-loaded.stats"
-    vm_hmp "$dst" cont >/dev/null
+    vm_monitor "$dst" cont
     echo "destination running" >>"$WORK/migrate.log"
-    vm_hmp "$src" quit >/dev/null
+    vm_monitor "$src" quit
     for _ in $(seq 50); do
         kill -0 "$(cat "$WORK/migrate-src.pid")" 2>/dev/null || break
         sleep 0.2

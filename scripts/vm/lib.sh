@@ -182,9 +182,15 @@ vm_qemu() {
     "${VM_QEMU_CMD[@]}"
 }
 
-# vm_monitor SERIAL_LOG COMMAND: one HMP command to the QEMU started with SERIAL_LOG.
+# vm_hmp SERIAL_LOG COMMAND: one HMP command to the QEMU started with SERIAL_LOG; prints its
+# output.
+vm_hmp() {
+    printf '%s\n' "$2" | socat -t 1 - "UNIX-CONNECT:$1.mon" 2>/dev/null | tr -d '\r'
+}
+
+# vm_monitor SERIAL_LOG COMMAND: vm_hmp, output dropped.
 vm_monitor() {
-    printf '%s\n' "$2" | socat -t 1 - "UNIX-CONNECT:$1.mon" >/dev/null
+    vm_hmp "$1" "$2" >/dev/null
 }
 
 # vm_wait_serial SERIAL_LOG REGEX SECONDS: waits until a serial log line matches.
