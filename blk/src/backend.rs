@@ -26,6 +26,7 @@ use crate::request::{
     BlkConfig, F_ACCESS_PLATFORM, F_FLUSH, F_RING_EVENT_IDX, F_RING_INDIRECT_DESC, F_RO,
     F_VERSION_1,
 };
+use crate::ring_iovas::{RingIovas, Rings};
 
 /// The request queue's index (virtio-blk without MQ has one).
 pub const REQUEST_QUEUE: u16 = 0;
@@ -51,6 +52,8 @@ pub struct BlkBackend<I: Confinement> {
     resync: [bool; NUM_QUEUES],
     /// Queues whose driver broke the ring's invariants: not served until the device restarts.
     broken: [bool; NUM_QUEUES],
+    /// Ring IOVAs the frontend set, when they are IOVAs (see [`crate::frontend_shim`]).
+    ring_iovas: Arc<RingIovas>,
     /// Written when a drain stopped at its budget, so the queue thread comes back.
     wake: Arc<EventFd>,
     more: bool,
@@ -74,6 +77,7 @@ impl<I: Confinement> BlkBackend<I> {
             segments: Segments::default(),
             resync: [false; NUM_QUEUES],
             broken: [false; NUM_QUEUES],
+            ring_iovas: Arc::default(),
             wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             more: false,
             handed_out: Mutex::new(Vec::new()),
@@ -84,6 +88,12 @@ impl<I: Confinement> BlkBackend<I> {
     #[must_use]
     pub fn wake_fd(&self) -> Arc<EventFd> {
         self.wake.clone()
+    }
+
+    /// Where the connection's shim records ring IOVAs for this device to use.
+    #[must_use]
+    pub fn ring_iovas(&self) -> Arc<RingIovas> {
+        self.ring_iovas.clone()
     }
 
     /// Takes the exit-event consumer fds the library leaked, for the serve loop to close.
@@ -102,10 +112,26 @@ impl<I: Confinement> BlkBackend<I> {
         if self.broken[q] {
             return;
         }
-        let rings = RingAreas::of(vring.get_ref().get_queue());
+        let (rings, at) = {
+            let mut state = vring.get_mut();
+            let queue = state.get_queue_mut();
+            // The library set the queue's addresses from a stand-in: put the IOVAs back.
+            if let Some(iovas) = self.ring_iovas.get(q) {
+                if Rings::of(queue) != iovas {
+                    if let Err(e) = iovas.apply(queue) {
+                        warn!("queue {q}: rings at {iovas:x?}: {e}; the queue is stopped");
+                        self.broken[q] = true;
+                        return;
+                    }
+                    self.resync[q] = true;
+                }
+            }
+            (RingAreas::of(queue), Rings::of(queue))
+        };
         let mut disk = self.disk.lock();
         let job = Drain {
             vring,
+            at,
             segments: &mut self.segments,
             disk: &mut disk,
             event_idx: self.event_idx,
@@ -130,6 +156,8 @@ impl<I: Confinement> BlkBackend<I> {
 /// One drain of the request queue, run with the device's memory.
 struct Drain<'a> {
     vring: &'a VringRwLock,
+    /// The ring addresses the memory was pinned for.
+    at: Rings,
     segments: &'a mut Segments,
     disk: &'a mut Disk,
     event_idx: bool,
@@ -145,6 +173,10 @@ impl WithMemory for Drain<'_> {
         let q = state.get_queue_mut();
         if !q.ready() {
             return Ok(false); // Stopped by GET_VRING_BASE: nothing to do.
+        }
+        if Rings::of(q) != self.at {
+            // A SET_VRING_ADDR came in between: come back with the new rings.
+            return Ok(true);
         }
         if self.resync {
             let used = q

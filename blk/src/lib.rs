@@ -9,6 +9,8 @@
 //! - [`memory`]: [`DeviceMemory`], the plain-or-translated choice, and [`Unconfined`];
 //! - [`confinement`]: [`Confinement`], the memory type a confined device's accesses go through;
 //! - [`backend`]: the vhost-user backend;
+//! - [`frontend_shim`]: between a confined device's frontend and the library: acknowledges
+//!   vhost IOTLB messages, keeps ring IOVAs in [`ring_iovas`] for the queue thread;
 //! - [`daemon`]: one connection's serve loop; [`args`]: the command line.
 #![warn(missing_docs)]
 
@@ -19,8 +21,10 @@ pub mod confinement;
 pub mod daemon;
 pub mod disk;
 pub mod error;
+pub mod frontend_shim;
 pub mod memory;
 pub mod request;
+pub mod ring_iovas;
 
 pub use args::Args;
 pub use backend::BlkBackend;

@@ -65,6 +65,9 @@ pub const PROTOCOL_FEATURES_BIT: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURE
 pub const LOG_ALL_BIT: u64 = VhostUserVirtioFeatures::LOG_ALL.bits();
 /// The vhost-user bits of the virtio feature word: a guest driver never sees them.
 pub const VHOST_BITS: u64 = PROTOCOL_FEATURES_BIT | LOG_ALL_BIT;
+/// `VIRTIO_F_ACCESS_PLATFORM`: the device is behind the platform's IOMMU, its ring addresses
+/// are IOVAs.
+pub const ACCESS_PLATFORM_BIT: u64 = 1 << 33;
 
 /// Per-ring frontend state.
 #[derive(Debug)]
@@ -543,8 +546,14 @@ impl Frontend {
     }
 
     /// SET_VRING_ADDR's payload for `config`; `log`: with the log flag, the used ring's
-    /// guest-physical address as the log address (as QEMU sends it).
+    /// guest-physical address as the log address (as QEMU sends it). With ACCESS_PLATFORM
+    /// negotiated the ring addresses are IOVAs and go as they are, as QEMU sends them for a
+    /// device behind its vIOMMU; otherwise they are guest-physical and go as frontend addresses.
     fn vring_addr(&self, config: RingConfig, log: bool) -> Result<VringConfigData> {
+        let iovas = self
+            .driver_features
+            .is_some_and(|f| f & ACCESS_PLATFORM_BIT != 0);
+        let ring = |a: u64| if iovas { Ok(a) } else { self.host_addr(a) };
         let flags = if log {
             VhostUserVringAddrFlags::VHOST_VRING_F_LOG.bits()
         } else {
@@ -554,9 +563,9 @@ impl Frontend {
             queue_max_size: config.size,
             queue_size: config.size,
             flags,
-            desc_table_addr: self.host_addr(config.desc)?,
-            used_ring_addr: self.host_addr(config.used)?,
-            avail_ring_addr: self.host_addr(config.avail)?,
+            desc_table_addr: ring(config.desc)?,
+            used_ring_addr: ring(config.used)?,
+            avail_ring_addr: ring(config.avail)?,
             log_addr: log.then_some(config.used),
         })
     }

@@ -13,7 +13,7 @@ use virtio_drivers::{Error as VirtioError, PhysAddr};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::error::{Error, Result};
-use crate::frontend::{Frontend, RingConfig, VHOST_BITS};
+use crate::frontend::{Frontend, RingConfig, ACCESS_PLATFORM_BIT, VHOST_BITS};
 
 /// Default for [`VhostUserTransport::max_queue_size`] (QEMU's vhost-user-device default).
 pub const DEFAULT_MAX_QUEUE_SIZE: u32 = 256;
@@ -27,6 +27,8 @@ pub struct VhostUserTransport {
     max_queue_size: u32,
     status: DeviceStatus,
     driver_features: u64,
+    /// Device features the platform accepts whatever the driver does.
+    platform_features: u64,
     queues: Vec<Option<RingConfig>>,
     last_error: Option<Error>,
 }
@@ -46,9 +48,20 @@ impl VhostUserTransport {
             max_queue_size: DEFAULT_MAX_QUEUE_SIZE,
             status: DeviceStatus::empty(),
             driver_features: 0,
+            platform_features: 0,
             queues,
             last_error: None,
         })
+    }
+
+    /// Puts the device behind the platform's IOMMU: VIRTIO_F_ACCESS_PLATFORM, if the device
+    /// offers it, is negotiated whatever the driver accepts (virtio-drivers' drivers do not know
+    /// the bit; a Linux driver behind an IOMMU always accepts it), so the frontend sends ring
+    /// addresses as IOVAs, as QEMU does with `iommu_platform=on`.
+    #[must_use]
+    pub fn with_access_platform(mut self) -> Self {
+        self.platform_features |= ACCESS_PLATFORM_BIT;
+        self
     }
 
     /// Sets the queue size the transport advertises (the backend's limit is not visible over
@@ -130,7 +143,8 @@ impl Transport for VhostUserTransport {
     }
 
     fn write_driver_features(&mut self, driver_features: u64) {
-        self.driver_features = driver_features;
+        self.driver_features =
+            driver_features | (self.platform_features & self.fe.device_features());
     }
 
     fn max_queue_size(&mut self, queue: u16) -> u32 {

@@ -76,7 +76,9 @@ impl Confined {
         )
         .expect("spawn the blk backend");
         let fe = blk.connect(GuestMemory::global()).expect("connect");
-        let t = VhostUserTransport::new(fe, VIRTIO_ID_BLOCK, BLK_CONFIG_SIZE).unwrap();
+        let t = VhostUserTransport::new(fe, VIRTIO_ID_BLOCK, BLK_CONFIG_SIZE)
+            .unwrap()
+            .with_access_platform();
         let dev = VirtIOBlk::new(t).expect("VirtIOBlk initialisation");
         Confined {
             dev,

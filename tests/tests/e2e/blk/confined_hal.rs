@@ -1,6 +1,7 @@
 //! A `virtio_drivers::Hal` for a device behind the virtio-iommu: rings (`dma_alloc`) are
-//! mapped at identity IOVAs (the frontend hands ring addresses to the backend as guest-physical
-//! addresses, as QEMU does when it knows of no IOMMU), every shared buffer gets a fresh IOVA
+//! mapped at [`RING_IOVAS`] plus their guest-physical address (the transport negotiates
+//! ACCESS_PLATFORM, so the frontend hands their IOVAs to the backend, as QEMU does behind its
+//! vIOMMU), every shared buffer gets a fresh IOVA
 //! that our guest driver MAPs for its direction and UNMAPs on `unshare`. Bounce pages come from
 //! the test kit's `GuestHal`.
 //!
@@ -19,6 +20,10 @@ use virtio_iommu_testkit::GuestHal;
 
 /// The guest's IOMMU driver as the confined tests run it.
 pub type IommuDriver = VirtIOIommu<GuestHal, VhostUserTransport>;
+
+/// Where rings live in IOVA space: this plus their guest-physical address (far from guest RAM,
+/// so an identity access misses).
+pub const RING_IOVAS: u64 = 0x20_0000_0000;
 
 /// First IOVA handed out for buffers (far from guest RAM, so an identity access misses).
 pub const BUFFER_IOVAS: u64 = 0x40_0000_0000;
@@ -92,19 +97,21 @@ fn pages_of(len: usize) -> u64 {
 unsafe impl Hal for ConfinedHal {
     fn dma_alloc(pages: usize, direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
         let (gpa, ptr) = GuestHal::dma_alloc(pages, direction);
-        if gpa != 0 {
-            Self::with(|s| {
-                let m = Mapping {
-                    domain: s.domain,
-                    iova: gpa,
-                    paddr: gpa,
-                    size: (pages * PAGE_BYTES) as u64,
-                    flags: MapFlags::READ | MapFlags::WRITE,
-                };
-                s.iommu.map(&m).expect("MAP of a ring at its identity IOVA");
-            });
+        if gpa == 0 {
+            return (gpa, ptr);
         }
-        (gpa, ptr)
+        let iova = RING_IOVAS + gpa;
+        Self::with(|s| {
+            let m = Mapping {
+                domain: s.domain,
+                iova,
+                paddr: gpa,
+                size: (pages * PAGE_BYTES) as u64,
+                flags: MapFlags::READ | MapFlags::WRITE,
+            };
+            s.iommu.map(&m).expect("MAP of a ring");
+        });
+        (iova, ptr)
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, vaddr: NonNull<u8>, pages: usize) -> i32 {
@@ -112,6 +119,7 @@ unsafe impl Hal for ConfinedHal {
             let domain = s.domain;
             let _ = s.iommu.unmap(domain, paddr, (pages * PAGE_BYTES) as u64);
         });
+        let paddr = paddr - RING_IOVAS;
         // SAFETY: the caller's guarantees, passed on.
         unsafe { GuestHal::dma_dealloc(paddr, vaddr, pages) }
     }
