@@ -81,6 +81,13 @@ pub struct Args {
     #[arg(long, default_value_t = crate::translation::DEFAULT_POLL_US)]
     pub translation_poll_us: u64,
 
+    /// After serving requests, the queue thread watches the request ring this long without
+    /// sleeping for the guest's next request, in microseconds (at most 1000; 0: it sleeps at
+    /// once). A driver that maps and unmaps every DMA buffer sends its requests in quick
+    /// succession, and waking the thread costs tens of microseconds each time.
+    #[arg(long, default_value_t = crate::translation::DEFAULT_POLL_US)]
+    pub request_poll_us: u64,
+
     /// Endpoint IDs that exist, as comma-separated ranges (`0x0-0xff,0x300`). Other IDs get
     /// S_NOENT. Default: the IDs of `--viot`, else segment 0's PCI requester IDs (0-0xffff).
     #[arg(long, conflicts_with = "viot")]
@@ -212,6 +219,8 @@ pub struct DaemonConfig {
     pub host: HostKind,
     /// Virtqueue size.
     pub queue_size: u16,
+    /// How long the queue thread watches the request ring after serving it (`--request-poll-us`).
+    pub request_poll: std::time::Duration,
     /// The device model's configuration.
     pub engine: EngineConfig,
     /// VFIO devices of endpoints (`--host iommufd`).
@@ -451,6 +460,12 @@ impl TryFrom<Args> for DaemonConfig {
             ack_timeout: std::time::Duration::from_millis(a.translation_ack_timeout_ms),
             busy_poll: std::time::Duration::from_micros(a.translation_poll_us),
         });
+        if a.request_poll_us > crate::translation::MAX_POLL_US {
+            return Err(Error::Config(format!(
+                "--request-poll-us is at most {}",
+                crate::translation::MAX_POLL_US
+            )));
+        }
         if a.pasid_bits > 20 {
             return Err(Error::Config("--pasid-bits is at most 20".into()));
         }
@@ -505,6 +520,7 @@ impl TryFrom<Args> for DaemonConfig {
             state_file: a.state_file,
             host: a.host,
             queue_size: a.queue_size,
+            request_poll: std::time::Duration::from_micros(a.request_poll_us),
             engine,
             vfio: a.vfio,
             iommufd_fd: a.iommufd_fd,
@@ -591,6 +607,20 @@ mod tests {
             let e = DaemonConfig::try_from(args(&v)).unwrap_err().to_string();
             assert!(e.contains(bad[0]), "{e}");
         }
+    }
+
+    #[test]
+    fn request_polling() {
+        let c = DaemonConfig::try_from(args(&[])).unwrap();
+        assert_eq!(c.request_poll, std::time::Duration::from_micros(50));
+        let c = DaemonConfig::try_from(args(&["--request-poll-us", "0"])).unwrap();
+        assert_eq!(c.request_poll, std::time::Duration::ZERO);
+        let c = DaemonConfig::try_from(args(&["--request-poll-us", "1000"])).unwrap();
+        assert_eq!(c.request_poll, std::time::Duration::from_millis(1));
+        let e = DaemonConfig::try_from(args(&["--request-poll-us", "1001"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--request-poll-us is at most 1000"), "{e}");
     }
 
     #[test]

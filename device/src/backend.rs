@@ -60,6 +60,9 @@ const STOP_POLL: Duration = Duration::from_millis(1);
 
 /// Request chains served per hold of the engine lock.
 pub const CHAINS_PER_LOCK: u16 = 32;
+/// Spells of polling after a wake-up (each one ended by finding work) before the queue thread
+/// goes back to its epoll wait.
+const POLL_ROUNDS: u32 = 16;
 /// Request chains served per queue-thread wake-up before the other event sources get a turn.
 pub const CHAINS_PER_WAKE: u16 = 256;
 
@@ -120,6 +123,8 @@ pub struct IommuBackend {
     held_ring: Option<HeldRing>,
     /// The state file (`--state-file`): every change is journaled before the guest sees it.
     journal: Option<SharedJournal>,
+    /// How long to watch the request ring for the next request after serving it.
+    request_poll: Duration,
 }
 
 /// The request ring held replies go to (`VringRwLock` has no `Debug`).
@@ -178,7 +183,16 @@ impl IommuBackend {
             held: HeldReplies::default(),
             held_ring: None,
             journal,
+            request_poll: Duration::ZERO,
         })
+    }
+
+    /// Watches the request ring `bound` long after serving it (`--request-poll-us`; zero:
+    /// not at all, the default of [`IommuBackend::new`]).
+    #[must_use]
+    pub fn with_request_poll(mut self, bound: Duration) -> Self {
+        self.request_poll = bound;
+        self
     }
 
     /// The eventfd to write when an event was queued outside the queue thread.
@@ -431,27 +445,58 @@ impl IommuBackend {
         }
     }
 
-    /// While replies are held, the acks usually come within microseconds: look for the
-    /// service's wake-up without sleeping for `--translation-poll-us`, since waking this thread
-    /// from its epoll wait costs tens of microseconds on an idle vCPU.
-    fn poll_held(&mut self, vrings: &[QueueRing]) {
-        let Some(bound) = self.hub.as_deref().map(Hub::busy_poll) else {
+    /// Looks for more work without sleeping, since waking this thread from its epoll wait
+    /// costs tens of microseconds on an idle vCPU: while replies are held, for the service's
+    /// wake-up (the acks usually come within microseconds) for `--translation-poll-us`; and for
+    /// the guest's next request for `--request-poll-us`. Each find starts a new spell, up to
+    /// [`POLL_ROUNDS`] of them, so a busy guest still lets the thread's other events in.
+    fn poll_for_more(&mut self, vrings: &[QueueRing]) {
+        let Some(requests) = vrings.get(usize::from(REQUEST_QUEUE)) else {
             return;
         };
-        if self.held.is_empty() {
-            return;
-        }
-        let Some(mut spell) = BusyPoll::new(bound) else {
-            return;
-        };
-        while spell.again() {
-            if self.wake.read().is_ok() {
-                self.on_wake(vrings);
-                if self.held.is_empty() {
-                    return;
+        for _ in 0..POLL_ROUNDS {
+            let held = if self.held.is_empty() {
+                Duration::ZERO
+            } else {
+                self.hub.as_deref().map_or(Duration::ZERO, Hub::busy_poll)
+            };
+            let Some(mut spell) = BusyPoll::new(held.max(self.request_poll)) else {
+                return;
+            };
+            let found = loop {
+                if !spell.again() {
+                    break false;
                 }
+                if !self.held.is_empty() && self.wake.read().is_ok() {
+                    self.on_wake(vrings);
+                    break true;
+                }
+                if !self.request_poll.is_zero() && self.requests_waiting(requests) {
+                    self.process_requests(requests);
+                    break true;
+                }
+            };
+            if !found {
+                return;
             }
         }
+    }
+
+    /// Whether the driver published requests the queue thread has not taken, on a ring the
+    /// library would pass kicks of (started and enabled).
+    fn requests_waiting(&self, vring: &QueueRing) -> bool {
+        let q = usize::from(REQUEST_QUEUE);
+        let Some(mem) = self.mem.as_ref().map(GuestMemoryAtomic::memory) else {
+            return false;
+        };
+        let state = vring.get_ref();
+        let queue = state.get_queue();
+        !self.broken[q]
+            && state.is_enabled()
+            && queue.ready()
+            && queue
+                .avail_idx(&*mem, Ordering::Acquire)
+                .is_ok_and(|i| i.0 != queue.next_avail())
     }
 
     /// Returns the held requests whose acknowledgements are all in.
@@ -857,7 +902,7 @@ impl VhostUserBackendMut for IommuBackend {
             }
             other => warn!("unknown device event {other}"),
         }
-        self.poll_held(vrings);
+        self.poll_for_more(vrings);
         if let Some(v) = vrings.get(usize::from(EVENT_QUEUE)) {
             self.deliver_events(v);
         }

@@ -281,7 +281,8 @@ impl Daemon {
             self.config.queue_size,
             self.hub.clone(),
             self.journal.clone(),
-        )?;
+        )?
+        .with_request_poll(self.config.request_poll);
         let wake = backend.wake_fd();
         let timer = backend.timer_fd();
         let backend = Arc::new(RwLock::new(backend));

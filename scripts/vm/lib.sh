@@ -118,7 +118,7 @@ vm_stats() {
 # vhost-user-test-device-pci, VIOT by -acpitable), `device:SOCKET:TRANSLATION_SOCKET` (our
 # daemon behind the vhost-user-iommu-pci of qemu/patches/: QEMU translates DMA through the
 # daemon and builds the VIOT; the vhost-user chardev reconnects every $VM_RECONNECT_MS ms,
-# default 200), `builtin` (QEMU's virtio-iommu-pci) or `builtin-platform` (the same, with the
+# default 200; $VM_IOMMU_PROPS, if set, adds properties to the device), `builtin` (QEMU's virtio-iommu-pci) or `builtin-platform` (the same, with the
 # memory backend and the virtio-net options of `device:`, so that only the IOMMU differs).
 # SERIAL_LOG `-` means interactive on this terminal, without timeout.
 vm_qemu_cmd() {
@@ -140,7 +140,7 @@ vm_qemu_cmd() {
             iommu=(-object "memory-backend-memfd,id=mem,size=${VM_MEM}M,share=on"
                 -machine memory-backend=mem
                 -chardev "socket,id=viommu,path=$sock,reconnect-ms=${VM_RECONNECT_MS:-200}"
-                -device "vhost-user-iommu-pci,chardev=viommu,translation=$xsock,addr=$VM_IOMMU_ADDR")
+                -device "vhost-user-iommu-pci,chardev=viommu,translation=$xsock,addr=$VM_IOMMU_ADDR${VM_IOMMU_PROPS:+,$VM_IOMMU_PROPS}")
             # A virtio device DMAs through the IOMMU only with VIRTIO_F_ACCESS_PLATFORM.
             vnet_opts=,iommu_platform=on,disable-legacy=on
             ;;

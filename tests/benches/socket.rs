@@ -11,6 +11,9 @@
 //!   alternately (the DMA API's map/unmap of one buffer), ns per round trip.
 //! - `socket/batch64`: 64 requests per kick, 32 MAP+UNMAP pairs of distinct 4 KiB pages (every
 //!   kick leaves the domain empty), ns per request (criterion's time of one kick / 64).
+//! - `socket/sync_round_trip_poll_off` (figures only): `sync_round_trip` with the daemon's
+//!   `--request-poll-us 0`, in the same run: what watching the request ring after each request
+//!   saves a driver that sends the next one as soon as the last completes.
 //! - `socket/page_request_round_trip` (`socket/page_request.rs`, issue 18 goal 3): a PASID
 //!   TRANSLATE on the daemon's translation socket faults on a not-present stage-1 leaf, the
 //!   page request reaches the unmodified guest driver on the event queue, this thread (the
@@ -191,18 +194,19 @@ fn bench_request(k: u16) -> Request {
 
 impl Rig {
     fn new() -> Rig {
-        Self::with(false)
+        Self::with(false, &[])
     }
 
     /// With `journal`, the daemon keeps its state in a `--state-file` (every answered request
-    /// written there before it is published).
-    fn with(journal: bool) -> Rig {
+    /// written there before it is published); `extra`: more daemon options.
+    fn with(journal: bool, extra: &[&str]) -> Rig {
         let state_dir = journal.then(|| tempfile::tempdir().expect("tempdir"));
-        let args: Vec<String> = state_dir
+        let mut args: Vec<String> = state_dir
             .iter()
             .map(|d| d.path().join("viommu.state").display().to_string())
             .flat_map(|p| ["--state-file".to_string(), p])
             .collect();
+        args.extend(extra.iter().map(ToString::to_string));
         let daemon = Daemon::spawn_logging("warn", &args).expect("daemon starts");
         let mem = Arc::new(GuestMemory::new(RAM_BASE, RAM_SIZE).expect("guest RAM"));
         let mut fe = daemon.connect(mem.clone()).expect("frontend connects");
@@ -601,8 +605,19 @@ fn figures() {
         Rig::round_trip,
     );
     case(&mut rig, "socket/batch64", kicks, 64, Rig::batch);
+    // One request per kick with the queue thread sleeping at once after each (side by side
+    // with the default `--request-poll-us`, which sees the next request while it polls).
+    let mut unpolled = Rig::with(false, &["--request-poll-us", "0"]);
+    case(
+        &mut unpolled,
+        "socket/sync_round_trip_poll_off",
+        rounds,
+        1,
+        Rig::round_trip,
+    );
+    drop(unpolled);
     // The same through a daemon with a state file, in the same run (side by side).
-    let mut journaled = Rig::with(true);
+    let mut journaled = Rig::with(true, &[]);
     case(
         &mut journaled,
         "socket/sync_round_trip_journal",
@@ -654,7 +669,7 @@ fn daemon_run(case: &str, n: u64) {
         Some(base) => (base, true),
         None => (case, false),
     };
-    let mut rig = Rig::with(journal);
+    let mut rig = Rig::with(journal, &[]);
     let one = match base {
         "sync" => Rig::round_trip,
         "batch64" => Rig::batch,

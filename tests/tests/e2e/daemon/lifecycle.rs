@@ -173,6 +173,7 @@ fn daemon_in_a_thread_through_the_library() {
         state_file: None,
         host: HostKind::Emulated,
         queue_size: 32,
+        request_poll: std::time::Duration::from_micros(50),
         engine: EngineConfig {
             boot_bypass: false,
             ..EngineConfig::default()
