@@ -322,6 +322,8 @@ D=$WORK/d4
 mkdir -p "$D"
 daemon_start "$D" --state-file "$D/viommu.state"
 echo "$VM_DPID" >"$D/daemon.pid"
+# The loop's daemons are started in a background job: the cleanup finds the last one here.
+VM_PID_FILES+=("$D/daemon.pid")
 CTL=$D/viommu.ctl
 vm_on_hold() { vm_stats "$CTL" >"$WORK/restarts.stats"; }
 TDISK=$WORK/traffic.img
@@ -348,6 +350,7 @@ log "restarts: $(grep -c 'connected again' "$S.qemu") translation reconnects; th
 pid=$(cat "$D/daemon.pid")
 kill "$pid" 2>/dev/null || true
 while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+: >"$D/daemon.pid"
 
 # --- 8: live migration (issue 17) ----------------------------------------------------------
 # migrate_loop SRC_SERIAL DST_SERIAL: once the guest's traffic runs, migrates the source QEMU

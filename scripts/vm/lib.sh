@@ -15,6 +15,7 @@ VM_IOMMU_ADDR=03.0
 VM_NET_ADDR=04.0
 VM_E1000E_ADDR=05.0
 VM_PIDS=()
+VM_PID_FILES=()
 
 # Builds the daemon and mkviot (debug profile, shared target dir).
 vm_build() {
@@ -92,13 +93,19 @@ vm_stop() {
 }
 
 # Stops every QEMU and daemon this script started, newest first (each QEMU before the daemon
-# it uses: a guest whose backend dies first hangs), for the EXIT and signal traps.
+# it uses: a guest whose backend dies first hangs), then the daemons named in the files of
+# VM_PID_FILES (started by background jobs, whose VM_PIDS the script never sees), for the
+# EXIT and signal traps.
 vm_cleanup() {
-    local i
+    local i f
     for ((i = ${#VM_PIDS[@]} - 1; i >= 0; i--)); do
         vm_stop "${VM_PIDS[i]}"
     done
     VM_PIDS=()
+    for f in "${VM_PID_FILES[@]}"; do
+        [ -s "$f" ] && vm_stop "$(cat "$f")"
+    done
+    VM_PID_FILES=()
 }
 
 # vm_ctl CTL_SOCKET JSON: one control request, prints the one-line reply.
