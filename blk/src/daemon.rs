@@ -101,7 +101,10 @@ fn serve_through_shim<I: Confinement>(
         match listener.accept() {
             Ok((s, _)) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(listen_err(e)),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(listen_err(e));
+            }
         }
     };
     debug!(
