@@ -115,8 +115,14 @@ impl<I: Confinement> BlkBackend<I> {
         let (rings, at) = {
             let mut state = vring.get_mut();
             let queue = state.get_queue_mut();
-            // The library set the queue's addresses from a stand-in: put the IOVAs back.
-            if let Some(iovas) = self.ring_iovas.get(q) {
+            // The library set the queue's addresses from a stand-in: put the IOVAs back. Only
+            // a confined device's shim records any, so an unconfined drain skips the lock.
+            let iovas = self
+                .memory
+                .translated()
+                .then(|| self.ring_iovas.get(q))
+                .flatten();
+            if let Some(iovas) = iovas {
                 if Rings::of(queue) != iovas {
                     if let Err(e) = iovas.apply(queue) {
                         warn!("queue {q}: rings at {iovas:x?}: {e}; the queue is stopped");
