@@ -8,7 +8,10 @@ use vhost_device_iommu::args::{Args, DaemonConfig};
 use vhost_device_iommu::daemon::{block_stop_signals, Daemon};
 
 fn main() -> ExitCode {
-    env_logger::init();
+    // Microseconds: a request's debug lines are tens of microseconds apart.
+    env_logger::Builder::from_default_env()
+        .format_timestamp_micros()
+        .init();
     // Before any thread exists, so that only the signal thread takes SIGINT/SIGTERM.
     block_stop_signals();
     let result = DaemonConfig::try_from(Args::parse())

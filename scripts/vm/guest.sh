@@ -31,7 +31,7 @@
 #                   "VM-TRAFFIC: disk R rounds, E errors; arp N exchanges, F failed"
 #   vm.viot=1       print the ACPI VIOT the firmware gave the guest, in hex (VM-VIOT:)
 #   vm.blkread=MIB  (needs /bin/vm-guest-tool) O_DIRECT sequential read of MIB MiB from
-#                   /dev/vda: "VM-SPEED: blk-read ... MB/s"
+#                   /dev/vda into a 2 MiB huge page: "VM-SPEED: blk-read ... MB/s"
 #   vm.flood=S      (needs vm-guest-tool and vm.nic=1) raw frames between the two NICs, S
 #                   seconds each way: "VM-SPEED: nic N packets/s". Before each speed step the
 #                   guest prints "VM-MARK: <step>" and waits 1 s (for the host's counters)

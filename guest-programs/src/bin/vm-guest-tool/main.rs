@@ -2,7 +2,7 @@
 //! initramfs) for what busybox cannot do:
 //!
 //! - `vm-guest-tool blk-read DEV MIB`: sequential O_DIRECT read of MIB MiB (at most 20 s),
-//!   prints MB/s.
+//!   into one 2 MiB huge page (4 KiB pages if there is none), prints MB/s.
 //! - `vm-guest-tool nic-flood IF_A IF_B SECONDS`: raw Ethernet frames from each NIC to the
 //!   other for SECONDS each way, counted by the receiving kernel; prints packets/s.
 //! - `vm-guest-tool edu BDF`: QEMU's `edu` bound to vfio-pci (type1 container): DMA to a
@@ -18,6 +18,7 @@ mod blk_read;
 #[path = "../iommufd-guest-test/edu.rs"]
 mod edu;
 mod edu_isolation;
+mod huge_buffer;
 mod nic_flood;
 #[path = "../iommufd-guest-test/report.rs"]
 mod report;
