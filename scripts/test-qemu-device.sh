@@ -454,9 +454,6 @@ MIB=${SPEED_MIB:-128}
 SECS=${SPEED_SECS:-5}
 SDISK=$WORK/speed.img
 head -c "$((MIB << 20))" /dev/urandom >"$SDISK"
-# On the disk before either run: the first O_DIRECT read of pages still dirty in the host's
-# cache writes them back, and that would be charged to whichever device runs first.
-sync "$SDISK"
 SPEED_APPEND="vm.nic=1 vm.blkread=$MIB vm.flood=$SECS vm.hold=1"
 SPEED_DISK=(-drive "file=$SDISK,if=none,id=disk0,format=raw,cache=none,readonly=on"
     -device virtio-blk-pci,drive=disk0,iommu_platform=on,disable-legacy=on,addr=06.0)
@@ -486,6 +483,10 @@ log "building the release vhost-device-iommu for the speed runs (target dir targ
 (cd "$VM_ROOT" && RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release \
     --target x86_64-unknown-linux-gnu -p vhost-device-iommu --bin vhost-device-iommu \
     --target-dir "$VM_ROOT/target/guest") >&2
+# Nothing dirty in the host's cache before either run: writeback of the image (the first
+# O_DIRECT read of a dirty page writes it back) or of a fresh build (CI) would otherwise
+# compete with whichever device runs first, for the disk and for a core.
+sync
 D=$WORK/d3
 mkdir -p "$D"
 VM_DAEMON=$VM_ROOT/target/guest/x86_64-unknown-linux-gnu/release/vhost-device-iommu \

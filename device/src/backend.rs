@@ -625,7 +625,15 @@ impl IommuBackend {
             }
         }
         if any {
-            Self::notify(&mut state, "eventq");
+            if self.event_idx {
+                Self::notify(&mut state, "eventq");
+            } else if RingView::new(&*mem, state.get_queue())
+                .and_then(|v| v.wants_interrupts())
+                .unwrap_or(true)
+            {
+                // virtio-queue's check ignores VIRTQ_AVAIL_F_NO_INTERRUPT.
+                Self::signal(&state, "eventq");
+            }
         }
         self.last_avail[q] = state.get_queue().next_avail();
     }

@@ -24,6 +24,8 @@ const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 /// `VIRTQ_DESC_F_INDIRECT`.
 const F_INDIRECT: u16 = 4;
+/// `VIRTQ_AVAIL_F_NO_INTERRUPT`: without EVENT_IDX, the driver asks for no notifications.
+const F_NO_INTERRUPT: u16 = 1;
 
 /// Why a ring or a chain cannot be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +126,23 @@ impl<'m, M: GuestMemoryBackend> RingView<'m, M> {
         Ok(head)
     }
 
+    /// Without EVENT_IDX: whether the driver wants used-buffer notifications (it did not set
+    /// `VIRTQ_AVAIL_F_NO_INTERRUPT`, as a driver that polls the used ring does). Call it after
+    /// publishing the used index.
+    ///
+    /// # Errors
+    /// [`RingError::RingOutsideMemory`] (a misaligned ring).
+    pub fn wants_interrupts(&self) -> Result<bool, RingError> {
+        // The index store must be visible before the flags are read, or a driver that
+        // cleared the flag meanwhile would wait for a notification that never comes.
+        fence(Ordering::SeqCst);
+        let v: u16 = self
+            .avail
+            .load(0, Ordering::Relaxed)
+            .map_err(|_| RingError::RingOutsideMemory)?;
+        Ok(u16::from_le(v) & F_NO_INTERRUPT == 0)
+    }
+
     /// The driver's `used_event` (EVENT_IDX).
     fn used_event(&self) -> Result<u16, RingError> {
         let at = 4 + 2 * usize::from(self.size);
@@ -163,7 +182,8 @@ impl<'m, M: GuestMemoryBackend> RingView<'m, M> {
     }
 
     /// Publishes the used index `idx` (every slot before it written), and says whether the
-    /// driver asked to be notified of the entries since `old` (always without EVENT_IDX).
+    /// driver asked to be notified of the entries since `old`: without EVENT_IDX, unless it
+    /// set `VRING_AVAIL_F_NO_INTERRUPT` (a driver that polls the used ring).
     ///
     /// # Errors
     /// [`RingError::RingOutsideMemory`] (a misaligned ring).
@@ -173,7 +193,7 @@ impl<'m, M: GuestMemoryBackend> RingView<'m, M> {
             .store(idx.to_le(), 2, Ordering::Release)
             .map_err(|_| RingError::RingOutsideMemory)?;
         if !event_idx {
-            return Ok(true);
+            return self.wants_interrupts();
         }
         // The index store must be visible before `used_event` is read, or a driver that
         // updated it meanwhile would wait for a notification that never comes.

@@ -222,6 +222,12 @@ impl RawQueue {
         self.config.set_avail_idx(&*self.memory, idx)
     }
 
+    /// Sets the avail ring's flags: 1 (`VIRTQ_AVAIL_F_NO_INTERRUPT`) asks a device without
+    /// EVENT_IDX for no used-buffer notifications.
+    pub fn set_avail_flags(&self, flags: u16) -> Result<()> {
+        self.config.set_avail_flags(&*self.memory, flags)
+    }
+
     /// The number of used entries consumed so far (mod 2^16).
     #[must_use]
     pub fn last_used_idx(&self) -> u16 {

@@ -221,6 +221,14 @@ impl RingConfig {
         mem.store_u16(self.avail + 2, idx)
     }
 
+    /// Driver: writes the avail ring's flags (bit 0: no used-buffer notifications, please).
+    ///
+    /// # Errors
+    /// [`RingMemory::store_u16`]'s.
+    pub fn set_avail_flags(&self, mem: &(impl RingMemory + ?Sized), flags: u16) -> Result<()> {
+        mem.store_u16(self.avail, flags)
+    }
+
     /// Driver: the used index the device last published.
     ///
     /// # Errors

@@ -6,6 +6,7 @@ mod control;
 mod dirty_log;
 mod hostile;
 mod lifecycle;
+mod notifications;
 mod polling;
 mod requests;
 mod restart;
