@@ -183,7 +183,7 @@ impl<'m, M: GuestMemoryBackend> RingView<'m, M> {
 
     /// Publishes the used index `idx` (every slot before it written), and says whether the
     /// driver asked to be notified of the entries since `old`: without EVENT_IDX, unless it
-    /// set `VRING_AVAIL_F_NO_INTERRUPT` (a driver that polls the used ring).
+    /// set `VIRTQ_AVAIL_F_NO_INTERRUPT` (a driver that polls the used ring).
     ///
     /// # Errors
     /// [`RingError::RingOutsideMemory`] (a misaligned ring).
