@@ -625,15 +625,7 @@ impl IommuBackend {
             }
         }
         if any {
-            if self.event_idx {
-                Self::notify(&mut state, "eventq");
-            } else if RingView::new(&*mem, state.get_queue())
-                .and_then(|v| v.wants_interrupts())
-                .unwrap_or(true)
-            {
-                // virtio-queue's check ignores VIRTQ_AVAIL_F_NO_INTERRUPT.
-                Self::signal(&state, "eventq");
-            }
+            Self::notify(&mut state, &mem, self.event_idx, "eventq");
         }
         self.last_avail[q] = state.get_queue().next_avail();
     }
@@ -645,12 +637,24 @@ impl IommuBackend {
         }
     }
 
-    fn notify(state: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestRam>>, q: &str) {
-        if matches!(state.needs_notification(), Ok(false)) {
-            return;
-        }
-        if let Err(e) = state.signal_used_queue() {
-            warn!("{q}: call eventfd: {e}");
+    /// Signals the driver of a queue the library added used entries to, if it asked for it:
+    /// virtio-queue decides with EVENT_IDX, but without it ignores
+    /// `VIRTQ_AVAIL_F_NO_INTERRUPT`, which the ring view reads.
+    fn notify(
+        state: &mut vhost_user_backend::VringState<GuestMemoryAtomic<GuestRam>>,
+        mem: &GuestRam,
+        event_idx: bool,
+        q: &str,
+    ) {
+        let wanted = if event_idx {
+            !matches!(state.needs_notification(), Ok(false))
+        } else {
+            RingView::new(mem, state.get_queue())
+                .and_then(|v| v.wants_interrupts())
+                .unwrap_or(true)
+        };
+        if wanted {
+            Self::signal(state, q);
         }
     }
 }
